@@ -1,0 +1,149 @@
+//! Weighted least connections, with ties rotating.
+//!
+//! The endpoint with the fewest requests in flight per unit of weight wins; among equals
+//! the one picked longest ago wins, so ties rotate as HAProxy's `leastconn` does. Loads
+//! are compared by cross-multiplication, as nginx does (`a.conns * b.weight` against
+//! `b.conns * a.weight`), so no division and no rounding.
+//!
+//! A full scan costs O(n) per pick. Instead each snapshot keeps a tournament tree: one
+//! atomic cell per inner node holding the index of the better of its two children. A
+//! pick reads the root, O(1); a change of one endpoint's load replays the matches on
+//! its path to the root, O(log n), and stops early once the path no longer involves it.
+//! With one thread the pick is always a true minimum. Under contention two replays of a
+//! shared node may interleave and leave a slightly stale winner, which the next replay
+//! through that node corrects: the pick is then a minimum up to the requests racing it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use super::{Balance, Candidates, PickContext};
+
+const EMPTY: u32 = u32::MAX;
+
+/// Weighted least connections over a tournament tree.
+#[derive(Debug, Default)]
+pub struct LeastConn {
+    seq: AtomicU64,
+}
+
+impl LeastConn {
+    /// A new policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The tournament tree of one snapshot.
+#[derive(Debug)]
+pub struct Tree {
+    /// `nodes[1]` is the root; leaves sit at `leaves..2 * leaves`.
+    nodes: Box<[AtomicU32]>,
+    leaves: usize,
+}
+
+#[inline]
+fn better(set: &Candidates<'_>, a: u32, b: u32) -> u32 {
+    if a == EMPTY {
+        return b;
+    }
+    if b == EMPTY {
+        return a;
+    }
+    let (ea, eb) = (set.endpoint(a as usize), set.endpoint(b as usize));
+    let la = ea.in_flight() as u64 * set.weight(b as usize) as u64;
+    let lb = eb.in_flight() as u64 * set.weight(a as usize) as u64;
+    if la != lb {
+        return if la < lb { a } else { b };
+    }
+    let (pa, pb) = (ea.last_pick(), eb.last_pick());
+    if pa != pb {
+        return if pa < pb { a } else { b };
+    }
+    a.min(b)
+}
+
+impl Tree {
+    fn new(set: &Candidates<'_>) -> Self {
+        let leaves = set.len().next_power_of_two().max(1);
+        let nodes: Box<[AtomicU32]> = (0..2 * leaves).map(|_| AtomicU32::new(EMPTY)).collect();
+        for i in 0..set.len() {
+            nodes[leaves + i].store(i as u32, Relaxed);
+        }
+        let tree = Self { nodes, leaves };
+        for k in (1..leaves).rev() {
+            tree.replay(set, k);
+        }
+        tree
+    }
+
+    #[inline]
+    fn replay(&self, set: &Candidates<'_>, k: usize) -> (u32, u32) {
+        let a = self.nodes[2 * k].load(Relaxed);
+        let b = self.nodes[2 * k + 1].load(Relaxed);
+        let w = better(set, a, b);
+        let old = self.nodes[k].swap(w, Relaxed);
+        (old, w)
+    }
+
+    #[inline]
+    fn update(&self, set: &Candidates<'_>, i: usize) {
+        let me = i as u32;
+        let mut k = (self.leaves + i) / 2;
+        while k >= 1 {
+            let (old, new) = self.replay(set, k);
+            if old == new && new != me {
+                // Neither before nor after did this endpoint win here, so nothing above
+                // depends on its load.
+                break;
+            }
+            k /= 2;
+        }
+    }
+
+    /// The current winner: the index of a least-loaded endpoint.
+    pub fn winner(&self) -> Option<usize> {
+        match self.nodes.get(1).map(|n| n.load(Relaxed)) {
+            Some(EMPTY) | None => None,
+            Some(i) => Some(i as usize),
+        }
+    }
+}
+
+impl Balance for LeastConn {
+    type State = Tree;
+
+    fn name(&self) -> &'static str {
+        "least_conn"
+    }
+
+    fn build(&self, set: &Candidates<'_>) -> Tree {
+        Tree::new(set)
+    }
+
+    #[inline]
+    fn pick(&self, tree: &Tree, set: &Candidates<'_>, _: &PickContext) -> Option<usize> {
+        if set.len() == 1 {
+            return Some(0);
+        }
+        tree.winner()
+    }
+
+    #[inline]
+    fn on_acquire(&self, tree: &Tree, set: &Candidates<'_>, index: usize) {
+        let seq = self.seq.fetch_add(1, Relaxed) + 1;
+        set.endpoint(index).mark_picked(seq);
+        if set.len() > 1 {
+            tree.update(set, index);
+        }
+    }
+
+    #[inline]
+    fn on_release(&self, tree: &Tree, set: &Candidates<'_>, index: usize) {
+        if set.len() > 1 {
+            tree.update(set, index);
+        }
+    }
+
+    fn tracks_release(&self) -> bool {
+        true
+    }
+}

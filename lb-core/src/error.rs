@@ -1,0 +1,55 @@
+//! Errors.
+
+use std::time::Duration;
+
+/// The boxed error a [`Balancer`](crate::Balancer) returns: one of the errors in this
+/// module, or the endpoint service's own error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// No endpoint could take the request: the set is empty, every endpoint is out
+/// (draining, ejected, unhealthy, at its in-flight limit), or the bounded wait for
+/// one ran out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", describe(*.waited, *.overloaded))]
+pub struct NoEndpoints {
+    waited: Option<Duration>,
+    overloaded: bool,
+}
+
+fn describe(waited: Option<Duration>, overloaded: bool) -> String {
+    let what = if overloaded {
+        "every eligible endpoint is at its in-flight limit"
+    } else {
+        "no eligible endpoint"
+    };
+    match waited {
+        Some(w) => format!("{what} (waited {w:?})"),
+        None => what.to_string(),
+    }
+}
+
+impl NoEndpoints {
+    pub(crate) fn new(waited: Option<Duration>, overloaded: bool) -> Self {
+        Self { waited, overloaded }
+    }
+
+    /// How long the balancer waited before giving up, if it was configured to.
+    pub fn waited(&self) -> Option<Duration> {
+        self.waited
+    }
+
+    /// Whether endpoints were there but all at their in-flight limit.
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded
+    }
+}
+
+/// Whether `err` (as returned by a balancer) means no endpoint could take the request.
+pub fn is_no_endpoints(err: &(dyn std::error::Error + 'static)) -> bool {
+    err.downcast_ref::<NoEndpoints>().is_some()
+}
+
+/// An administrative action named an endpoint the balancer does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no endpoint with id {0:?}")]
+pub struct UnknownEndpoint(pub String);

@@ -1,0 +1,53 @@
+//! Load balancing as tower middleware.
+//!
+//! `lb-core` spreads requests over endpoints that discovery finds and loses at run time.
+//! A [`Balancer`] is a cheap-to-clone [`tower::Service`]: a background writer task
+//! applies discovery [`Update`](discover::Update)s to an endpoint table and publishes
+//! immutable snapshots; each call loads the current snapshot without a lock, asks the
+//! [`Balance`](balance::Balance) policy for an endpoint, takes an in-flight guard on it
+//! and calls that endpoint's service. Nothing on that path allocates.
+//!
+//! - **Policies** ([`balance`]): round robin, smooth weighted round robin (nginx),
+//!   weighted least connections (HAProxy), power of two choices over pending requests
+//!   or peak EWMA (weighted), weighted random, Maglev consistent hashing with bounded
+//!   load. Your own, against the same trait.
+//! - **Discovery** ([`discover`]): `Reset` / `Insert` / `Remove` streams, diffed by
+//!   stable [`EndpointId`]; a push handle for code; tower `Change` interop both ways.
+//! - **State survives updates**: counters, latency and health are kept per endpoint
+//!   id; a removed endpoint drains.
+//! - **Health** ([`health`]): active probes with rise/fall, passive outlier ejection
+//!   with growing backoff and a cap, a panic threshold, slow start.
+//! - **Observability**: [`Balancer::status`] for status pages and metrics, `tracing`
+//!   events on every state change.
+//!
+//! # Feature flags
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `http` | [`http`](crate::http): a hyper client connector per endpoint, forwarding headers, an HTTP health probe |
+//!
+//! The architecture, with the two flows (discovery and request), is in
+//! `docs/architecture.md` of the repository.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+pub mod balance;
+pub mod discover;
+pub mod error;
+pub mod health;
+pub mod load;
+
+mod endpoint;
+mod service;
+mod state;
+mod table;
+
+pub use crate::endpoint::{Endpoint, EndpointId, DEFAULT_WEIGHT, MAX_WEIGHT};
+pub use crate::error::{BoxError, NoEndpoints};
+pub use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, TrackCompletion, TrackedBody};
+pub use crate::service::{
+    connect_fn, BalanceLayer, Balancer, BalancerStatus, Builder, ConnectFn, EndpointStatus, ExtensionKey, HashKey,
+    KeyFn, NoKey, Picked, RequestKey, ResponseFuture,
+};
+pub use crate::state::{CheckRecord, EndpointState, Health};

@@ -1,0 +1,192 @@
+//! In-flight guards and completion tracking.
+//!
+//! A pick takes an [`InFlight`] guard on the chosen endpoint. The guard lives until the
+//! request is really over: by default until the response arrives
+//! ([`CompleteOnResponse`]); for HTTP, until the response body ends ([`BodyCompletion`]
+//! and [`TrackedBody`]), so a long download counts as load for its whole length. When it
+//! drops, the in-flight count goes down and the outcome (success or failure) feeds
+//! passive health.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use crate::state::EndpointState;
+
+/// What a finished request tells the endpoint's state. Implemented by snapshots.
+pub(crate) trait Release: Send + Sync + 'static {
+    fn release(&self, index: u32, failed: bool);
+    fn observe(&self, index: u32, start: Instant);
+    fn state(&self, index: u32) -> &EndpointState;
+}
+
+/// Holds one request's place on an endpoint.
+///
+/// Dropping it ends the request: the endpoint's in-flight count goes down and the
+/// outcome is recorded. It holds the snapshot it was picked from (an `Arc`), not a
+/// copy of anything: taking and dropping one allocates nothing.
+pub struct InFlight {
+    snap: Arc<dyn Release>,
+    index: u32,
+    start: Option<Instant>,
+    failed: bool,
+}
+
+impl fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InFlight")
+            .field("index", &self.index)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+// === impl InFlight ===
+
+impl InFlight {
+    pub(crate) fn new(snap: Arc<dyn Release>, index: u32, timed: bool) -> Self {
+        Self {
+            snap,
+            index,
+            start: if timed { Some(Instant::now()) } else { None },
+            failed: false,
+        }
+    }
+
+    /// Marks the request failed: when the guard drops, it counts toward passive
+    /// outlier detection.
+    pub fn fail(&mut self) {
+        self.failed = true;
+    }
+
+    /// The endpoint this request went to.
+    pub fn endpoint(&self) -> &EndpointState {
+        self.snap.state(self.index)
+    }
+
+    /// Whether it was marked failed.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Records the time from pick to now as the endpoint's latency sample (peak EWMA),
+    /// once. Called when the response head arrives.
+    pub fn observe_latency(&mut self) {
+        if let Some(start) = self.start.take() {
+            self.snap.observe(self.index, start);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.observe_latency();
+        self.snap.release(self.index, self.failed);
+    }
+}
+
+/// Decides how long a request's guard lives, given its response.
+pub trait TrackCompletion<Rsp>: Clone {
+    /// The response handed back to the caller.
+    type Output;
+
+    /// Takes the response and the guard; returns the response, perhaps with the guard
+    /// attached to it.
+    fn track(&self, response: Rsp, guard: InFlight) -> Self::Output;
+}
+
+/// The guard drops when the response arrives: the request is over then.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompleteOnResponse;
+
+impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
+    type Output = Rsp;
+
+    #[inline]
+    fn track(&self, response: Rsp, guard: InFlight) -> Rsp {
+        drop(guard);
+        response
+    }
+}
+
+/// For `http::Response`s: the guard rides in the body until it ends. A 5xx status
+/// counts as a failure for passive health (as Linkerd's and Envoy's outlier detection
+/// do); so does a body that ends in an error.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BodyCompletion;
+
+impl<B> TrackCompletion<http::Response<B>> for BodyCompletion {
+    type Output = http::Response<TrackedBody<B>>;
+
+    fn track(&self, response: http::Response<B>, mut guard: InFlight) -> Self::Output {
+        guard.observe_latency();
+        if response.status().is_server_error() {
+            guard.fail();
+        }
+        response.map(|body| TrackedBody::new(body, guard))
+    }
+}
+
+pin_project! {
+    /// A body that holds an [`InFlight`] guard until its last frame (or an error, or
+    /// until it is dropped).
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B> fmt::Debug for TrackedBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrackedBody").field("guard", &self.guard).finish()
+    }
+}
+
+impl<B> TrackedBody<B> {
+    /// Attaches `guard` to `inner`.
+    pub fn new(inner: B, guard: InFlight) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+
+    /// Whether the guard is still held (the body has not ended).
+    pub fn is_tracking(&self) -> bool {
+        self.guard.is_some()
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let ready = this.inner.poll_frame(cx);
+        match &ready {
+            Poll::Ready(None) => drop(this.guard.take()),
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut g) = this.guard.take() {
+                    g.fail();
+                }
+            }
+            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+        }
+        ready
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

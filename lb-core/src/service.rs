@@ -1,0 +1,761 @@
+//! [`Balancer`], the tower service, its [`Builder`] and [`BalanceLayer`].
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pin_project_lite::pin_project;
+use tokio::sync::{mpsc, oneshot};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::balance::{Balance, PickContext, WEIGHT_SCALE};
+use crate::discover::Discover;
+use crate::endpoint::{Endpoint, EndpointId};
+use crate::error::{BoxError, NoEndpoints, UnknownEndpoint};
+use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
+use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Release, TrackCompletion};
+use crate::state::Health;
+use crate::table::{empty_snapshot, Command, Config, Events, Shared, Writer};
+
+/// Extracts a hash key from a request, for consistent hashing.
+pub trait RequestKey<Req>: Clone {
+    /// The request's key, if it has one.
+    fn key(&self, req: &Req) -> Option<u64>;
+}
+
+/// No key: consistent hashing falls back to weighted random.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoKey;
+
+impl<Req> RequestKey<Req> for NoKey {
+    #[inline]
+    fn key(&self, _: &Req) -> Option<u64> {
+        None
+    }
+}
+
+/// A request's hash key carried in `http::Request` extensions; see [`ExtensionKey`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HashKey(pub u64);
+
+/// Reads a [`HashKey`] from an `http::Request`'s extensions, where a router put it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtensionKey;
+
+impl<B> RequestKey<http::Request<B>> for ExtensionKey {
+    #[inline]
+    fn key(&self, req: &http::Request<B>) -> Option<u64> {
+        req.extensions().get::<HashKey>().map(|k| k.0)
+    }
+}
+
+/// A key computed by a closure.
+#[derive(Clone, Copy)]
+pub struct KeyFn<F>(pub F);
+
+impl<F> fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn")
+    }
+}
+
+impl<Req, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for KeyFn<F> {
+    #[inline]
+    fn key(&self, req: &Req) -> Option<u64> {
+        (self.0)(req)
+    }
+}
+
+/// A load-balancing [`Service`]: picks an endpoint per request and calls it.
+///
+/// Cheap to clone (one `Arc`); clones share one endpoint table, updated by a background
+/// writer task that the builder spawns. No `Buffer` is needed and a pick takes no lock
+/// and allocates nothing: it loads the current snapshot, asks the policy, takes an
+/// [`InFlight`] guard on the endpoint and calls a clone of the endpoint's service.
+///
+/// `poll_ready` is always ready: when no endpoint is eligible the call fails at once
+/// with [`NoEndpoints`], or after the bounded wait set by [`Builder::wait`].
+///
+/// # Examples
+///
+/// ```
+/// use std::convert::Infallible;
+/// use lb_core::{balance::RoundRobin, discover, Balancer, Endpoint};
+/// use tower::{service_fn, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"].map(|a| Endpoint::new(a.parse().unwrap()));
+/// // The connector: one service per endpoint. Here, one that answers with its address.
+/// let connect = service_fn(|ep: Endpoint| async move {
+///     Ok::<_, Infallible>(service_fn(move |_req: ()| async move { Ok::<_, Infallible>(ep.addr()) }))
+/// });
+/// let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed(endpoints), connect);
+/// lb.ready_endpoints(1).await;
+/// let a = lb.clone().oneshot(()).await.unwrap();
+/// let b = lb.clone().oneshot(()).await.unwrap();
+/// assert_ne!(a, b);
+/// # }
+/// ```
+pub struct Balancer<P: Balance, S, C = CompleteOnResponse, K = NoKey> {
+    shared: Arc<Shared<P, S>>,
+    completion: C,
+    key: K,
+}
+
+impl<P: Balance, S, C: Clone, K: Clone> Clone for Balancer<P, S, C, K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            completion: self.completion.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl<P: Balance, S, C, K> fmt::Debug for Balancer<P, S, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Balancer")
+            .field("name", &self.shared.config.name)
+            .field("policy", &self.shared.policy.name())
+            .finish()
+    }
+}
+
+/// Configures and spawns a [`Balancer`].
+pub struct Builder<P, C = CompleteOnResponse, K = NoKey> {
+    policy: P,
+    config: Config,
+    completion: C,
+    key: K,
+}
+
+impl<P: Balance, C, K> fmt::Debug for Builder<P, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("policy", &self.policy.name())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<P: Balance> Balancer<P, (), CompleteOnResponse, NoKey> {
+    /// Starts configuring a balancer that uses `policy`.
+    pub fn builder(policy: P) -> Builder<P> {
+        Builder {
+            policy,
+            config: Config {
+                wait: None,
+                max_in_flight: None,
+                panic_threshold: 0.0,
+                outlier: None,
+                slow_start: None,
+                health: None,
+                default_rtt: Duration::from_millis(10),
+                decay_ns: 10e9,
+                track_latency: false,
+                name: Arc::from("default"),
+            },
+            completion: CompleteOnResponse,
+            key: NoKey,
+        }
+    }
+}
+
+impl<P: Balance, C, K> Builder<P, C, K> {
+    /// A name for logs and status. Default `"default"`.
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.config.name = Arc::from(name.as_ref());
+        self
+    }
+
+    /// When no endpoint is eligible, wait up to `wait` for one before failing.
+    /// Default: fail at once.
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.config.wait = Some(wait);
+        self
+    }
+
+    /// At most `max` requests in flight per endpoint; a full endpoint is passed over,
+    /// and when all are full the call fails with an overloaded [`NoEndpoints`].
+    pub fn max_in_flight(mut self, max: u32) -> Self {
+        self.config.max_in_flight = Some(max.max(1));
+        self
+    }
+
+    /// When fewer than `threshold` (0.0 to 1.0) of the endpoints are eligible, ignore
+    /// health and balance over all of them (Envoy's panic mode). Default 0: off.
+    pub fn panic_threshold(mut self, threshold: f64) -> Self {
+        self.config.panic_threshold = threshold.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Turns on passive outlier detection.
+    pub fn outlier_detection(mut self, outlier: OutlierConfig) -> Self {
+        self.config.outlier = Some(outlier);
+        self
+    }
+
+    /// Turns on slow start.
+    pub fn slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.config.slow_start = Some(slow_start);
+        self
+    }
+
+    /// Turns on active health checks.
+    pub fn health_check(mut self, check: impl HealthCheck, config: CheckConfig) -> Self {
+        self.config.health = Some((Arc::new(check), config));
+        self
+    }
+
+    /// The latency a new endpoint is assumed to have until measured (peak EWMA).
+    /// Default 10 ms.
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.config.default_rtt = rtt;
+        self
+    }
+
+    /// Times every request, so [`EndpointStatus::ewma_latency`] is kept even when the
+    /// policy does not need it (two clock reads per request). Policies that need
+    /// latency (peak EWMA) turn it on themselves.
+    pub fn track_latency(mut self, on: bool) -> Self {
+        self.config.track_latency = on;
+        self
+    }
+
+    /// Sets how long the guard lives; see [`TrackCompletion`].
+    pub fn completion<C2>(self, completion: C2) -> Builder<P, C2, K> {
+        Builder {
+            policy: self.policy,
+            config: self.config,
+            completion,
+            key: self.key,
+        }
+    }
+
+    /// Tracks `http::Response` bodies: the request counts as in flight until its body
+    /// ends, and a 5xx counts as a failure. Also reads hash keys from request
+    /// extensions ([`HashKey`]).
+    pub fn http(self) -> Builder<P, BodyCompletion, ExtensionKey> {
+        self.completion(BodyCompletion).key(ExtensionKey)
+    }
+
+    /// Sets how a request's hash key is found; see [`RequestKey`].
+    pub fn key<K2>(self, key: K2) -> Builder<P, C, K2> {
+        Builder {
+            policy: self.policy,
+            config: self.config,
+            completion: self.completion,
+            key,
+        }
+    }
+
+    /// Spawns the writer task on the current tokio runtime and returns the balancer.
+    ///
+    /// `make` turns each endpoint into the service that requests to it go through (a
+    /// `MakeService`-shaped factory; see [`connect_fn`] for a plain closure).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn spawn<D, M, S>(self, discover: D, make: M) -> Balancer<P, S, C, K>
+    where
+        D: Discover,
+        M: Service<Endpoint, Response = S> + Send + 'static,
+        M::Error: Into<BoxError>,
+        M::Future: Send,
+        S: Clone + Send + Sync + 'static,
+    {
+        let policy = Arc::new(self.policy);
+        let events = Arc::new(Events::default());
+        let config = Arc::new(self.config);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let timed = config.track_latency || policy.needs_latency();
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(empty_snapshot(&policy, &events, &config)),
+            all: ArcSwap::from_pointee(Vec::new()),
+            policy: policy.clone(),
+            config: config.clone(),
+            events: events.clone(),
+            published: tokio::sync::Notify::new(),
+            commands: tx,
+            timed,
+        });
+        let writer = Writer::new(Arc::downgrade(&shared), policy, events, config, make, rx);
+        tokio::spawn(writer.run(discover));
+        Balancer {
+            shared,
+            completion: self.completion,
+            key: self.key,
+        }
+    }
+}
+
+/// A connector from a plain closure: `connect_fn(|ep| make_service_for(ep))`.
+pub fn connect_fn<F, S>(f: F) -> ConnectFn<F>
+where
+    F: FnMut(&Endpoint) -> S,
+{
+    ConnectFn(f)
+}
+
+/// See [`connect_fn`].
+#[derive(Clone, Copy)]
+pub struct ConnectFn<F>(F);
+
+impl<F> fmt::Debug for ConnectFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectFn")
+    }
+}
+
+impl<F, S> Service<Endpoint> for ConnectFn<F>
+where
+    F: FnMut(&Endpoint) -> S,
+{
+    type Response = S;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<S, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, ep: Endpoint) -> Self::Future {
+        std::future::ready(Ok((self.0)(&ep)))
+    }
+}
+
+/// One endpoint as the status page shows it.
+#[derive(Clone, Debug)]
+pub struct EndpointStatus {
+    /// Its id.
+    pub id: EndpointId,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// The configured weight.
+    pub weight: u32,
+    /// The effective weight now (slow start applied), or `None` if out of rotation.
+    pub effective_weight: Option<f64>,
+    /// Its state.
+    pub health: Health,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Requests started.
+    pub requests: u64,
+    /// Requests failed.
+    pub failures: u64,
+    /// Times ejected by outlier detection.
+    pub times_ejected: u32,
+    /// The peak-EWMA latency (only measured when latency is tracked).
+    pub ewma_latency: Duration,
+    /// The last active health check.
+    pub last_check: Option<crate::state::CheckRecord>,
+    /// Metadata from discovery.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// A balancer as the status page shows it.
+#[derive(Clone, Debug)]
+pub struct BalancerStatus {
+    /// The balancer's name.
+    pub name: String,
+    /// The policy's name.
+    pub policy: &'static str,
+    /// Whether panic mode is on (health ignored).
+    pub panic: bool,
+    /// How many endpoints are in rotation.
+    pub eligible: usize,
+    /// The snapshot generation: how many times the eligible set has been published.
+    pub generation: u64,
+    /// Every endpoint, draining ones included, ordered by id.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
+    /// The balancer's name.
+    pub fn name(&self) -> &str {
+        &self.shared.config.name
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &P {
+        &self.shared.policy
+    }
+
+    /// How many endpoints are in rotation now.
+    pub fn eligible(&self) -> usize {
+        self.shared.snapshot.load().endpoints.len()
+    }
+
+    /// Waits until at least `n` endpoints are in rotation.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    pub async fn ready_endpoints(&self, n: usize) {
+        loop {
+            let notified = self.shared.published.notified();
+            if self.eligible() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// A point-in-time view of every endpoint (allocates; not for the request path).
+    pub fn status(&self) -> BalancerStatus {
+        let snap = self.shared.snapshot.load();
+        let all = self.shared.all.load();
+        let mut endpoints: Vec<EndpointStatus> = all
+            .iter()
+            .map(|st| {
+                let ep = st.endpoint();
+                let effective_weight = snap
+                    .endpoints
+                    .iter()
+                    .position(|s| std::ptr::eq(&**s, &**st))
+                    .map(|i| snap.weights[i] as f64 / WEIGHT_SCALE as f64);
+                EndpointStatus {
+                    id: ep.id().clone(),
+                    addr: ep.addr(),
+                    weight: ep.weight(),
+                    effective_weight,
+                    health: st.health(),
+                    in_flight: st.in_flight(),
+                    requests: st.requests(),
+                    failures: st.failures(),
+                    times_ejected: st.times_ejected(),
+                    ewma_latency: st.ewma_latency(),
+                    last_check: st.last_check(),
+                    metadata: ep.metadata().clone(),
+                }
+            })
+            .collect();
+        endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        BalancerStatus {
+            name: self.shared.config.name.to_string(),
+            policy: self.shared.policy.name(),
+            panic: snap.panic,
+            eligible: snap.endpoints.len(),
+            generation: snap.generation,
+            endpoints,
+        }
+    }
+
+    /// Drains an endpoint by operator action: no new requests, in-flight ones finish.
+    /// It stays drained until [`enable`](Self::enable)d, whatever discovery says.
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownEndpoint`] if the balancer has no endpoint with that id.
+    pub async fn drain(&self, id: impl Into<EndpointId>) -> Result<(), UnknownEndpoint> {
+        self.admin(|id, tx| Command::Drain(id, tx), id.into()).await
+    }
+
+    /// Undoes [`drain`](Self::drain).
+    ///
+    /// # Errors
+    ///
+    /// [`UnknownEndpoint`] if the balancer has no endpoint with that id.
+    pub async fn enable(&self, id: impl Into<EndpointId>) -> Result<(), UnknownEndpoint> {
+        self.admin(|id, tx| Command::Enable(id, tx), id.into()).await
+    }
+
+    async fn admin(
+        &self,
+        f: impl FnOnce(EndpointId, oneshot::Sender<Result<(), UnknownEndpoint>>) -> Command,
+        id: EndpointId,
+    ) -> Result<(), UnknownEndpoint> {
+        let (tx, rx) = oneshot::channel();
+        let missing = UnknownEndpoint(id.to_string());
+        if self.shared.commands.send(f(id, tx)).is_err() {
+            return Err(missing);
+        }
+        let res = rx.await.unwrap_or(Err(missing));
+        // The writer has published by the time it answers the next message; wait for
+        // the snapshot so the caller sees the effect.
+        res
+    }
+}
+
+impl<P: Balance, S: Clone + Send + Sync + 'static, C, K> Balancer<P, S, C, K> {
+    /// Picks an endpoint and takes its guard, without calling it. `None` if no
+    /// endpoint is eligible. The building block of [`call`](Service::call), for
+    /// callers that forward requests themselves (a TCP proxy).
+    pub fn pick(&self, key: Option<u64>) -> Option<Picked<S>> {
+        self.shared.pick(key).ok()
+    }
+}
+
+/// An endpoint picked for one request: its service and the guard.
+#[derive(Debug)]
+pub struct Picked<S> {
+    /// A clone of the endpoint's service.
+    pub service: S,
+    /// The guard: drop it when the request is over. [`InFlight::endpoint`] tells
+    /// which endpoint it is.
+    pub guard: InFlight,
+}
+
+impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
+    #[inline]
+    fn pick(&self, key: Option<u64>) -> Result<Picked<S>, bool> {
+        let snap = self.snapshot.load_full();
+        let set = snap.candidates();
+        let cx = PickContext { key };
+        let n = set.len();
+        let max = self.config.max_in_flight;
+        let fits = |i: usize| max.map_or(true, |m| set.endpoint(i).in_flight() < m);
+        let mut overloaded = false;
+        let mut found = None;
+        for _ in 0..3 {
+            match snap.state_pick(&cx) {
+                Some(i) if snap.usable(i) => {
+                    if fits(i) {
+                        found = Some(i);
+                        break;
+                    }
+                    overloaded = true;
+                }
+                Some(_) => {}
+                None => return Err(false),
+            }
+        }
+        if found.is_none() {
+            // The snapshot is stale (an endpoint just went out) or endpoints are full:
+            // the first usable endpoint with room, scanning from a rotating start.
+            let start = self.snapshot_scan_start(n);
+            found = (0..n).map(|k| (start + k) % n.max(1)).find(|&i| snap.usable(i) && fits(i));
+        }
+        let Some(i) = found else {
+            return Err(overloaded);
+        };
+        let st = set.endpoint(i);
+        st.acquire();
+        snap.policy.on_acquire(&snap.state, &set, i);
+        let service = snap.services[i].clone();
+        let rel: Arc<dyn Release> = snap;
+        Ok(Picked {
+            service,
+            guard: InFlight::new(rel, i as u32, self.timed),
+        })
+    }
+
+    fn snapshot_scan_start(&self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (crate::state::now_ns() as usize) % n
+        }
+    }
+}
+
+impl<P: Balance, S> crate::table::Snapshot<P, S> {
+    #[inline]
+    fn state_pick(&self, cx: &PickContext) -> Option<usize> {
+        self.policy.pick(&self.state, &self.candidates(), cx)
+    }
+}
+
+impl<P, S, C, K, Req> Service<Req> for Balancer<P, S, C, K>
+where
+    P: Balance,
+    S: Service<Req> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    C: TrackCompletion<S::Response>,
+    K: RequestKey<Req>,
+    Req: Send + 'static,
+{
+    type Response = C::Output;
+    type Error = BoxError;
+    type Future = ResponseFuture<P, S, C, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let key = self.key.key(&req);
+        let state = match self.shared.pick(key) {
+            Ok(p) => State::Ready {
+                service: p.service,
+                req: Some(req),
+                guard: Some(p.guard),
+            },
+            Err(overloaded) => match self.shared.config.wait {
+                Some(wait) if !overloaded => State::Waiting {
+                    wait: Box::pin(wait_for_endpoint(self.shared.clone(), key, wait)),
+                    req: Some(req),
+                },
+                _ => State::Failed {
+                    err: Some(NoEndpoints::new(None, overloaded)),
+                },
+            },
+        };
+        ResponseFuture {
+            state,
+            completion: self.completion.clone(),
+            _p: PhantomData,
+        }
+    }
+}
+
+type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoEndpoints>> + Send>>;
+
+async fn wait_for_endpoint<P: Balance, S: Clone + Send + Sync + 'static>(
+    shared: Arc<Shared<P, S>>,
+    key: Option<u64>,
+    wait: Duration,
+) -> Result<Picked<S>, NoEndpoints> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = shared.published.notified();
+        match shared.pick(key) {
+            Ok(p) => return Ok(p),
+            Err(true) => return Err(NoEndpoints::new(Some(wait), true)),
+            Err(false) => {}
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(NoEndpoints::new(Some(wait), false));
+        }
+    }
+}
+
+pin_project! {
+    /// The future a [`Balancer`] call returns.
+    pub struct ResponseFuture<P: Balance, S: Service<Req>, C, Req> {
+        #[pin]
+        state: State<S, Req>,
+        completion: C,
+        _p: PhantomData<fn() -> P>,
+    }
+}
+
+impl<P: Balance, S: Service<Req>, C, Req> fmt::Debug for ResponseFuture<P, S, C, Req> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S: Service<Req>, Req> {
+        Failed { err: Option<NoEndpoints> },
+        Waiting { wait: WaitFuture<S>, req: Option<Req> },
+        Ready { service: S, req: Option<Req>, guard: Option<InFlight> },
+        Calling { #[pin] fut: S::Future, guard: Option<InFlight> },
+    }
+}
+
+impl<P, S, C, Req> Future for ResponseFuture<P, S, C, Req>
+where
+    P: Balance,
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: TrackCompletion<S::Response>,
+{
+    type Output = Result<C::Output, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed { err } => {
+                    return Poll::Ready(Err(err.take().expect("polled after completion").into()));
+                }
+                StateProj::Waiting { wait, req } => {
+                    let picked = ready!(wait.as_mut().poll(cx))?;
+                    let req = req.take();
+                    this.state.set(State::Ready {
+                        service: picked.service,
+                        req,
+                        guard: Some(picked.guard),
+                    });
+                }
+                StateProj::Ready { service, req, guard } => {
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        if let Some(g) = guard.as_mut() {
+                            g.fail();
+                        }
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    let fut = service.call(req.take().expect("polled after completion"));
+                    let guard = guard.take();
+                    this.state.set(State::Calling { fut, guard });
+                }
+                StateProj::Calling { fut, guard } => {
+                    return match ready!(fut.poll(cx)) {
+                        Ok(rsp) => {
+                            let g = guard.take().expect("polled after completion");
+                            Poll::Ready(Ok(this.completion.track(rsp, g)))
+                        }
+                        Err(e) => {
+                            if let Some(mut g) = guard.take() {
+                                g.fail();
+                            }
+                            Poll::Ready(Err(e.into()))
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A [`Layer`] that balances over the services its inner connector makes.
+///
+/// `BalanceLayer::new(builder, discover)` wraps a connector `M: Service<Endpoint>`
+/// into a [`Balancer`]. Anything a tower user has composes around it (timeouts,
+/// retries, concurrency limits) or inside it, on the connector's services.
+pub struct BalanceLayer<P, D, C = CompleteOnResponse, K = NoKey> {
+    builder: std::sync::Mutex<Option<(Builder<P, C, K>, D)>>,
+}
+
+impl<P: Balance, D, C, K> fmt::Debug for BalanceLayer<P, D, C, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BalanceLayer")
+    }
+}
+
+impl<P: Balance, D: Discover, C, K> BalanceLayer<P, D, C, K> {
+    /// A layer that spawns one balancer, configured by `builder`, fed by `discover`.
+    ///
+    /// A discovery stream can only feed one balancer, so the layer can be applied
+    /// once; applying it again panics.
+    pub fn new(builder: Builder<P, C, K>, discover: D) -> Self {
+        Self {
+            builder: std::sync::Mutex::new(Some((builder, discover))),
+        }
+    }
+}
+
+impl<P, D, C, K, M, S> Layer<M> for BalanceLayer<P, D, C, K>
+where
+    P: Balance,
+    D: Discover,
+    M: Service<Endpoint, Response = S> + Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Future: Send,
+    S: Clone + Send + Sync + 'static,
+{
+    type Service = Balancer<P, S, C, K>;
+
+    fn layer(&self, make: M) -> Self::Service {
+        let (builder, discover) = self
+            .builder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("a BalanceLayer is applied once: its discovery stream feeds one balancer");
+        builder.spawn(discover, make)
+    }
+}

@@ -1,0 +1,344 @@
+//! The live state of one endpoint, shared by every snapshot that holds it.
+//!
+//! Counters, latency and health live here and nowhere else, behind an `Arc` that the
+//! endpoint table, each snapshot and each in-flight guard share. A discovery update
+//! that re-inserts an endpoint updates this state in place; a removal marks it
+//! draining, and it is freed when the last guard drops.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::endpoint::Endpoint;
+
+/// Monotonic nanoseconds since the first call in this process.
+pub(crate) fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    epoch.elapsed().as_nanos() as u64
+}
+
+const DRAINING: u8 = 1;
+const ADMIN_DRAIN: u8 = 2;
+const EJECTED: u8 = 4;
+const UNHEALTHY: u8 = 8;
+const OUT: u8 = DRAINING | ADMIN_DRAIN | EJECTED | UNHEALTHY;
+const CHECKED: u8 = 16;
+
+/// What an endpoint's state is, as the status page shows it.
+///
+/// The order of precedence is draining, ejected, unhealthy, then healthy or unknown:
+/// an endpoint that is both ejected and draining shows as draining.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Health {
+    /// No active check has answered yet (or none is configured). Eligible.
+    Unknown,
+    /// The active check passed `rise` times in a row. Eligible.
+    Healthy,
+    /// The active check failed `fall` times in a row. Not eligible.
+    Unhealthy,
+    /// Passive outlier detection took it out for a while. Not eligible.
+    Ejected,
+    /// Removed by discovery or drained by an operator: in-flight requests finish, no
+    /// new ones start.
+    Draining,
+}
+
+impl Health {
+    /// A short lowercase name: `unknown`, `healthy`, `unhealthy`, `ejected`, `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Ejected => "ejected",
+            Health::Draining => "draining",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The last active health check of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckRecord {
+    /// When it finished, as time since the process's first measurement.
+    pub at: Duration,
+    /// Whether it passed.
+    pub ok: bool,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The live, shared state of one endpoint.
+///
+/// Policies read it to pick (`in_flight`, `cost`); the in-flight guard writes it. Every
+/// read is a relaxed atomic load: no lock is taken on the request path.
+#[derive(Debug)]
+pub struct EndpointState {
+    endpoint: ArcSwap<Endpoint>,
+    flags: AtomicU8,
+    in_flight: AtomicU32,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    times_ejected: AtomicU32,
+    last_pick: AtomicU64,
+    rtt_ns: AtomicU64,
+    rtt_stamp_ns: AtomicU64,
+    health_streak: AtomicU32,
+    last_check: Mutex<Option<CheckRecord>>,
+}
+
+// === impl EndpointState ===
+
+impl EndpointState {
+    /// Fresh state for an endpoint, its latency estimate seeded with `default_rtt`.
+    pub fn new(endpoint: Endpoint, default_rtt: Duration) -> Self {
+        Self {
+            endpoint: ArcSwap::from_pointee(endpoint),
+            flags: AtomicU8::new(0),
+            in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            times_ejected: AtomicU32::new(0),
+            last_pick: AtomicU64::new(0),
+            rtt_ns: AtomicU64::new(default_rtt.as_nanos() as u64),
+            rtt_stamp_ns: AtomicU64::new(now_ns()),
+            health_streak: AtomicU32::new(0),
+            last_check: Mutex::new(None),
+        }
+    }
+
+    /// The endpoint as last described by discovery.
+    pub fn endpoint(&self) -> Arc<Endpoint> {
+        self.endpoint.load_full()
+    }
+
+    pub(crate) fn set_endpoint(&self, endpoint: Endpoint) {
+        self.endpoint.store(Arc::new(endpoint));
+    }
+
+    /// Requests started and not yet finished (their response body included).
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Requests started since the endpoint was first inserted.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Requests that ended in a failure since the endpoint was first inserted.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Relaxed)
+    }
+
+    /// Failures since the last success.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Relaxed)
+    }
+
+    /// How many times passive outlier detection has ejected it.
+    pub fn times_ejected(&self) -> u32 {
+        self.times_ejected.load(Relaxed)
+    }
+
+    /// A sequence number of its last pick, used to rotate among ties.
+    #[inline]
+    pub fn last_pick(&self) -> u64 {
+        self.last_pick.load(Relaxed)
+    }
+
+    /// Records that a policy picked this endpoint as the `seq`-th pick.
+    #[inline]
+    pub fn mark_picked(&self, seq: u64) {
+        self.last_pick.store(seq, Relaxed);
+    }
+
+    /// Whether new requests may go here: not draining, ejected or unhealthy.
+    #[inline]
+    pub fn is_eligible(&self) -> bool {
+        self.flags.load(Relaxed) & OUT == 0
+    }
+
+    /// Whether discovery removed it or an operator drained it.
+    #[inline]
+    pub fn is_draining(&self) -> bool {
+        self.flags.load(Relaxed) & (DRAINING | ADMIN_DRAIN) != 0
+    }
+
+    /// The state as the status page shows it.
+    pub fn health(&self) -> Health {
+        let f = self.flags.load(Relaxed);
+        if f & (DRAINING | ADMIN_DRAIN) != 0 {
+            Health::Draining
+        } else if f & EJECTED != 0 {
+            Health::Ejected
+        } else if f & UNHEALTHY != 0 {
+            Health::Unhealthy
+        } else if f & CHECKED != 0 {
+            Health::Healthy
+        } else {
+            Health::Unknown
+        }
+    }
+
+    /// Whether an operator drained it (as opposed to discovery removing it).
+    pub fn is_admin_drained(&self) -> bool {
+        self.flags.load(Relaxed) & ADMIN_DRAIN != 0
+    }
+
+    /// Whether passive outlier detection has it out.
+    pub fn is_ejected(&self) -> bool {
+        self.flags.load(Relaxed) & EJECTED != 0
+    }
+
+    /// Whether the active check has it out.
+    pub fn is_unhealthy(&self) -> bool {
+        self.flags.load(Relaxed) & UNHEALTHY != 0
+    }
+
+    pub(crate) fn set_flag(&self, flag: Flag, on: bool) -> bool {
+        let bit = flag as u8;
+        let prev = if on {
+            self.flags.fetch_or(bit, Relaxed)
+        } else {
+            self.flags.fetch_and(!bit, Relaxed)
+        };
+        (prev & bit != 0) != on
+    }
+
+    // --- load ---
+
+    #[inline]
+    pub(crate) fn acquire(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Records a success; returns whether it ended a failure streak.
+    #[inline]
+    pub(crate) fn record_success(&self) -> bool {
+        // Read first: a store on every success would bounce the cache line for nothing.
+        if self.consecutive_failures.load(Relaxed) != 0 {
+            self.consecutive_failures.store(0, Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records a failure; returns the length of the failure streak.
+    pub(crate) fn record_failure(&self) -> u32 {
+        self.failures.fetch_add(1, Relaxed);
+        self.consecutive_failures.fetch_add(1, Relaxed) + 1
+    }
+
+    pub(crate) fn note_ejected(&self) -> u32 {
+        self.consecutive_failures.store(0, Relaxed);
+        self.times_ejected.fetch_add(1, Relaxed) + 1
+    }
+
+    pub(crate) fn forgive_ejections(&self) {
+        self.times_ejected.store(0, Relaxed);
+    }
+
+    /// Folds one observed round-trip time into the peak EWMA.
+    ///
+    /// A sample above the estimate replaces it at once (the "peak"); a lower one is
+    /// blended in with weight `1 - exp(-elapsed / decay)`, as in Finagle and tower.
+    pub(crate) fn observe_rtt(&self, rtt: Duration, now: u64, decay_ns: f64) {
+        let sample = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.rtt_ns.load(Relaxed));
+        let stamp = self.rtt_stamp_ns.swap(now, Relaxed);
+        let next = if sample > prev {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(stamp) as f64;
+            let w = (-elapsed / decay_ns).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        self.rtt_ns.store(next.to_bits(), Relaxed);
+    }
+
+    /// The peak-EWMA round-trip estimate, decayed toward zero for the time since the
+    /// last sample, in nanoseconds. An endpoint that has had no traffic for a while
+    /// looks cheaper and gets tried again, so one slow answer cannot starve it.
+    #[inline]
+    pub fn rtt_estimate(&self, now: u64, decay_ns: f64) -> f64 {
+        let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
+        let stamp = self.rtt_stamp_ns.load(Relaxed);
+        let elapsed = now.saturating_sub(stamp) as f64;
+        if elapsed <= 0.0 {
+            rtt
+        } else {
+            rtt * (-elapsed / decay_ns).exp()
+        }
+    }
+
+    /// The latency estimate as last stored, not decayed: what the status page shows.
+    pub fn ewma_latency(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.rtt_ns.load(Relaxed)) as u64)
+    }
+
+    // --- active health ---
+
+    /// Records one active check; returns the new health flag if it flipped.
+    pub(crate) fn record_check(&self, ok: bool, error: Option<String>, rise: u32, fall: u32) -> Option<bool> {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(CheckRecord {
+            at: Duration::from_nanos(now_ns()),
+            ok,
+            error,
+        });
+        let was_checked = self.flags.load(Relaxed) & CHECKED != 0;
+        let unhealthy = self.is_unhealthy();
+        // The streak counts checks that disagree with the current state.
+        let disagrees = if !was_checked { true } else { ok == unhealthy };
+        if !disagrees {
+            self.health_streak.store(0, Relaxed);
+            return None;
+        }
+        let streak = self.health_streak.fetch_add(1, Relaxed) + 1;
+        let need = if ok { rise.max(1) } else { fall.max(1) };
+        if streak < need {
+            return None;
+        }
+        self.health_streak.store(0, Relaxed);
+        self.flags.fetch_or(CHECKED, Relaxed);
+        if !was_checked && ok && !unhealthy {
+            // unknown -> healthy
+            return Some(true);
+        }
+        self.set_flag(Flag::Unhealthy, !ok);
+        Some(ok)
+    }
+
+    /// The last active check, if one ran.
+    pub fn last_check(&self) -> Option<CheckRecord> {
+        self.last_check.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub(crate) enum Flag {
+    Draining = DRAINING,
+    AdminDrain = ADMIN_DRAIN,
+    Ejected = EJECTED,
+    Unhealthy = UNHEALTHY,
+}
