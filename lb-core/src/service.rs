@@ -532,7 +532,9 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
             // The snapshot is stale (an endpoint just went out) or endpoints are full:
             // the first usable endpoint with room, scanning from a rotating start.
             let start = self.snapshot_scan_start(n);
-            found = (0..n).map(|k| (start + k) % n.max(1)).find(|&i| snap.usable(i) && fits(i));
+            found = (0..n)
+                .map(|k| (start + k) % n.max(1))
+                .find(|&i| snap.usable(i) && fits(i));
         }
         let Some(i) = found else {
             return Err(overloaded);

@@ -377,7 +377,13 @@ where
         };
         let ramp_from = (self.seen_first_set && self.config.slow_start.is_some()).then(Instant::now);
         let probe = self.config.health.clone().map(|(check, cfg)| {
-            tokio::spawn(probe_loop(state.clone(), check, cfg, self.events.clone(), self.config.name.clone()))
+            tokio::spawn(probe_loop(
+                state.clone(),
+                check,
+                cfg,
+                self.events.clone(),
+                self.config.name.clone(),
+            ))
         });
         self.table.insert(
             ep.id().clone(),
@@ -570,7 +576,13 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-async fn probe_loop(state: Arc<EndpointState>, check: Arc<dyn HealthCheck>, cfg: CheckConfig, events: Arc<Events>, name: Arc<str>) {
+async fn probe_loop(
+    state: Arc<EndpointState>,
+    check: Arc<dyn HealthCheck>,
+    cfg: CheckConfig,
+    events: Arc<Events>,
+    name: Arc<str>,
+) {
     let mut interval = tokio::time::interval(cfg.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

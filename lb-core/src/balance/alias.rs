@@ -82,7 +82,10 @@ mod tests {
         for (i, &w) in weights.iter().enumerate() {
             let expected = draws as f64 * w as f64 / total as f64;
             let got = counts[i] as f64;
-            assert!((got - expected).abs() / expected < 0.03, "endpoint {i}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() / expected < 0.03,
+                "endpoint {i}: {got} vs {expected}"
+            );
         }
     }
 }

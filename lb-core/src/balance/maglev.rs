@@ -142,7 +142,10 @@ pub(crate) fn populate(ids: &[u64], weights: &[u32], min: usize) -> Box<[u32]> {
     }
     let m = next_prime(min.max(100 * n));
     let offsets: Vec<u64> = ids.iter().map(|&h| mix(h ^ 0x5bd1_e995) % m as u64).collect();
-    let skips: Vec<u64> = ids.iter().map(|&h| mix(h ^ 0x2545_f491_4f6c_dd1d) % (m as u64 - 1) + 1).collect();
+    let skips: Vec<u64> = ids
+        .iter()
+        .map(|&h| mix(h ^ 0x2545_f491_4f6c_dd1d) % (m as u64 - 1) + 1)
+        .collect();
     let max_w = weights.iter().copied().max().unwrap_or(1).max(1) as u64;
     let mut next = vec![0u64; n];
     let mut count = vec![0u64; n];
@@ -217,7 +220,10 @@ impl Balance for Maglev {
         // Walk on; give up after a bounded number of slots (all full means all are
         // at their cap, so the first choice is as good as any).
         let limit = m.min(64 * set.len());
-        (1..limit).map(|k| table.slots[(start + k) % m] as usize).find(|&i| fits(i)).or(Some(first))
+        (1..limit)
+            .map(|k| table.slots[(start + k) % m] as usize)
+            .find(|&i| fits(i))
+            .or(Some(first))
     }
 
     #[inline]

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use super::random::Weighted;
 use super::alias::AliasTable;
+use super::random::Weighted;
 use super::{Balance, Candidates, PickContext, Rng};
 use crate::state::{now_ns, EndpointState};
 
@@ -112,12 +112,18 @@ pub struct P2c<L = PendingRequests> {
 impl<L: Load> P2c<L> {
     /// P2C over `load`, seeded from the clock.
     pub fn new(load: L) -> Self {
-        Self { load, rng: Rng::from_entropy() }
+        Self {
+            load,
+            rng: Rng::from_entropy(),
+        }
     }
 
     /// P2C over `load`, seeded, so a single-threaded sequence repeats.
     pub fn from_seed(load: L, seed: u64) -> Self {
-        Self { load, rng: Rng::from_seed(seed) }
+        Self {
+            load,
+            rng: Rng::from_seed(seed),
+        }
     }
 
     /// The load in use.

@@ -13,12 +13,16 @@ pub struct Random {
 impl Random {
     /// Seeded from the clock.
     pub fn new() -> Self {
-        Self { rng: Rng::from_entropy() }
+        Self {
+            rng: Rng::from_entropy(),
+        }
     }
 
     /// Seeded, so a single-threaded sequence of picks repeats exactly.
     pub fn from_seed(seed: u64) -> Self {
-        Self { rng: Rng::from_seed(seed) }
+        Self {
+            rng: Rng::from_seed(seed),
+        }
     }
 }
 

@@ -51,9 +51,24 @@ mod tests {
 
     #[test]
     fn seeded_sequences_repeat_and_differ_by_seed() {
-        let a: Vec<u64> = (0..8).map({ let r = Rng::from_seed(1); move |_| r.next_u64() }).collect();
-        let b: Vec<u64> = (0..8).map({ let r = Rng::from_seed(1); move |_| r.next_u64() }).collect();
-        let c: Vec<u64> = (0..8).map({ let r = Rng::from_seed(2); move |_| r.next_u64() }).collect();
+        let a: Vec<u64> = (0..8)
+            .map({
+                let r = Rng::from_seed(1);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let b: Vec<u64> = (0..8)
+            .map({
+                let r = Rng::from_seed(1);
+                move |_| r.next_u64()
+            })
+            .collect();
+        let c: Vec<u64> = (0..8)
+            .map({
+                let r = Rng::from_seed(2);
+                move |_| r.next_u64()
+            })
+            .collect();
         assert_eq!(a, b, "the same seed must give the same sequence");
         assert_ne!(a, c, "different seeds must give different sequences");
     }

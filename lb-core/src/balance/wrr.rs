@@ -148,7 +148,13 @@ fn deadline_schedule(w: &[u64]) -> Vec<u32> {
     let mut heap: BinaryHeap<Reverse<Due>> = w
         .iter()
         .enumerate()
-        .map(|(i, &wi)| Reverse(Due { num: 1, den: 2 * wi, idx: i as u32 }))
+        .map(|(i, &wi)| {
+            Reverse(Due {
+                num: 1,
+                den: 2 * wi,
+                idx: i as u32,
+            })
+        })
         .collect();
     let mut order = Vec::with_capacity(total as usize);
     for _ in 0..total {
@@ -165,7 +171,10 @@ mod tests {
 
     #[test]
     fn nginx_example() {
-        let s: String = smooth_schedule(&[5, 1, 1]).iter().map(|&i| (b'a' + i as u8) as char).collect();
+        let s: String = smooth_schedule(&[5, 1, 1])
+            .iter()
+            .map(|&i| (b'a' + i as u8) as char)
+            .collect();
         assert_eq!(s, "aabacaa");
     }
 
