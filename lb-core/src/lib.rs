@@ -26,6 +26,12 @@
 //! |---|---|
 //! | `http` | [`http`](crate::http): a hyper client connector per endpoint, forwarding headers, an HTTP health probe |
 //!
+//! # Example: a hyper client balanced over a static list (feature `http`)
+//!
+#![cfg_attr(feature = "http", doc = "```")]
+#![cfg_attr(feature = "http", doc = include_str!("../examples/embed.rs"))]
+#![cfg_attr(feature = "http", doc = "```")]
+//!
 //! The architecture, with the two flows (discovery and request), is in
 //! `docs/architecture.md` of the repository.
 
@@ -36,6 +42,8 @@ pub mod balance;
 pub mod discover;
 pub mod error;
 pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod load;
 
 mod endpoint;

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use crate::state::EndpointState;
 
 mod alias;
+mod any;
 mod least_conn;
 mod maglev;
 mod p2c;
@@ -47,6 +48,7 @@ mod rng;
 mod round_robin;
 mod wrr;
 
+pub use self::any::{AnyPolicy, AnyState};
 pub use self::least_conn::{LeastConn, Tree};
 pub use self::maglev::{hash_key, Maglev, Table as MaglevTable};
 pub use self::p2c::{Load, P2c, PeakEwma, PendingRequests};

@@ -1,0 +1,154 @@
+//! Preparing requests and responses for the hop through a proxy (RFC 9110 §7.6).
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::{Request, Response, StatusCode, Version};
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether the request asks to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` header), as a WebSocket handshake does.
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header the
+/// `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named {
+        headers.remove(h);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(UPGRADE);
+}
+
+/// The host the client asked for: the `Host` header, or the URI's authority (HTTP/2).
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+}
+
+/// Prepares a client's request for the hop to an endpoint.
+///
+/// Hop-by-hop headers go (but an upgrade request keeps `Connection: upgrade` and its
+/// `Upgrade`), the client's address is appended to `X-Forwarded-For`, `X-Forwarded-Proto`
+/// is set to `proto` and `X-Forwarded-Host` to the requested host, which also stays in
+/// `Host` (set from the URI authority for HTTP/2 clients). The request goes out as
+/// HTTP/1.1.
+pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static str) {
+    let upgrade = if is_upgrade(req) { req.headers().get(UPGRADE).cloned() } else { None };
+    let host = request_host(req).and_then(|h| HeaderValue::from_str(h).ok());
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    if let Some(u) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, u);
+    }
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
+        _ => client.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    if let Some(h) = host {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        headers.entry(HOST).or_insert(h);
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Prepares an endpoint's response for the hop back: hop-by-hop headers go, except on
+/// a `101 Switching Protocols`, which keeps `Connection` and `Upgrade`.
+pub fn prepare_response<B>(rsp: &mut Response<B>) {
+    if rsp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    strip_hop_by_hop(rsp.headers_mut());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_and_sets_forwarding_headers() {
+        let mut req = Request::get("/a")
+            .header(HOST, "web.localhost")
+            .header(CONNECTION, "keep-alive, x-secret")
+            .header("x-secret", "1")
+            .header("keep-alive", "timeout=5")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, "127.0.0.1".parse().unwrap(), "http");
+        let h = req.headers();
+        assert!(h.get("x-secret").is_none(), "headers named by Connection are hop-by-hop");
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(CONNECTION).is_none());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "web.localhost");
+        assert_eq!(h[HOST], "web.localhost");
+    }
+
+    #[test]
+    fn upgrade_keeps_its_headers() {
+        let mut req = Request::get("/ws")
+            .header(HOST, "a")
+            .header(CONNECTION, "Upgrade")
+            .header(UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        prepare_request(&mut req, "::1".parse().unwrap(), "https");
+        assert_eq!(req.headers()[UPGRADE], "websocket");
+        assert_eq!(req.headers()[CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn http2_authority_becomes_host() {
+        let mut req = Request::get("http://api.localhost/x").version(Version::HTTP_2).body(()).unwrap();
+        prepare_request(&mut req, "127.0.0.1".parse().unwrap(), "http");
+        assert_eq!(req.headers()[HOST], "api.localhost");
+        assert_eq!(req.version(), Version::HTTP_11);
+    }
+}

@@ -1,0 +1,43 @@
+//! HTTP: a pooled hyper client per endpoint, forwarding headers, upgrades and an HTTP
+//! health probe. Everything a proxy built from these crates needs besides its listener.
+//!
+//! - [`HttpConnect`] is the connector a [`Balancer`](crate::Balancer) takes: it turns
+//!   each [`Endpoint`](crate::Endpoint) into an [`EndpointService`] that sends requests
+//!   to that endpoint's address over keep-alive connections from one shared pool.
+//! - [`forward`] prepares a request for the hop to an endpoint (hop-by-hop headers
+//!   removed, `X-Forwarded-For`/`-Proto`/`-Host` set, `Host` passed through) and the
+//!   response for the hop back.
+//! - [`upgrade`] splices an HTTP Upgrade (WebSocket) once the endpoint answers 101.
+//! - [`HttpProbe`] is an active health check: `GET path`, 2xx or 3xx passes.
+
+mod client;
+pub mod forward;
+mod probe;
+pub mod upgrade;
+
+pub use self::client::{is_connect_error, ClientConfig, EndpointService, HttpConnect};
+pub use self::probe::HttpProbe;
+
+/// The body type [`EndpointService`] sends and [`forward`] works with: any body of
+/// `Bytes` whose error boxes.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>;
+
+/// Boxes any body into [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    use http_body_util::BodyExt;
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// An empty [`Body`].
+pub fn empty() -> Body {
+    boxed(http_body_util::Empty::new())
+}
+
+/// A [`Body`] holding `bytes`.
+pub fn full(bytes: impl Into<bytes::Bytes>) -> Body {
+    boxed(http_body_util::Full::new(bytes.into()))
+}
