@@ -157,6 +157,11 @@ impl<B> TrackedBody<B> {
         }
     }
 
+    /// The guard, while the body has not ended.
+    pub fn guard(&self) -> Option<&InFlight> {
+        self.guard.as_ref()
+    }
+
     /// Whether the guard is still held (the body has not ended).
     pub fn is_tracking(&self) -> bool {
         self.guard.is_some()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointId};
 
 /// Monotonic nanoseconds since the first call in this process.
 pub(crate) fn now_ns() -> u64 {
@@ -83,6 +83,7 @@ pub struct CheckRecord {
 /// read is a relaxed atomic load: no lock is taken on the request path.
 #[derive(Debug)]
 pub struct EndpointState {
+    id: EndpointId,
     endpoint: ArcSwap<Endpoint>,
     flags: AtomicU8,
     in_flight: AtomicU32,
@@ -103,6 +104,7 @@ impl EndpointState {
     /// Fresh state for an endpoint, its latency estimate seeded with `default_rtt`.
     pub fn new(endpoint: Endpoint, default_rtt: Duration) -> Self {
         Self {
+            id: endpoint.id().clone(),
             endpoint: ArcSwap::from_pointee(endpoint),
             flags: AtomicU8::new(0),
             in_flight: AtomicU32::new(0),
@@ -116,6 +118,11 @@ impl EndpointState {
             health_streak: AtomicU32::new(0),
             last_check: Mutex::new(None),
         }
+    }
+
+    /// The endpoint's id (it never changes for one state).
+    pub fn id(&self) -> &EndpointId {
+        &self.id
     }
 
     /// The endpoint as last described by discovery.

@@ -361,7 +361,7 @@ where
         let revived = self
             .draining
             .iter()
-            .position(|s| s.endpoint().id() == ep.id())
+            .position(|s| s.id() == ep.id())
             .map(|i| self.draining.swap_remove(i));
         let state = match revived {
             Some(st) => {
@@ -467,7 +467,7 @@ where
         self.draining.retain(|s| {
             let busy = s.in_flight() > 0;
             if !busy {
-                tracing::debug!(balancer = %name, endpoint = %s.endpoint().id(), "endpoint drained");
+                tracing::debug!(balancer = %name, endpoint = %s.id(), "endpoint drained");
             }
             busy
         });

@@ -1,1 +1,136 @@
-fn main() {}
+//! `lb-proxy`: the reference reverse proxy built from the lb crates.
+//!
+//! It stays thin: config -> stack -> run. Everything reusable (balancing, discovery,
+//! health, the HTTP connector and forwarding) lives in the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod admin;
+mod config;
+mod demo;
+mod metrics;
+mod proxy;
+mod reload;
+mod router;
+mod runtime;
+mod server;
+mod stack;
+mod tcp;
+mod tls;
+mod upstream;
+
+/// Load balancing reverse proxy: HTTP and TCP, static files and DNS names.
+#[derive(Debug, Parser)]
+#[command(name = "lb-proxy", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Print one access-log line per request (target `lb_proxy::access`).
+    #[arg(long, global = true)]
+    access_log: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy from a config file.
+    Run {
+        /// The TOML config file (reloaded when it changes or on SIGHUP).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and exit: 0 if valid, 2 naming file, line, column and key if not.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Start three demo backends on loopback and balance them, printing what to curl.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the admin page listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// Policy: round_robin, least_conn, p2c, peak_ewma, random, consistent_hash.
+        #[arg(long, default_value = "round_robin")]
+        balance: String,
+    },
+}
+
+/// Exit codes: 0 ok, 1 runtime failure, 2 bad config or arguments.
+pub(crate) const EXIT_RUNTIME: u8 = 1;
+pub(crate) const EXIT_CONFIG: u8 = 2;
+
+fn init_tracing(format: LogFormat, access: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if access { "info" } else { "info,lb_proxy::access=off" };
+    let filter = EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Command::Check { file } = &cli.command {
+        return match config::load(file) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok ({} services, {} routes, {} tcp listeners)",
+                    file.display(),
+                    cfg.services.len(),
+                    cfg.routes.len(),
+                    cfg.tcp.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    init_tracing(cli.log_format, cli.access_log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lb-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Run { config } => stack::run_file(config).await,
+            Command::Demo { listen, admin, balance } => demo::run(listen, admin, &balance).await,
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb-proxy: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}

@@ -12,8 +12,13 @@
 //! With one thread the pick is always a true minimum. Under contention two replays of a
 //! shared node may interleave and leave a slightly stale winner, which the next replay
 //! through that node corrects: the pick is then a minimum up to the requests racing it.
+//!
+//! A request picked from an older snapshot ends on that snapshot's tree, which the
+//! current tree does not see. Such a change marks the policy stale, and the next pick
+//! from the current tree replays all of its matches first (O(n), once per batch of such
+//! changes), so a discovery update cannot leave an idle endpoint unpicked.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use super::{Balance, Candidates, PickContext};
 
@@ -23,6 +28,10 @@ const EMPTY: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub struct LeastConn {
     seq: AtomicU64,
+    /// How many trees have been built; the newest tree carries this number.
+    epoch: AtomicU64,
+    /// A load changed through an older tree since the newest one last replayed.
+    stale: AtomicBool,
 }
 
 impl LeastConn {
@@ -38,6 +47,7 @@ pub struct Tree {
     /// `nodes[1]` is the root; leaves sit at `leaves..2 * leaves`.
     nodes: Box<[AtomicU32]>,
     leaves: usize,
+    epoch: u64,
 }
 
 #[inline]
@@ -62,17 +72,22 @@ fn better(set: &Candidates<'_>, a: u32, b: u32) -> u32 {
 }
 
 impl Tree {
-    fn new(set: &Candidates<'_>) -> Self {
+    fn new(set: &Candidates<'_>, epoch: u64) -> Self {
         let leaves = set.len().next_power_of_two().max(1);
         let nodes: Box<[AtomicU32]> = (0..2 * leaves).map(|_| AtomicU32::new(EMPTY)).collect();
         for i in 0..set.len() {
             nodes[leaves + i].store(i as u32, Relaxed);
         }
-        let tree = Self { nodes, leaves };
-        for k in (1..leaves).rev() {
-            tree.replay(set, k);
-        }
+        let tree = Self { nodes, leaves, epoch };
+        tree.replay_all(set);
         tree
+    }
+
+    /// Replays every match, bottom up: the winner is then a true minimum again.
+    fn replay_all(&self, set: &Candidates<'_>) {
+        for k in (1..self.leaves).rev() {
+            self.replay(set, k);
+        }
     }
 
     #[inline]
@@ -108,6 +123,16 @@ impl Tree {
     }
 }
 
+impl LeastConn {
+    /// A load changed through `tree`; if a newer tree exists, it has not seen it.
+    #[inline]
+    fn note_if_old(&self, tree: &Tree) {
+        if tree.epoch != self.epoch.load(Relaxed) {
+            self.stale.store(true, Relaxed);
+        }
+    }
+}
+
 impl Balance for LeastConn {
     type State = Tree;
 
@@ -116,13 +141,19 @@ impl Balance for LeastConn {
     }
 
     fn build(&self, set: &Candidates<'_>) -> Tree {
-        Tree::new(set)
+        // Numbered before the loads are read: a change through an older tree from now
+        // on marks the policy stale, and the loads read here include every earlier one.
+        let epoch = self.epoch.fetch_add(1, Relaxed) + 1;
+        Tree::new(set, epoch)
     }
 
     #[inline]
     fn pick(&self, tree: &Tree, set: &Candidates<'_>, _: &PickContext) -> Option<usize> {
         if set.len() == 1 {
             return Some(0);
+        }
+        if self.stale.load(Relaxed) && tree.epoch == self.epoch.load(Relaxed) && self.stale.swap(false, Relaxed) {
+            tree.replay_all(set);
         }
         tree.winner()
     }
@@ -134,6 +165,7 @@ impl Balance for LeastConn {
         if set.len() > 1 {
             tree.update(set, index);
         }
+        self.note_if_old(tree);
     }
 
     #[inline]
@@ -141,6 +173,7 @@ impl Balance for LeastConn {
         if set.len() > 1 {
             tree.update(set, index);
         }
+        self.note_if_old(tree);
     }
 
     fn tracks_release(&self) -> bool {

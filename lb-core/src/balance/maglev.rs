@@ -185,7 +185,7 @@ impl Balance for Maglev {
 
     fn build(&self, set: &Candidates<'_>) -> Table {
         let ids: Vec<u64> = (0..set.len())
-            .map(|i| hash_key(set.endpoint(i).endpoint().id().as_str().as_bytes()))
+            .map(|i| hash_key(set.endpoint(i).id().as_str().as_bytes()))
             .collect();
         Table {
             slots: populate(&ids, set.weights(), self.min_table),

@@ -1,0 +1,5 @@
+//! Integration tests: the watched endpoints file, name resolution, the fixed list.
+
+mod file;
+mod resolve;
+mod support;

@@ -1,0 +1,234 @@
+// lb-proxy status page: renders /api/status and refreshes it every 2 s.
+//
+// Everything from the server goes into the DOM through textContent and attributes,
+// never innerHTML, so ids and errors from discovery cannot inject markup.
+// Auth: a `?token=` in the page URL is sent as `Authorization: Bearer`; Basic
+// credentials are sent by the browser itself for same-origin fetches.
+"use strict";
+
+(function () {
+  const REFRESH_MS = 2000;
+  const token = new URLSearchParams(window.location.search).get("token");
+  const root = document.getElementById("services");
+  const banner = document.getElementById("banner");
+  const updated = document.getElementById("updated");
+  const generation = document.getElementById("generation");
+  const auto = document.getElementById("auto");
+  let timer = null;
+  let busy = false;
+
+  function headers() {
+    const h = { Accept: "application/json" };
+    if (token) h.Authorization = "Bearer " + token;
+    return h;
+  }
+
+  // el("td", {class: "x"}, "text", child, ...)
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "onclick") e.addEventListener("click", v);
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children) {
+      if (c === null || c === undefined) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function fmtInt(n) {
+    return Number(n).toLocaleString("en-US");
+  }
+
+  function fmtMs(ms) {
+    if (ms === null || ms === undefined) return "–";
+    if (ms < 1) return (ms * 1000).toFixed(0) + " µs";
+    if (ms < 1000) return ms.toFixed(ms < 10 ? 2 : 1) + " ms";
+    return (ms / 1000).toFixed(2) + " s";
+  }
+
+  function fmtAgo(s) {
+    if (s < 1) return "just now";
+    if (s < 90) return Math.round(s) + " s ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    return Math.round(s / 3600) + " h ago";
+  }
+
+  function fmtWeight(w) {
+    if (w === null || w === undefined) return "–";
+    return Number.isInteger(w) ? String(w) : w.toFixed(2);
+  }
+
+  function showBanner(text, kind) {
+    if (!text) {
+      banner.hidden = true;
+      banner.textContent = "";
+      return;
+    }
+    banner.hidden = false;
+    banner.className = "banner " + (kind || "error");
+    banner.textContent = text;
+  }
+
+  async function act(service, id, verb, button) {
+    button.disabled = true;
+    const url =
+      "/api/services/" + encodeURIComponent(service) + "/endpoints/" + encodeURIComponent(id) + "/" + verb;
+    try {
+      const r = await fetch(url, { method: "POST", headers: headers(), credentials: "same-origin" });
+      let body = null;
+      try {
+        body = await r.json();
+      } catch (_) {
+        body = null;
+      }
+      if (!r.ok) {
+        showBanner(verb + " " + id + " failed: " + r.status + " " + ((body && body.error) || r.statusText));
+      } else {
+        showBanner(service + " / " + id + ": " + verb + (verb === "drain" ? "ed" : "d"), "info");
+      }
+    } catch (e) {
+      showBanner(verb + " " + id + " failed: " + e);
+    }
+    await refresh();
+  }
+
+  function checkCell(c) {
+    if (!c) return el("td", { class: "muted" }, "–");
+    const when = fmtAgo(c.ago_s);
+    if (c.ok) return el("td", { class: "check-ok" }, "ok ", el("span", { class: "muted" }, when));
+    return el(
+      "td",
+      { class: "check-failed", title: c.error || "" },
+      "failed",
+      c.error ? el("span", { class: "err" }, ": " + c.error) : null,
+      " ",
+      el("span", { class: "muted" }, when)
+    );
+  }
+
+  function endpointRow(svc, e) {
+    const draining = e.state === "draining";
+    const verb = draining ? "enable" : "drain";
+    const button = el("button", { type: "button", class: "btn btn-" + verb, "data-action": verb }, verb);
+    button.addEventListener("click", () => act(svc.name, e.id, verb, button));
+    const meta = Object.entries(e.metadata || {})
+      .map(([k, v]) => k + "=" + v)
+      .join("\n");
+    return el(
+      "tr",
+      { class: "ep st-row-" + e.state, "data-endpoint": e.id, "data-state": e.state },
+      el("td", { class: "id", title: meta || null }, e.id),
+      el("td", { class: "addr" }, e.addr),
+      el("td", { class: "st st-" + e.state }, e.state),
+      el("td", { class: "num" }, fmtInt(e.weight)),
+      el("td", { class: "num" }, fmtWeight(e.effective_weight)),
+      el("td", { class: "num" }, fmtInt(e.in_flight)),
+      el("td", { class: "num" }, fmtInt(e.requests)),
+      el("td", { class: "num" + (e.failures > 0 ? " warn" : "") }, fmtInt(e.failures)),
+      el("td", { class: "num" + (e.times_ejected > 0 ? " warn" : "") }, fmtInt(e.times_ejected)),
+      el("td", { class: "num" }, fmtMs(e.ewma_latency_ms)),
+      checkCell(e.last_check),
+      el("td", { class: "act" }, button)
+    );
+  }
+
+  function serviceSection(svc) {
+    const head = el(
+      "tr",
+      {},
+      ...[
+        "Endpoint",
+        "Address",
+        "State",
+        "Weight",
+        "Effective",
+        "In flight",
+        "Requests",
+        "Failures",
+        "Ejected",
+        "EWMA",
+        "Last check",
+        "",
+      ].map((h) => el("th", {}, h))
+    );
+    const rows = svc.endpoints.map((e) => endpointRow(svc, e));
+    if (rows.length === 0) {
+      rows.push(el("tr", {}, el("td", { colspan: 12, class: "muted empty" }, "no endpoints discovered")));
+    }
+    const totals = svc.endpoints.reduce(
+      (t, e) => ({ in_flight: t.in_flight + e.in_flight, requests: t.requests + e.requests, failures: t.failures + e.failures }),
+      { in_flight: 0, requests: 0, failures: 0 }
+    );
+    const health = svc.eligible === 0 ? "down" : svc.eligible < svc.total ? "degraded" : "up";
+    return el(
+      "section",
+      { class: "service", "data-service": svc.name },
+      el(
+        "div",
+        { class: "svc-head svc-" + health },
+        el("span", { class: "svc-name" }, svc.name),
+        el("span", { class: "pill" }, svc.policy),
+        el("span", { class: "pill" }, svc.eligible + " / " + svc.total + " eligible"),
+        svc.panic ? el("span", { class: "pill panic", title: "too few healthy endpoints: balancing over all" }, "PANIC") : null,
+        el(
+          "span",
+          { class: "svc-totals" },
+          fmtInt(totals.in_flight) + " in flight · " + fmtInt(totals.requests) + " requests · " + fmtInt(totals.failures) + " failures"
+        )
+      ),
+      el("table", { class: "eps" }, el("thead", {}, head), el("tbody", {}, ...rows))
+    );
+  }
+
+  function render(status, source) {
+    if (!status || !Array.isArray(status.services)) return;
+    generation.textContent = "config generation " + status.generation;
+    const sections = status.services.map(serviceSection);
+    if (sections.length === 0) sections.push(el("p", { class: "muted" }, "no services configured"));
+    root.replaceChildren(...sections);
+    document.body.dataset.source = source;
+  }
+
+  async function refresh() {
+    if (busy) return;
+    busy = true;
+    try {
+      const r = await fetch("/api/status", { headers: headers(), credentials: "same-origin", cache: "no-store" });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      const status = await r.json();
+      render(status, "api");
+      updated.textContent = "updated " + new Date().toLocaleTimeString();
+      updated.className = "muted";
+      if (!banner.classList.contains("info")) showBanner(null);
+    } catch (e) {
+      updated.textContent = "update failed: " + e.message;
+      updated.className = "stale";
+    } finally {
+      busy = false;
+    }
+  }
+
+  function schedule() {
+    if (timer !== null) clearInterval(timer);
+    timer = auto.checked ? setInterval(refresh, REFRESH_MS) : null;
+  }
+
+  try {
+    const initial = JSON.parse(document.getElementById("initial-status").textContent);
+    render(initial, "initial");
+  } catch (_) {
+    // The first fetch will fill it in.
+  }
+  if (token) {
+    // The links carry the token too (GET routes take `?token=`).
+    for (const a of document.querySelectorAll("a[href^='/']")) {
+      a.setAttribute("href", a.getAttribute("href") + "?token=" + encodeURIComponent(token));
+    }
+  }
+  auto.addEventListener("change", schedule);
+  schedule();
+  refresh();
+})();

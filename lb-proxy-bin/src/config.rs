@@ -1,0 +1,479 @@
+//! The proxy's configuration: one TOML file, checked in full before anything starts.
+//!
+//! [`load`] reads a file and [`parse`] a text into a [`Config`]: services (each a balancer
+//! over static endpoints or a watched endpoints file), HTTP routes onto them by host and
+//! path prefix, TCP listeners onto them, the HTTP server and the admin listener. Every key
+//! has a default but `services[].name`, the endpoints of a service, `routes[].service` and
+//! the two keys of a `[[tcp]]` entry; `docs/config.md` lists them all.
+//!
+//! Any fault, from a TOML syntax error to a route naming a missing service, is a
+//! [`ConfigError`] whose message names the file, line, column and key at fault:
+//!
+//! ```text
+//! web.toml:7:11: services[0].balance: unknown policy "round-robin" (expected one of round_robin, ...)
+//! ```
+//!
+//! Relative file paths in the config (`endpoints_file`, TLS `cert` and `key`) are resolved
+//! against the directory of the config file.
+
+mod build;
+mod duration;
+mod error;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub(crate) use self::error::ConfigError;
+
+/// Reads and validates the configuration file at `path`.
+///
+/// # Errors
+///
+/// [`ConfigError::Read`] if the file cannot be read, [`ConfigError::Invalid`] if it is not a
+/// valid configuration (see [`parse`]).
+pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates a configuration text; `path` names the file in errors and is the
+/// base for relative paths in the config.
+///
+/// # Errors
+///
+/// [`ConfigError::Invalid`] for the first fault found: TOML syntax, an unknown key, a value
+/// of the wrong type, or a failed check (unknown service, duplicate name, bad address,
+/// weight out of range, bad duration, admin reachable from outside without auth, ...).
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|err| error::from_toml(path, text, &err))?;
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    let mut warnings = Vec::new();
+    let built = build::build(raw, base_dir, &mut warnings);
+    // The index of key spans costs a second parse: only when there is something to place.
+    let index = match (&built, warnings.is_empty()) {
+        (Ok(_), true) => error::SpanIndex::default(),
+        _ => error::SpanIndex::new(text),
+    };
+    let mut config = built.map_err(|fault| error::from_invalid(path, text, &index, fault))?;
+    config.warnings = warnings
+        .into_iter()
+        .map(|fault| error::from_invalid(path, text, &index, fault).to_string())
+        .collect();
+    Ok(config)
+}
+
+/// The whole configuration of one `lb-proxy`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Config {
+    /// The HTTP(S) listeners: `[server]`.
+    pub(crate) server: ServerConfig,
+    /// The admin listener (status page, metrics, API): `[admin]`.
+    pub(crate) admin: AdminConfig,
+    /// The balanced services: `[[services]]`, in file order, names unique.
+    pub(crate) services: Vec<ServiceConfig>,
+    /// HTTP routes onto services: `[[routes]]`, in file order (the first match wins).
+    pub(crate) routes: Vec<RouteConfig>,
+    /// TCP listeners onto services: `[[tcp]]`, in file order.
+    pub(crate) tcp: Vec<TcpConfig>,
+    /// Faults that do not stop the proxy (such as a `hash_key` that the service's policy
+    /// ignores), each a line `file:line:column: key: message` to log as a warning.
+    pub(crate) warnings: Vec<String>,
+}
+
+/// `[server]`: the HTTP(S) side.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ServerConfig {
+    /// Addresses to accept HTTP on; at least one. Default `["127.0.0.1:8080"]`.
+    pub(crate) listen: Vec<SocketAddr>,
+    /// When set, every `listen` address speaks HTTPS (rustls) instead of plain HTTP.
+    pub(crate) tls: Option<TlsConfig>,
+    /// Largest request head (request line and headers) accepted. Default 64 KiB.
+    pub(crate) max_header_bytes: usize,
+    /// Largest request body accepted; `None` (the default) for no limit.
+    pub(crate) max_body_bytes: Option<u64>,
+    /// Time a client has to send the request head. Default 10 s.
+    pub(crate) header_read_timeout: Duration,
+    /// On shutdown, time in-flight requests get to finish before they are cut. Default 10 s.
+    pub(crate) shutdown_grace: Duration,
+}
+
+/// `[server.tls]`: certificates for HTTPS, chosen by SNI.
+///
+/// At least one of `default` and `sni_certs` is present.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TlsConfig {
+    /// `cert`/`key` of `[server.tls]`: served when the client's server name matches no entry
+    /// of `sni_certs`, or it sends none. Without it, such handshakes fail.
+    pub(crate) default: Option<CertKey>,
+    /// `[[server.tls.certs]]`: certificates served for the names they list.
+    pub(crate) sni_certs: Vec<SniCert>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CertKey {
+    /// The certificate chain (PEM), resolved against the config file's directory.
+    pub(crate) cert: PathBuf,
+    /// The private key (PEM), resolved against the config file's directory.
+    pub(crate) key: PathBuf,
+}
+
+/// One `[[server.tls.certs]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SniCert {
+    /// The certificate and key.
+    pub(crate) cert_key: CertKey,
+    /// The server names it is served for (at least one; exact or `*.suffix`; unique across
+    /// entries).
+    pub(crate) sni: Vec<HostMatch>,
+}
+
+/// `[admin]`: the status page, `/metrics` and the JSON API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AdminConfig {
+    /// Address to listen on. Default `127.0.0.1:9090`. A non-loopback address requires
+    /// `token` or `basic`.
+    pub(crate) listen: SocketAddr,
+    /// Bearer token: `Authorization: Bearer <token>` is accepted.
+    pub(crate) token: Option<String>,
+    /// Basic auth (`user`/`password`, as HAProxy's `stats auth`): accepted too.
+    pub(crate) basic: Option<BasicAuth>,
+}
+
+/// A user and password for HTTP basic auth.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct BasicAuth {
+    /// The user name.
+    pub(crate) user: String,
+    /// The password.
+    pub(crate) password: String,
+}
+
+/// One `[[services]]` entry: a balancer over a set of endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ServiceConfig {
+    /// Unique name; routes and TCP listeners refer to it. Letters, digits, `-`, `_`, `.`.
+    pub(crate) name: String,
+    /// The balancing policy. Default [`Balance::RoundRobin`].
+    pub(crate) balance: Balance,
+    /// The request key hashed by [`Balance::ConsistentHash`]: `Some` exactly when `balance`
+    /// is `ConsistentHash` (default [`HashKey::ClientIp`]), `None` otherwise.
+    pub(crate) hash_key: Option<HashKey>,
+    /// Where the endpoints come from.
+    pub(crate) endpoints: EndpointSource,
+    /// Active health checking; `None` (the default) for none.
+    pub(crate) health: Option<HealthConfig>,
+    /// Time to establish a connection to an endpoint. Default 3 s.
+    pub(crate) connect_timeout: Duration,
+    /// Time from sending a request to receiving the response head; `None` for no limit
+    /// (written `"0s"`). Default 30 s.
+    pub(crate) response_timeout: Option<Duration>,
+    /// Retries of a failed request on another endpoint (connect errors, and idempotent
+    /// requests failing before a response). Default 2.
+    pub(crate) retries: u32,
+    /// Window over which a new or recovered endpoint's weight ramps up; `None` (the
+    /// default, or `"0s"`) for none.
+    pub(crate) slow_start: Option<Duration>,
+    /// Passive outlier detection; `None` when turned off (`consecutive_failures = 0`).
+    /// Default on, with [`OutlierConfig::default`].
+    pub(crate) outlier: Option<OutlierConfig>,
+    /// Most requests in flight to one endpoint; `None` (the default) for no limit.
+    pub(crate) max_in_flight: Option<u32>,
+    /// Panic threshold in percent (0..=100): when fewer than this share of endpoints are
+    /// healthy, balance over all of them. 0 turns it off. Default 50.
+    pub(crate) panic_threshold: u8,
+    /// How often endpoints given by name are resolved again. Default 5 s.
+    pub(crate) dns_refresh: Duration,
+}
+
+/// A balancing policy: `balance = "..."`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Balance {
+    /// `round_robin`: smooth weighted round robin (nginx's); plain round robin when all
+    /// weights are equal.
+    RoundRobin,
+    /// `least_conn`: fewest requests in flight relative to weight; ties rotate.
+    LeastConn,
+    /// `p2c`: the less loaded (in-flight requests) of two random picks.
+    P2c,
+    /// `peak_ewma`: power of two choices over peak EWMA latency times in-flight requests.
+    PeakEwma,
+    /// `random`: weighted random.
+    Random,
+    /// `consistent_hash`: the same [`HashKey`] goes to the same endpoint while it is there.
+    ConsistentHash,
+}
+
+/// What [`Balance::ConsistentHash`] hashes: `hash_key = "..."`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum HashKey {
+    /// `client_ip`: the client's IP address.
+    ClientIp,
+    /// `header:NAME`: the value of a request header; the name is lowercased.
+    Header(String),
+    /// `cookie:NAME`: the value of a cookie.
+    Cookie(String),
+    /// `path`: the request path (without the query).
+    Path,
+}
+
+/// Where a service's endpoints come from: exactly one of `endpoints` and `endpoints_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum EndpointSource {
+    /// `endpoints = [...]`: a fixed list (at least one, addresses unique).
+    Static(Vec<EndpointConfig>),
+    /// `endpoints_file = "..."`: a TOML file watched for changes (lb-discovery-static),
+    /// resolved against the config file's directory.
+    File(PathBuf),
+}
+
+/// One endpoint of `endpoints = [...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointConfig {
+    /// `host:port` as written: an IP literal (`10.0.0.1:80`, `[::1]:80`) or a DNS name
+    /// (`web1:80`), which is resolved at start and every `dns_refresh`. Checked to have a
+    /// non-empty host and a port from 1 to 65535.
+    pub(crate) addr: String,
+    /// Weight, 0..=65535; 0 keeps the endpoint but sends it no traffic. Default 1.
+    pub(crate) weight: u32,
+}
+
+/// `health = {...}`: active health checking of each endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HealthConfig {
+    /// What a probe does.
+    pub(crate) probe: Probe,
+    /// Time between probes of one endpoint. Default 5 s.
+    pub(crate) interval: Duration,
+    /// Time a probe may take before it counts as failed. Default 1 s.
+    pub(crate) timeout: Duration,
+    /// Consecutive successes that mark an endpoint healthy. Default 2.
+    pub(crate) rise: u32,
+    /// Consecutive failures that mark an endpoint unhealthy. Default 3.
+    pub(crate) fall: u32,
+}
+
+/// The kind of active health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// `path = "/healthz"`: `GET path`; a 2xx or 3xx response passes.
+    Http {
+        /// The request path, starting with `/`.
+        path: String,
+    },
+    /// `tcp = true`: a TCP connect passes.
+    Tcp,
+}
+
+/// `outlier = {...}`: passive outlier detection, ejection on consecutive failures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutlierConfig {
+    /// Consecutive failed requests (connect errors, 5xx) that eject an endpoint. Default 5.
+    pub(crate) consecutive_failures: u32,
+    /// Length of a first ejection; each further ejection of the same endpoint lasts one
+    /// more `base_ejection`. Default 10 s.
+    pub(crate) base_ejection: Duration,
+    /// Longest ejection. Default 300 s.
+    pub(crate) max_ejection: Duration,
+    /// Most endpoints of the service ejected at once, in percent (0..=100). Default 50.
+    pub(crate) max_ejection_percent: u8,
+}
+
+/// One `[[routes]]` entry: requests it matches go to `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RouteConfig {
+    /// The request host must match; `None` for any host.
+    pub(crate) host: Option<HostMatch>,
+    /// The request path must start with this (a plain string prefix, starting with `/`);
+    /// `None` for any path.
+    pub(crate) path_prefix: Option<String>,
+    /// The service, by name; checked to exist.
+    pub(crate) service: String,
+}
+
+/// A host name rule: `example.com` or `*.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum HostMatch {
+    /// This name exactly (stored lowercased, without a trailing dot).
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored lowercased with the
+    /// leading dot), at any depth, but not `example.com` itself.
+    Suffix(String),
+}
+
+/// One `[[tcp]]` entry: connections accepted on `listen` are balanced onto `service`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TcpConfig {
+    /// The address to accept connections on; unique among all listeners.
+    pub(crate) listen: SocketAddr,
+    /// The service, by name; checked to exist.
+    pub(crate) service: String,
+}
+
+// === impl ServerConfig ===
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls: None,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: None,
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+// === impl AdminConfig ===
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+            basic: None,
+        }
+    }
+}
+
+// === impl BasicAuth ===
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+// === impl Balance ===
+
+impl Balance {
+    /// Every policy, in the order the docs list them.
+    pub(crate) const ALL: [Balance; 6] = [
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::P2c,
+        Balance::PeakEwma,
+        Balance::Random,
+        Balance::ConsistentHash,
+    ];
+
+    /// The name used in the config file, such as `"round_robin"`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::P2c => "p2c",
+            Balance::PeakEwma => "peak_ewma",
+            Balance::Random => "random",
+            Balance::ConsistentHash => "consistent_hash",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl HashKey ===
+
+impl fmt::Display for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+            HashKey::Path => f.write_str("path"),
+        }
+    }
+}
+
+// === impl EndpointConfig ===
+
+impl EndpointConfig {
+    /// The address as a socket address if it is an IP literal (`10.0.0.1:80`,
+    /// `[::1]:80`); `None` if its host is a name to resolve.
+    pub(crate) fn socket_addr(&self) -> Option<SocketAddr> {
+        self.addr.parse().ok()
+    }
+
+    /// Whether the address is an IP literal, needing no DNS.
+    pub(crate) fn is_literal(&self) -> bool {
+        self.socket_addr().is_some()
+    }
+}
+
+// === impl OutlierConfig ===
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+// === impl RouteConfig ===
+
+impl RouteConfig {
+    /// Whether a request for `host` (without port; `None` if the request names none) and
+    /// `path` matches this route.
+    pub(crate) fn matches(&self, host: Option<&str>, path: &str) -> bool {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(rule), Some(host)) => rule.matches(host),
+            (Some(_), None) => false,
+        };
+        let path_ok = match &self.path_prefix {
+            Some(prefix) => path.starts_with(prefix.as_str()),
+            None => true,
+        };
+        host_ok && path_ok
+    }
+}
+
+// === impl HostMatch ===
+
+impl HostMatch {
+    /// Whether `host` (a name without port) matches, ignoring ASCII case and a trailing dot.
+    pub(crate) fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match self {
+            HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
+            HostMatch::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host.is_char_boundary(host.len() - suffix.len())
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(name) => f.write_str(name),
+            HostMatch::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! From the file as written ([`RawConfig`]) to a checked [`Config`]: defaults, required keys,
+//! value checks, and the checks across sections (routes and TCP listeners name existing
+//! services, listen addresses are unique). The first fault found is returned with its key
+//! path; `error.rs` places it in the file.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::duration::parse_duration;
+use super::error::{Invalid, KeyPath};
+use super::raw::{
+    OneOrMany, RawAdmin, RawConfig, RawDuration, RawEndpoint, RawHealth, RawOutlier, RawRoute, RawServer, RawService,
+    RawTcp, RawTls,
+};
+use super::{
+    AdminConfig, Balance, BasicAuth, CertKey, Config, EndpointConfig, EndpointSource, HashKey, HealthConfig, HostMatch,
+    OutlierConfig, Probe, RouteConfig, ServerConfig, ServiceConfig, SniCert, TcpConfig, TlsConfig,
+};
+
+type Result<T> = std::result::Result<T, Invalid>;
+
+/// The largest endpoint weight (lb-core's `MAX_WEIGHT`).
+const MAX_WEIGHT: i64 = 65_535;
+
+/// The most retries a service may ask for.
+const MAX_RETRIES: i64 = 100;
+
+/// Checks `raw`; faults that do not stop the proxy (a key that is ignored) go to `warnings`.
+pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>) -> Result<Config> {
+    let root = KeyPath::root();
+    let (server, mut listeners) = server(raw.server.unwrap_or_default(), &root.key("server"), base_dir)?;
+    let admin = admin(raw.admin.unwrap_or_default(), &root.key("admin"))?;
+    listeners.push((admin.listen, root.key("admin").key("listen")));
+
+    let mut services: Vec<ServiceConfig> = Vec::with_capacity(raw.services.len());
+    for (i, raw) in raw.services.into_iter().enumerate() {
+        let path = root.key("services").index(i);
+        let service = service(raw, &path, base_dir, warnings)?;
+        if let Some(first) = services.iter().position(|s| s.name == service.name) {
+            return Err(Invalid::new(
+                &path.key("name"),
+                format!(
+                    "duplicate service name {:?} (first defined by services[{first}])",
+                    service.name
+                ),
+            ));
+        }
+        services.push(service);
+    }
+
+    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+    for (i, raw) in raw.routes.into_iter().enumerate() {
+        let path = root.key("routes").index(i);
+        let route = route(raw, &path, &services)?;
+        if let Some(first) = routes
+            .iter()
+            .position(|r| r.host == route.host && r.path_prefix == route.path_prefix)
+        {
+            return Err(Invalid::new(
+                &path,
+                format!("same host and path_prefix as routes[{first}], which always matches first"),
+            ));
+        }
+        routes.push(route);
+    }
+
+    let mut tcp = Vec::with_capacity(raw.tcp.len());
+    for (i, raw) in raw.tcp.into_iter().enumerate() {
+        let path = root.key("tcp").index(i);
+        let entry = tcp_entry(raw, &path, &services)?;
+        listeners.push((entry.listen, path.key("listen")));
+        tcp.push(entry);
+    }
+
+    for (i, (addr, path)) in listeners.iter().enumerate() {
+        if let Some((_, first)) = listeners[..i].iter().find(|(other, _)| other == addr) {
+            return Err(Invalid::new(path, format!("address {addr} is already used by {first}")));
+        }
+    }
+
+    Ok(Config {
+        server,
+        admin,
+        services,
+        routes,
+        tcp,
+        warnings: Vec::new(),
+    })
+}
+
+/// `[server]`, and the key path of each listen address.
+fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConfig, Vec<(SocketAddr, KeyPath)>)> {
+    let defaults = ServerConfig::default();
+    let mut listeners = Vec::new();
+    match raw.listen {
+        None => listeners.extend(defaults.listen.iter().map(|addr| (*addr, path.key("listen")))),
+        Some(OneOrMany { values, single }) => {
+            if values.is_empty() {
+                return Err(Invalid::new(
+                    &path.key("listen"),
+                    "no listen address (give at least one)",
+                ));
+            }
+            for (i, text) in values.iter().enumerate() {
+                let at = if single {
+                    path.key("listen")
+                } else {
+                    path.key("listen").index(i)
+                };
+                let addr = listen_addr(text, &at)?;
+                if let Some((_, first)) = listeners.iter().find(|(other, _)| *other == addr) {
+                    return Err(Invalid::new(&at, format!("address {addr} is already used by {first}")));
+                }
+                listeners.push((addr, at));
+            }
+        }
+    }
+    let tls = raw
+        .tls
+        .map(|tls| tls_config(tls, &path.key("tls"), base_dir))
+        .transpose()?;
+    let max_header_bytes = int_in(
+        raw.max_header_bytes,
+        &path.key("max_header_bytes"),
+        1024,
+        i64::from(u32::MAX),
+    )?
+    .map_or(defaults.max_header_bytes, |n| n as usize);
+    let max_body_bytes = int_in(raw.max_body_bytes, &path.key("max_body_bytes"), 0, i64::MAX)?.map(|n| n as u64);
+    let header_read_timeout = positive_duration(
+        raw.header_read_timeout,
+        &path.key("header_read_timeout"),
+        defaults.header_read_timeout,
+    )?;
+    let shutdown_grace = duration(raw.shutdown_grace, &path.key("shutdown_grace"))?.unwrap_or(defaults.shutdown_grace);
+    let config = ServerConfig {
+        listen: listeners.iter().map(|(addr, _)| *addr).collect(),
+        tls,
+        max_header_bytes,
+        max_body_bytes,
+        header_read_timeout,
+        shutdown_grace,
+    };
+    Ok((config, listeners))
+}
+
+/// `[server.tls]`.
+fn tls_config(raw: RawTls, path: &KeyPath, base_dir: &Path) -> Result<TlsConfig> {
+    let default = cert_key(raw.cert, raw.key, path, base_dir)?;
+    let mut sni_certs: Vec<SniCert> = Vec::with_capacity(raw.certs.len());
+    for (i, entry) in raw.certs.into_iter().enumerate() {
+        let at = path.key("certs").index(i);
+        let Some(cert_key) = cert_key(entry.cert, entry.key, &at, base_dir)? else {
+            return Err(Invalid::new(&at, "missing key `cert` (and `key`)"));
+        };
+        let names = entry.sni.unwrap_or_default();
+        if names.is_empty() {
+            return Err(Invalid::new(
+                &at.key("sni"),
+                "list at least one server name this certificate is for, as in sni = [\"example.com\"]",
+            ));
+        }
+        let mut sni = Vec::with_capacity(names.len());
+        for (j, name) in names.iter().enumerate() {
+            let name_at = at.key("sni").index(j);
+            let rule = host_match(name).map_err(|msg| Invalid::new(&name_at, msg))?;
+            let earlier = sni_certs
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.sni.contains(&rule))
+                .map(|(k, _)| k)
+                .or_else(|| sni.contains(&rule).then_some(i));
+            if let Some(k) = earlier {
+                return Err(Invalid::new(
+                    &name_at,
+                    format!(
+                        "server name {name:?} is already claimed by {}",
+                        path.key("certs").index(k)
+                    ),
+                ));
+            }
+            sni.push(rule);
+        }
+        sni_certs.push(SniCert { cert_key, sni });
+    }
+    if default.is_none() && sni_certs.is_empty() {
+        return Err(Invalid::new(
+            path,
+            "no certificate: set `cert` and `key`, or add [[server.tls.certs]] entries",
+        ));
+    }
+    Ok(TlsConfig { default, sni_certs })
+}
+
+/// A `cert`/`key` pair in the table at `path`: both or neither.
+fn cert_key(cert: Option<String>, key: Option<String>, path: &KeyPath, base_dir: &Path) -> Result<Option<CertKey>> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(Invalid::new(
+            &path.key("cert"),
+            "`cert` needs `key`, the private key file",
+        )),
+        (None, Some(_)) => Err(Invalid::new(
+            &path.key("key"),
+            "`key` needs `cert`, the certificate file",
+        )),
+        (Some(cert), Some(key)) => Ok(Some(CertKey {
+            cert: file_path(&cert, &path.key("cert"), base_dir)?,
+            key: file_path(&key, &path.key("key"), base_dir)?,
+        })),
+    }
+}
+
+/// `[admin]`.
+fn admin(raw: RawAdmin, path: &KeyPath) -> Result<AdminConfig> {
+    let defaults = AdminConfig::default();
+    let listen = match &raw.listen {
+        Some(text) => listen_addr(text, &path.key("listen"))?,
+        None => defaults.listen,
+    };
+    if raw.token.as_deref() == Some("") {
+        return Err(Invalid::new(&path.key("token"), "empty token"));
+    }
+    let basic = match (raw.user, raw.password) {
+        (None, None) => None,
+        (Some(_), None) => return Err(Invalid::new(&path.key("user"), "`user` needs `password`")),
+        (None, Some(_)) => return Err(Invalid::new(&path.key("password"), "`password` needs `user`")),
+        (Some(user), Some(password)) => {
+            if user.is_empty() || user.contains(':') {
+                return Err(Invalid::new(
+                    &path.key("user"),
+                    "user must be non-empty and without `:`",
+                ));
+            }
+            if password.is_empty() {
+                return Err(Invalid::new(&path.key("password"), "empty password"));
+            }
+            Some(BasicAuth { user, password })
+        }
+    };
+    if !listen.ip().is_loopback() && raw.token.is_none() && basic.is_none() {
+        return Err(Invalid::new(
+            &path.key("listen"),
+            format!(
+                "admin address {listen} is reachable from other hosts: set `token`, or `user` and `password`, \
+                 or listen on a loopback address"
+            ),
+        ));
+    }
+    Ok(AdminConfig {
+        listen,
+        token: raw.token,
+        basic,
+    })
+}
+
+/// One `[[services]]` entry.
+fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<Invalid>) -> Result<ServiceConfig> {
+    let name = required(raw.name, path, "name")?;
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(Invalid::new(
+            &path.key("name"),
+            format!("invalid service name {name:?} (use letters, digits, `-`, `_` and `.`)"),
+        ));
+    }
+
+    let balance = match raw.balance {
+        None => Balance::RoundRobin,
+        Some(text) => Balance::from_name(&text).ok_or_else(|| {
+            let names: Vec<_> = Balance::ALL.iter().map(|b| b.as_str()).collect();
+            Invalid::new(
+                &path.key("balance"),
+                format!("unknown policy {text:?} (expected one of {})", names.join(", ")),
+            )
+        })?,
+    };
+    let hash_key = match (raw.hash_key, balance) {
+        (None, Balance::ConsistentHash) => Some(HashKey::ClientIp),
+        (None, _) => None,
+        (Some(text), Balance::ConsistentHash) => {
+            Some(hash_key(&text).map_err(|msg| Invalid::new(&path.key("hash_key"), msg))?)
+        }
+        (Some(text), other) => {
+            // A warning, not an error: a policy switched away from consistent_hash may keep
+            // its key for when it is switched back. The form is still checked.
+            hash_key(&text).map_err(|msg| Invalid::new(&path.key("hash_key"), msg))?;
+            warnings.push(Invalid::new(
+                &path.key("hash_key"),
+                format!(
+                    "ignored: hash_key applies only to balance = \"consistent_hash\" (this service uses \"{other}\")"
+                ),
+            ));
+            None
+        }
+    };
+
+    let endpoints = match (raw.endpoints, raw.endpoints_file) {
+        (Some(_), Some(_)) => {
+            return Err(Invalid::new(
+                &path.key("endpoints_file"),
+                "set either `endpoints` or `endpoints_file`, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(Invalid::new(
+                path,
+                format!("service {name:?} has no endpoints: set `endpoints` or `endpoints_file`"),
+            ))
+        }
+        (None, Some(file)) => EndpointSource::File(file_path(&file, &path.key("endpoints_file"), base_dir)?),
+        (Some(list), None) => EndpointSource::Static(endpoints(list, &path.key("endpoints"))?),
+    };
+
+    let health = raw.health.map(|h| health(h, &path.key("health"))).transpose()?;
+    let connect_timeout = positive_duration(
+        raw.connect_timeout,
+        &path.key("connect_timeout"),
+        Duration::from_secs(3),
+    )?;
+    let response_timeout = match duration(raw.response_timeout, &path.key("response_timeout"))? {
+        None => Some(Duration::from_secs(30)),
+        Some(Duration::ZERO) => None,
+        Some(d) => Some(d),
+    };
+    let retries = int_in(raw.retries, &path.key("retries"), 0, MAX_RETRIES)?.map_or(2, |n| n as u32);
+    let slow_start = duration(raw.slow_start, &path.key("slow_start"))?.filter(|d| !d.is_zero());
+    let outlier = match raw.outlier {
+        None => Some(OutlierConfig::default()),
+        Some(raw) => outlier(raw, &path.key("outlier"))?,
+    };
+    let max_in_flight = match int_in(raw.max_in_flight, &path.key("max_in_flight"), 0, i64::from(u32::MAX))? {
+        Some(0) => {
+            return Err(Invalid::new(
+                &path.key("max_in_flight"),
+                "max_in_flight must be at least 1 (leave it out for no limit)",
+            ))
+        }
+        other => other.map(|n| n as u32),
+    };
+    let panic_threshold = int_in(raw.panic_threshold, &path.key("panic_threshold"), 0, 100)?.map_or(50, |n| n as u8);
+    let dns_refresh = positive_duration(raw.dns_refresh, &path.key("dns_refresh"), Duration::from_secs(5))?;
+
+    Ok(ServiceConfig {
+        name,
+        balance,
+        hash_key,
+        endpoints,
+        health,
+        connect_timeout,
+        response_timeout,
+        retries,
+        slow_start,
+        outlier,
+        max_in_flight,
+        panic_threshold,
+        dns_refresh,
+    })
+}
+
+/// `endpoints = [...]`.
+fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<Vec<EndpointConfig>> {
+    if list.is_empty() {
+        return Err(Invalid::new(
+            path,
+            "no endpoints (list at least one, or use endpoints_file)",
+        ));
+    }
+    let mut out: Vec<EndpointConfig> = Vec::with_capacity(list.len());
+    for (i, raw) in list.into_iter().enumerate() {
+        let at = path.index(i);
+        let addr_at = if raw.bare { at.clone() } else { at.key("addr") };
+        let addr = required(raw.addr, &at, "addr")?;
+        check_endpoint_addr(&addr).map_err(|msg| Invalid::new(&addr_at, msg))?;
+        if let Some(first) = out.iter().position(|e| e.addr == addr) {
+            return Err(Invalid::new(
+                &addr_at,
+                format!("duplicate endpoint {addr:?} (also {})", path.index(first)),
+            ));
+        }
+        let weight = int_in(raw.weight, &at.key("weight"), 0, MAX_WEIGHT)?.map_or(1, |n| n as u32);
+        out.push(EndpointConfig { addr, weight });
+    }
+    Ok(out)
+}
+
+/// `health = {...}`.
+fn health(raw: RawHealth, path: &KeyPath) -> Result<HealthConfig> {
+    let probe = match (raw.path, raw.tcp.unwrap_or(false)) {
+        (Some(_), true) => {
+            return Err(Invalid::new(
+                &path.key("tcp"),
+                "set either `path` (HTTP probe) or `tcp = true` (TCP probe), not both",
+            ))
+        }
+        (None, false) => {
+            return Err(Invalid::new(
+                path,
+                "no probe: set `path` for an HTTP probe or `tcp = true` for a TCP probe",
+            ))
+        }
+        (None, true) => Probe::Tcp,
+        (Some(probe_path), false) => {
+            if !probe_path.starts_with('/') {
+                return Err(Invalid::new(
+                    &path.key("path"),
+                    format!("probe path {probe_path:?} must start with `/`"),
+                ));
+            }
+            Probe::Http { path: probe_path }
+        }
+    };
+    let interval = positive_duration(raw.interval, &path.key("interval"), Duration::from_secs(5))?;
+    let timeout = positive_duration(raw.timeout, &path.key("timeout"), Duration::from_secs(1))?;
+    let rise = at_least_one(raw.rise, &path.key("rise"), "rise", 2)?;
+    let fall = at_least_one(raw.fall, &path.key("fall"), "fall", 3)?;
+    Ok(HealthConfig {
+        probe,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
+}
+
+/// `outlier = {...}`; `None` when `consecutive_failures = 0` turns it off.
+fn outlier(raw: RawOutlier, path: &KeyPath) -> Result<Option<OutlierConfig>> {
+    let defaults = OutlierConfig::default();
+    let consecutive_failures = int_in(
+        raw.consecutive_failures,
+        &path.key("consecutive_failures"),
+        0,
+        i64::from(u32::MAX),
+    )?
+    .map_or(defaults.consecutive_failures, |n| n as u32);
+    let base_ejection = positive_duration(raw.base_ejection, &path.key("base_ejection"), defaults.base_ejection)?;
+    let max_ejection = duration(raw.max_ejection, &path.key("max_ejection"))?.unwrap_or(defaults.max_ejection);
+    if max_ejection < base_ejection {
+        return Err(Invalid::new(
+            &path.key("max_ejection"),
+            format!("max_ejection ({max_ejection:?}) is shorter than base_ejection ({base_ejection:?})"),
+        ));
+    }
+    let max_ejection_percent = int_in(raw.max_ejection_percent, &path.key("max_ejection_percent"), 0, 100)?
+        .map_or(defaults.max_ejection_percent, |n| n as u8);
+    Ok((consecutive_failures > 0).then_some(OutlierConfig {
+        consecutive_failures,
+        base_ejection,
+        max_ejection,
+        max_ejection_percent,
+    }))
+}
+
+/// One `[[routes]]` entry.
+fn route(raw: RawRoute, path: &KeyPath, services: &[ServiceConfig]) -> Result<RouteConfig> {
+    let service = service_ref(raw.service, path, services)?;
+    let host = raw
+        .host
+        .map(|h| host_match(&h).map_err(|msg| Invalid::new(&path.key("host"), msg)))
+        .transpose()?;
+    if let Some(prefix) = &raw.path_prefix {
+        if !prefix.starts_with('/') {
+            return Err(Invalid::new(
+                &path.key("path_prefix"),
+                format!("path_prefix {prefix:?} must start with `/`"),
+            ));
+        }
+    }
+    Ok(RouteConfig {
+        host,
+        path_prefix: raw.path_prefix,
+        service,
+    })
+}
+
+/// One `[[tcp]]` entry.
+fn tcp_entry(raw: RawTcp, path: &KeyPath, services: &[ServiceConfig]) -> Result<TcpConfig> {
+    let listen = required(raw.listen, path, "listen")?;
+    let listen = listen_addr(&listen, &path.key("listen"))?;
+    let service = service_ref(raw.service, path, services)?;
+    Ok(TcpConfig { listen, service })
+}
+
+/// The `service` key of the table at `path`: required, and naming a defined service.
+fn service_ref(name: Option<String>, path: &KeyPath, services: &[ServiceConfig]) -> Result<String> {
+    let name = required(name, path, "service")?;
+    if services.iter().any(|s| s.name == name) {
+        return Ok(name);
+    }
+    let defined: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
+    let defined = if defined.is_empty() {
+        "no services are defined".to_owned()
+    } else {
+        format!("defined: {}", defined.join(", "))
+    };
+    Err(Invalid::new(
+        &path.key("service"),
+        format!("unknown service {name:?} ({defined})"),
+    ))
+}
+
+// --- values ---
+
+fn required<T>(value: Option<T>, table: &KeyPath, key: &str) -> Result<T> {
+    value.ok_or_else(|| Invalid::new(table, format!("missing key `{key}`")))
+}
+
+/// An integer within `min..=max`, if given.
+fn int_in(value: Option<i64>, path: &KeyPath, min: i64, max: i64) -> Result<Option<i64>> {
+    match value {
+        Some(n) if !(min..=max).contains(&n) => Err(Invalid::new(
+            path,
+            format!("{} {n} is out of range ({min}..={max})", last_key(path)),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// A count that must be at least 1 (`rise`, `fall`).
+fn at_least_one(value: Option<i64>, path: &KeyPath, name: &str, default: u32) -> Result<u32> {
+    match value {
+        None => Ok(default),
+        Some(n) if n < 1 => Err(Invalid::new(path, format!("{name} must be at least 1, not {n}"))),
+        Some(n) => u32::try_from(n).map_err(|_| Invalid::new(path, format!("{name} {n} is too large"))),
+    }
+}
+
+fn last_key(path: &KeyPath) -> String {
+    let text = path.to_string();
+    text.rsplit('.').next().unwrap_or_default().to_owned()
+}
+
+fn duration(value: Option<RawDuration>, path: &KeyPath) -> Result<Option<Duration>> {
+    value
+        .map(|RawDuration(text)| parse_duration(&text).map_err(|msg| Invalid::new(path, msg)))
+        .transpose()
+}
+
+/// A duration that must not be zero, `default` when not given.
+fn positive_duration(value: Option<RawDuration>, path: &KeyPath, default: Duration) -> Result<Duration> {
+    match duration(value, path)? {
+        None => Ok(default),
+        Some(Duration::ZERO) => Err(Invalid::new(
+            path,
+            format!("{} must be longer than zero", last_key(path)),
+        )),
+        Some(d) => Ok(d),
+    }
+}
+
+fn listen_addr(text: &str, path: &KeyPath) -> Result<SocketAddr> {
+    text.parse().map_err(|_| {
+        Invalid::new(
+            path,
+            format!("invalid listen address {text:?} (expected IP:PORT, as in \"127.0.0.1:8080\" or \"[::]:8080\")"),
+        )
+    })
+}
+
+fn file_path(text: &str, path: &KeyPath, base_dir: &Path) -> Result<PathBuf> {
+    if text.is_empty() {
+        return Err(Invalid::new(path, "empty file path"));
+    }
+    Ok(base_dir.join(text))
+}
+
+/// `host:port` with a port from 1 to 65535 and a host that is an IPv4 literal, a bracketed
+/// IPv6 literal, or a DNS name.
+fn check_endpoint_addr(addr: &str) -> std::result::Result<(), String> {
+    let expected = "expected HOST:PORT, as in \"10.0.0.1:80\", \"[::1]:80\" or \"web1:80\"";
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("invalid endpoint address {addr:?}: no port ({expected})"));
+    };
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => {
+            return Err(format!(
+                "invalid port {port:?} in endpoint address {addr:?} ({expected})"
+            ))
+        }
+        Ok(_) => {}
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<Ipv6Addr>()
+            .map(drop)
+            .map_err(|_| format!("invalid IPv6 address in endpoint address {addr:?} ({expected})"));
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "invalid endpoint address {addr:?}: write an IPv6 address in brackets, as in \"[::1]:80\""
+        ));
+    }
+    if !is_dns_name(host) {
+        return Err(format!(
+            "invalid host {host:?} in endpoint address {addr:?} ({expected})"
+        ));
+    }
+    Ok(())
+}
+
+/// Dot-separated non-empty labels of letters, digits, `-` and `_`.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+}
+
+/// `example.com` or `*.example.com`.
+fn host_match(text: &str) -> std::result::Result<HostMatch, String> {
+    let lower = text.to_ascii_lowercase();
+    let name = lower.strip_suffix('.').unwrap_or(&lower);
+    let (wildcard, bare) = match name.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, name),
+    };
+    if bare.contains(':') {
+        return Err(format!("host {text:?} must not include a port"));
+    }
+    if !is_dns_name(bare) {
+        return Err(format!(
+            "invalid host {text:?} (expected a name, as in \"example.com\", or a wildcard, as in \"*.example.com\")"
+        ));
+    }
+    Ok(if wildcard {
+        HostMatch::Suffix(format!(".{bare}"))
+    } else {
+        HostMatch::Exact(bare.to_owned())
+    })
+}
+
+/// `client_ip`, `header:NAME`, `cookie:NAME` or `path`.
+fn hash_key(text: &str) -> std::result::Result<HashKey, String> {
+    let is_token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+    };
+    let invalid = || format!("invalid hash_key {text:?} (expected client_ip, header:NAME, cookie:NAME or path)");
+    match text {
+        "client_ip" => Ok(HashKey::ClientIp),
+        "path" => Ok(HashKey::Path),
+        _ => {
+            if let Some(name) = text.strip_prefix("header:") {
+                is_token(name)
+                    .then(|| HashKey::Header(name.to_ascii_lowercase()))
+                    .ok_or_else(invalid)
+            } else if let Some(name) = text.strip_prefix("cookie:") {
+                is_token(name)
+                    .then(|| HashKey::Cookie(name.to_owned()))
+                    .ok_or_else(invalid)
+            } else {
+                Err(invalid())
+            }
+        }
+    }
+}

@@ -1,0 +1,806 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::duration::parse_duration;
+use super::*;
+
+/// The example of the brief and of docs/config.md, as written.
+const EXAMPLE: &str = r#"[server]
+listen = ["127.0.0.1:8080"]          # one or more; [server.tls] cert/key PEM files turn on HTTPS (rustls, SNI for several certs)
+[admin]
+listen = "127.0.0.1:9090"            # loopback by default; a non-loopback admin requires `token`
+[[services]]
+name = "web"
+balance = "round_robin"              # round_robin (weights honoured, smooth), least_conn, p2c, peak_ewma, random, consistent_hash
+hash_key = "header:x-user"           # consistent_hash only: client_ip | header:NAME | cookie:NAME | path
+endpoints = [{ addr = "127.0.0.1:9001", weight = 3 }, { addr = "127.0.0.1:9002" }]
+# or: endpoints_file = "web.toml"    # watched; edits apply live (lb-discovery-static)
+health = { path = "/healthz", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+[[routes]]
+host = "web.localhost"               # optional; exact or *.suffix
+path_prefix = "/"                    # optional
+service = "web"
+"#;
+
+/// A valid service to build faulty configs around.
+const WEB: &str = "[[services]]\nname = \"web\"\nendpoints = [\"127.0.0.1:9001\"]\n";
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, Path::new("web.toml")) {
+        Ok(config) => config,
+        Err(err) => panic!("expected the config to parse, got: {err}"),
+    }
+}
+
+fn parse_err(text: &str) -> String {
+    match parse(text, Path::new("web.toml")) {
+        Ok(config) => panic!("expected an error, got {config:#?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn web_service(endpoints: EndpointSource) -> ServiceConfig {
+    ServiceConfig {
+        name: "web".into(),
+        balance: Balance::RoundRobin,
+        hash_key: None,
+        endpoints,
+        health: None,
+        connect_timeout: Duration::from_secs(3),
+        response_timeout: Some(Duration::from_secs(30)),
+        retries: 2,
+        slow_start: None,
+        outlier: Some(OutlierConfig::default()),
+        max_in_flight: None,
+        panic_threshold: 50,
+        dns_refresh: Duration::from_secs(5),
+    }
+}
+
+// --- what parses ---
+
+#[test]
+fn example_parses_to_expected_values() {
+    let config = parse(EXAMPLE, Path::new("/etc/lb/lb.toml")).unwrap();
+    let mut web = web_service(EndpointSource::Static(vec![
+        EndpointConfig {
+            addr: "127.0.0.1:9001".into(),
+            weight: 3,
+        },
+        EndpointConfig {
+            addr: "127.0.0.1:9002".into(),
+            weight: 1,
+        },
+    ]));
+    web.health = Some(HealthConfig {
+        probe: Probe::Http {
+            path: "/healthz".into(),
+        },
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        rise: 2,
+        fall: 3,
+    });
+    let expected = Config {
+        server: ServerConfig {
+            listen: vec![addr("127.0.0.1:8080")],
+            ..ServerConfig::default()
+        },
+        admin: AdminConfig {
+            listen: addr("127.0.0.1:9090"),
+            token: None,
+            basic: None,
+        },
+        services: vec![web],
+        routes: vec![RouteConfig {
+            host: Some(HostMatch::Exact("web.localhost".into())),
+            path_prefix: Some("/".into()),
+            service: "web".into(),
+        }],
+        tcp: vec![],
+        warnings: vec![
+            "/etc/lb/lb.toml:8:12: services[0].hash_key: ignored: hash_key applies only to balance = \
+             \"consistent_hash\" (this service uses \"round_robin\")"
+                .into(),
+        ],
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn minimal_config_takes_defaults() {
+    let config = parse_ok(WEB);
+    assert_eq!(config.server, ServerConfig::default());
+    assert_eq!(config.server.listen, vec![addr("127.0.0.1:8080")]);
+    assert_eq!(config.server.max_header_bytes, 64 * 1024);
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(10));
+    assert_eq!(config.admin, AdminConfig::default());
+    assert_eq!(config.admin.listen, addr("127.0.0.1:9090"));
+    let expected = web_service(EndpointSource::Static(vec![EndpointConfig {
+        addr: "127.0.0.1:9001".into(),
+        weight: 1,
+    }]));
+    assert_eq!(config.services, vec![expected]);
+    assert!(config.routes.is_empty() && config.tcp.is_empty() && config.warnings.is_empty());
+}
+
+#[test]
+fn every_key_set() {
+    let text = r#"
+[server]
+listen = "0.0.0.0:8443"
+max_header_bytes = 16384
+max_body_bytes = 1048576
+header_read_timeout = "5s"
+shutdown_grace = "30s"
+[server.tls]
+cert = "certs/default.pem"
+key = "/abs/default.key"
+[[server.tls.certs]]
+cert = "api.pem"
+key = "api.key"
+sni = ["api.example.com", "*.API.example.com."]
+
+[admin]
+listen = "0.0.0.0:9090"
+token = "s3cret"
+user = "admin"
+password = "pw"
+
+[[services]]
+name = "db"
+balance = "consistent_hash"
+hash_key = "header:X-User"
+endpoints_file = "db-endpoints.toml"
+health = { tcp = true, interval = "500ms" }
+connect_timeout = "250ms"
+response_timeout = "0s"
+retries = 0
+slow_start = "1m30s"
+outlier = { consecutive_failures = 7, base_ejection = "5s", max_ejection = "1m", max_ejection_percent = 20 }
+max_in_flight = 100
+panic_threshold = 0
+dns_refresh = "1m"
+
+[[services]]
+name = "sticky"
+balance = "consistent_hash"
+endpoints = ["db1.internal:5432", { addr = "[::1]:5432", weight = 0 }]
+outlier = { consecutive_failures = 0 }
+
+[[routes]]
+host = "*.example.com"
+service = "sticky"
+
+[[tcp]]
+listen = "127.0.0.1:5432"
+service = "db"
+"#;
+    let config = parse(text, Path::new("/etc/lb/lb.toml")).unwrap();
+    let server = &config.server;
+    assert_eq!(server.listen, vec![addr("0.0.0.0:8443")]);
+    assert_eq!(server.max_header_bytes, 16384);
+    assert_eq!(server.max_body_bytes, Some(1_048_576));
+    assert_eq!(server.header_read_timeout, Duration::from_secs(5));
+    assert_eq!(server.shutdown_grace, Duration::from_secs(30));
+    let tls = server.tls.as_ref().expect("tls");
+    assert_eq!(
+        tls.default,
+        Some(CertKey {
+            cert: PathBuf::from("/etc/lb/certs/default.pem"),
+            key: PathBuf::from("/abs/default.key"),
+        })
+    );
+    assert_eq!(
+        tls.sni_certs,
+        vec![SniCert {
+            cert_key: CertKey {
+                cert: PathBuf::from("/etc/lb/api.pem"),
+                key: PathBuf::from("/etc/lb/api.key"),
+            },
+            sni: vec![
+                HostMatch::Exact("api.example.com".into()),
+                HostMatch::Suffix(".api.example.com".into())
+            ],
+        }]
+    );
+    assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(
+        config.admin.basic,
+        Some(BasicAuth {
+            user: "admin".into(),
+            password: "pw".into()
+        })
+    );
+    assert!(
+        !format!("{:?}", config.admin).contains("pw\""),
+        "Debug must not show the password"
+    );
+
+    let db = &config.services[0];
+    assert_eq!(db.balance, Balance::ConsistentHash);
+    assert_eq!(db.hash_key, Some(HashKey::Header("x-user".into())));
+    assert_eq!(
+        db.endpoints,
+        EndpointSource::File(PathBuf::from("/etc/lb/db-endpoints.toml"))
+    );
+    let health = db.health.as_ref().expect("health");
+    assert_eq!(health.probe, Probe::Tcp);
+    assert_eq!(
+        (health.interval, health.timeout, health.rise, health.fall),
+        (Duration::from_millis(500), Duration::from_secs(1), 2, 3)
+    );
+    assert_eq!(db.connect_timeout, Duration::from_millis(250));
+    assert_eq!(db.response_timeout, None);
+    assert_eq!(db.retries, 0);
+    assert_eq!(db.slow_start, Some(Duration::from_secs(90)));
+    assert_eq!(
+        db.outlier,
+        Some(OutlierConfig {
+            consecutive_failures: 7,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(60),
+            max_ejection_percent: 20,
+        })
+    );
+    assert_eq!(db.max_in_flight, Some(100));
+    assert_eq!(db.panic_threshold, 0);
+    assert_eq!(db.dns_refresh, Duration::from_secs(60));
+
+    let sticky = &config.services[1];
+    assert_eq!(
+        sticky.hash_key,
+        Some(HashKey::ClientIp),
+        "consistent_hash defaults to client_ip"
+    );
+    assert_eq!(
+        sticky.outlier, None,
+        "consecutive_failures = 0 turns outlier detection off"
+    );
+    let EndpointSource::Static(endpoints) = &sticky.endpoints else {
+        panic!("static endpoints expected");
+    };
+    assert_eq!(endpoints[0].addr, "db1.internal:5432");
+    assert_eq!(endpoints[0].weight, 1);
+    assert!(!endpoints[0].is_literal());
+    assert_eq!(endpoints[0].socket_addr(), None);
+    assert_eq!(endpoints[1].weight, 0);
+    assert!(endpoints[1].is_literal());
+    assert_eq!(endpoints[1].socket_addr(), Some(addr("[::1]:5432")));
+
+    assert_eq!(config.routes[0].host, Some(HostMatch::Suffix(".example.com".into())));
+    assert_eq!(config.routes[0].path_prefix, None);
+    assert_eq!(
+        config.tcp,
+        vec![TcpConfig {
+            listen: addr("127.0.0.1:5432"),
+            service: "db".into()
+        }]
+    );
+    assert!(config.warnings.is_empty());
+}
+
+#[test]
+fn hash_key_forms() {
+    for (written, expected) in [
+        ("client_ip", HashKey::ClientIp),
+        ("path", HashKey::Path),
+        ("header:X-Tenant", HashKey::Header("x-tenant".into())),
+        ("cookie:SESSION", HashKey::Cookie("SESSION".into())),
+    ] {
+        let text = format!("{WEB}balance = \"consistent_hash\"\nhash_key = \"{written}\"\n");
+        assert_eq!(
+            parse_ok(&text).services[0].hash_key,
+            Some(expected.clone()),
+            "{written}"
+        );
+        assert_eq!(expected.to_string(), written.replace("X-Tenant", "x-tenant"));
+    }
+}
+
+#[test]
+fn every_policy_name_parses() {
+    for policy in Balance::ALL {
+        let text = format!("{WEB}balance = \"{policy}\"\n");
+        assert_eq!(parse_ok(&text).services[0].balance, policy);
+    }
+}
+
+#[test]
+fn load_reads_a_file_and_names_a_missing_one() {
+    let dir = std::env::temp_dir().join(format!("lb-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, EXAMPLE).unwrap();
+    let config = load(&file).unwrap();
+    assert_eq!(config.services[0].name, "web");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let missing = dir.join("missing.toml");
+    let err = load(&missing).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(
+        err.to_string().starts_with(&format!("{}: ", missing.display())),
+        "{err}"
+    );
+}
+
+// --- errors: file, line, column and key ---
+
+#[test]
+fn unknown_policy_names_line_column_and_key() {
+    let text = r#"[server]
+listen = ["127.0.0.1:8080"]
+
+[[services]]
+name = "web"
+endpoints = [{ addr = "127.0.0.1:9001" }]
+balance = "round-robin"
+"#;
+    assert_eq!(
+        parse_err(text),
+        "web.toml:7:11: services[0].balance: unknown policy \"round-robin\" (expected one of round_robin, \
+         least_conn, p2c, peak_ewma, random, consistent_hash)"
+    );
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let err = parse_err("[server]\nlisten = [\"127.0.0.1:8080\"\n");
+    assert_eq!(
+        err, "web.toml:3:1: invalid array: expected `]`",
+        "one line, only the message"
+    );
+    let err = parse_err("[server]\nlisten == 1\n");
+    assert_eq!(err, "web.toml:2:9: invalid string: expected `\"`, `'`");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_line() {
+    let err = parse_err("[server]\nlisten = [\"127.0.0.1:8080\"]\nlisten_port = 8080\n");
+    assert!(
+        err.starts_with("web.toml:3:1: server.listen_port: unknown key `listen_port`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_top_level_table_is_rejected() {
+    let err = parse_err(&format!("{WEB}\n[backend]\nx = 1\n"));
+    assert!(
+        err.starts_with("web.toml:5:2: backend: unknown key `backend`, expected one of"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_key_in_inline_table_names_its_path() {
+    let text = format!("{WEB}health = {{ path = \"/\", intervall = \"2s\" }}\n");
+    let err = parse_err(&text);
+    assert!(
+        err.starts_with("web.toml:4:24: services[0].health.intervall: unknown key `intervall`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_key_in_dotted_table_names_its_path() {
+    let text = format!("{WEB}health.path = \"/\"\nhealth.bogus = 1\n");
+    let err = parse_err(&text);
+    assert!(
+        err.starts_with("web.toml:5:8: services[0].health.bogus: unknown key `bogus`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_key_in_second_endpoint() {
+    let text = "[[services]]\nname = \"web\"\nendpoints = [\"127.0.0.1:1\", { addr = \"127.0.0.1:2\", wieght = 2 }]\n";
+    let err = parse_err(text);
+    assert!(
+        err.starts_with("web.toml:3:53: services[0].endpoints[1].wieght: unknown key `wieght`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let err = parse_err(&format!("{WEB}retries = \"3\"\n"));
+    assert!(
+        err.starts_with("web.toml:4:11: services[0].retries: invalid type: string \"3\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_name_points_at_the_service() {
+    let err = parse_err(&format!("{WEB}[[services]]\nendpoints = [\"127.0.0.1:2\"]\n"));
+    assert_eq!(err, "web.toml:4:1: services[1]: missing key `name`");
+}
+
+#[test]
+fn route_to_unknown_service() {
+    let err = parse_err(&format!("{WEB}[[routes]]\nhost = \"a.example\"\nservice = \"api\"\n"));
+    assert_eq!(
+        err,
+        "web.toml:6:11: routes[0].service: unknown service \"api\" (defined: web)"
+    );
+}
+
+#[test]
+fn duplicate_service_names() {
+    let err = parse_err(&format!("{WEB}{WEB}"));
+    assert_eq!(
+        err,
+        "web.toml:5:8: services[1].name: duplicate service name \"web\" (first defined by services[0])"
+    );
+}
+
+#[test]
+fn hash_key_on_other_policy_is_a_warning() {
+    let config = parse_ok(&format!("{WEB}balance = \"least_conn\"\nhash_key = \"path\"\n"));
+    assert_eq!(config.services[0].hash_key, None);
+    assert_eq!(
+        config.warnings,
+        vec![
+            "web.toml:5:12: services[0].hash_key: ignored: hash_key applies only to balance = \"consistent_hash\" \
+             (this service uses \"least_conn\")"
+                .to_owned()
+        ]
+    );
+}
+
+#[test]
+fn invalid_hash_key_form() {
+    for written in ["header:", "cookie:a b", "ip", "header:x:y"] {
+        let err = parse_err(&format!(
+            "{WEB}balance = \"consistent_hash\"\nhash_key = \"{written}\"\n"
+        ));
+        assert_eq!(
+            err,
+            format!(
+                "web.toml:5:12: services[0].hash_key: invalid hash_key {written:?} (expected client_ip, \
+                 header:NAME, cookie:NAME or path)"
+            )
+        );
+    }
+    // The form is checked even when the policy ignores the key.
+    let err = parse_err(&format!("{WEB}hash_key = \"ip\"\n"));
+    assert!(
+        err.starts_with("web.toml:4:12: services[0].hash_key: invalid hash_key \"ip\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn endpoints_and_endpoints_file_both() {
+    let err = parse_err(&format!("{WEB}endpoints_file = \"web.toml\"\n"));
+    assert_eq!(
+        err,
+        "web.toml:4:18: services[0].endpoints_file: set either `endpoints` or `endpoints_file`, not both"
+    );
+}
+
+#[test]
+fn endpoints_and_endpoints_file_neither() {
+    let err = parse_err("[server]\n\n[[services]]\nname = \"web\"\n");
+    assert_eq!(
+        err,
+        "web.toml:3:1: services[0]: service \"web\" has no endpoints: set `endpoints` or `endpoints_file`"
+    );
+}
+
+#[test]
+fn empty_endpoint_list() {
+    let err = parse_err("[[services]]\nname = \"web\"\nendpoints = []\n");
+    assert_eq!(
+        err,
+        "web.toml:3:13: services[0].endpoints: no endpoints (list at least one, or use endpoints_file)"
+    );
+}
+
+#[test]
+fn weight_out_of_range() {
+    let text = "[[services]]\nname = \"web\"\nendpoints = [{ addr = \"127.0.0.1:1\", weight = 70000 }]\n";
+    assert_eq!(
+        parse_err(text),
+        "web.toml:3:47: services[0].endpoints[0].weight: weight 70000 is out of range (0..=65535)"
+    );
+    let text = "[[services]]\nname = \"web\"\nendpoints = [{ addr = \"127.0.0.1:1\", weight = -1 }]\n";
+    assert!(parse_err(text).ends_with("weight -1 is out of range (0..=65535)"));
+    let text = "[[services]]\nname = \"web\"\nendpoints = [{ addr = \"127.0.0.1:1\", weight = 65535 }]\n";
+    parse_ok(text);
+}
+
+#[test]
+fn bad_endpoint_addresses() {
+    for (written, message) in [
+        ("127.0.0.1", "no port"),
+        ("web1:0", "invalid port \"0\""),
+        ("web1:http", "invalid port \"http\""),
+        (":80", "invalid host \"\""),
+        ("::1:80", "write an IPv6 address in brackets"),
+        ("[::g]:80", "invalid IPv6 address"),
+        ("we b:80", "invalid host \"we b\""),
+    ] {
+        let err = parse_err(&format!(
+            "[[services]]\nname = \"web\"\nendpoints = [\"127.0.0.1:1\", \"{written}\"]\n"
+        ));
+        assert!(
+            err.starts_with("web.toml:3:29: services[0].endpoints[1]: "),
+            "{written}: {err}"
+        );
+        assert!(err.contains(message), "{written}: {err}");
+    }
+    let err = parse_err("[[services]]\nname = \"web\"\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n");
+    assert!(
+        err.contains("duplicate endpoint \"127.0.0.1:1\" (also services[0].endpoints[0])"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_listen_address() {
+    let err = parse_err("[server]\nlisten = [\"127.0.0.1:8080\", \"localhost:80\"]\n");
+    assert_eq!(
+        err,
+        "web.toml:2:29: server.listen[1]: invalid listen address \"localhost:80\" (expected IP:PORT, as in \
+         \"127.0.0.1:8080\" or \"[::]:8080\")"
+    );
+    let err = parse_err("[server]\nlisten = \"8080\"\n");
+    assert!(
+        err.starts_with("web.toml:2:10: server.listen: invalid listen address \"8080\""),
+        "{err}"
+    );
+    let err = parse_err("[server]\nlisten = []\n");
+    assert!(
+        err.starts_with("web.toml:2:10: server.listen: no listen address"),
+        "{err}"
+    );
+}
+
+#[test]
+fn listen_address_used_twice() {
+    let err = parse_err(&format!(
+        "[admin]\nlisten = \"127.0.0.1:8080\"\n{WEB}[[tcp]]\nlisten = \"127.0.0.1:5432\"\nservice = \"web\"\n"
+    ));
+    assert_eq!(
+        err,
+        "web.toml:2:10: admin.listen: address 127.0.0.1:8080 is already used by server.listen"
+    );
+}
+
+#[test]
+fn rise_and_fall_zero() {
+    let err = parse_err(&format!("{WEB}health = {{ path = \"/\", rise = 0 }}\n"));
+    assert_eq!(
+        err,
+        "web.toml:4:31: services[0].health.rise: rise must be at least 1, not 0"
+    );
+    let err = parse_err(&format!("{WEB}[services.health]\ntcp = true\nfall = 0\n"));
+    assert_eq!(
+        err,
+        "web.toml:6:8: services[0].health.fall: fall must be at least 1, not 0"
+    );
+}
+
+#[test]
+fn health_probe_kind() {
+    let err = parse_err(&format!("{WEB}health = {{ path = \"/\", tcp = true }}\n"));
+    assert!(
+        err.starts_with("web.toml:4:30: services[0].health.tcp: set either `path`"),
+        "{err}"
+    );
+    let err = parse_err(&format!("{WEB}health = {{ interval = \"1s\" }}\n"));
+    assert!(err.starts_with("web.toml:4:10: services[0].health: no probe"), "{err}");
+    let err = parse_err(&format!("{WEB}health = {{ path = \"healthz\" }}\n"));
+    assert!(
+        err.contains("services[0].health.path: probe path \"healthz\" must start with `/`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tcp_to_unknown_service() {
+    let err = parse_err(&format!(
+        "{WEB}[[tcp]]\nlisten = \"127.0.0.1:5432\"\nservice = \"db\"\n"
+    ));
+    assert_eq!(
+        err,
+        "web.toml:6:11: tcp[0].service: unknown service \"db\" (defined: web)"
+    );
+    let err = parse_err("[[tcp]]\nlisten = \"127.0.0.1:5432\"\n");
+    assert_eq!(err, "web.toml:1:1: tcp[0]: missing key `service`");
+}
+
+#[test]
+fn non_loopback_admin_needs_auth() {
+    let err = parse_err(&format!("{WEB}[admin]\nlisten = \"0.0.0.0:9090\"\n"));
+    assert!(
+        err.starts_with("web.toml:5:10: admin.listen: admin address 0.0.0.0:9090 is reachable from other hosts"),
+        "{err}"
+    );
+    parse_ok(&format!("{WEB}[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"t\"\n"));
+    parse_ok(&format!(
+        "{WEB}[admin]\nlisten = \"[::]:9090\"\nuser = \"u\"\npassword = \"p\"\n"
+    ));
+    parse_ok(&format!("{WEB}[admin]\nlisten = \"[::1]:9090\"\n"));
+    let err = parse_err(&format!("{WEB}[admin]\nlisten = \"0.0.0.0:9090\"\nuser = \"u\"\n"));
+    assert_eq!(err, "web.toml:6:8: admin.user: `user` needs `password`");
+}
+
+#[test]
+fn duration_errors_name_the_key() {
+    let err = parse_err(&format!("{WEB}health = {{ path = \"/\", interval = \"2 seconds\" }}\n"));
+    assert_eq!(
+        err,
+        "web.toml:4:35: services[0].health.interval: invalid duration \"2 seconds\" (expected a number and a unit: \
+         ms, s, m or h, as in \"500ms\", \"2s\", \"1m30s\")"
+    );
+    let err = parse_err(&format!("{WEB}connect_timeout = 2\n"));
+    assert_eq!(
+        err,
+        "web.toml:4:19: services[0].connect_timeout: invalid type: integer `2`, expected a duration string such as \
+         \"500ms\", \"2s\" or \"1m\""
+    );
+    let err = parse_err("[server]\nheader_read_timeout = \"0s\"\n");
+    assert_eq!(
+        err,
+        "web.toml:2:23: server.header_read_timeout: header_read_timeout must be longer than zero"
+    );
+}
+
+#[test]
+fn other_range_checks() {
+    let err = parse_err(&format!("{WEB}panic_threshold = 150\n"));
+    assert_eq!(
+        err,
+        "web.toml:4:19: services[0].panic_threshold: panic_threshold 150 is out of range (0..=100)"
+    );
+    let err = parse_err(&format!("{WEB}max_in_flight = 0\n"));
+    assert!(
+        err.starts_with("web.toml:4:17: services[0].max_in_flight: max_in_flight must be at least 1"),
+        "{err}"
+    );
+    let err = parse_err(&format!(
+        "{WEB}outlier = {{ base_ejection = \"1m\", max_ejection = \"10s\" }}\n"
+    ));
+    assert!(
+        err.starts_with("web.toml:4:50: services[0].outlier.max_ejection: max_ejection (10s) is shorter"),
+        "{err}"
+    );
+    let err = parse_err(&format!("{WEB}name = \"x\"\n"));
+    assert_eq!(err, "web.toml:4:1: duplicate key `name` in table `services`");
+}
+
+#[test]
+fn route_checks() {
+    let err = parse_err(&format!(
+        "{WEB}[[routes]]\nhost = \"a.example:80\"\nservice = \"web\"\n"
+    ));
+    assert_eq!(
+        err,
+        "web.toml:5:8: routes[0].host: host \"a.example:80\" must not include a port"
+    );
+    let err = parse_err(&format!("{WEB}[[routes]]\npath_prefix = \"api\"\nservice = \"web\"\n"));
+    assert_eq!(
+        err,
+        "web.toml:5:15: routes[0].path_prefix: path_prefix \"api\" must start with `/`"
+    );
+    let err = parse_err(&format!(
+        "{WEB}[[routes]]\nhost = \"A.example\"\nservice = \"web\"\n[[routes]]\nhost = \"a.example\"\nservice = \"web\"\n"
+    ));
+    assert_eq!(
+        err,
+        "web.toml:7:1: routes[1]: same host and path_prefix as routes[0], which always matches first"
+    );
+}
+
+#[test]
+fn tls_checks() {
+    let err = parse_err("[server.tls]\ncert = \"a.pem\"\n");
+    assert_eq!(
+        err,
+        "web.toml:2:8: server.tls.cert: `cert` needs `key`, the private key file"
+    );
+    let err = parse_err("[server]\n[server.tls]\n");
+    assert_eq!(
+        err,
+        "web.toml:2:1: server.tls: no certificate: set `cert` and `key`, or add [[server.tls.certs]] entries"
+    );
+    let err = parse_err("[[server.tls.certs]]\ncert = \"a.pem\"\nkey = \"a.key\"\n");
+    assert!(
+        err.starts_with("web.toml:1:1: server.tls.certs[0].sni: list at least one server name"),
+        "{err}"
+    );
+    let err = parse_err(
+        "[[server.tls.certs]]\ncert = \"a.pem\"\nkey = \"a.key\"\nsni = [\"a.example\"]\n\
+         [[server.tls.certs]]\ncert = \"b.pem\"\nkey = \"b.key\"\nsni = [\"b.example\", \"A.example\"]\n",
+    );
+    assert_eq!(
+        err,
+        "web.toml:8:21: server.tls.certs[1].sni[1]: server name \"A.example\" is already claimed by \
+         server.tls.certs[0]"
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let err = parse_err("# é\n[[services]]\nname = \"wéb\"\nendpoints = [\"127.0.0.1:1\"]\n");
+    assert!(
+        err.starts_with("web.toml:3:8: services[0].name: invalid service name \"wéb\""),
+        "{err}"
+    );
+    let err = parse_err("[[services]]\nname = \"é\" ; endpoints = []\n");
+    assert!(err.starts_with("web.toml:2:12:"), "{err}");
+}
+
+// --- helpers ---
+
+#[test]
+fn host_match_matches() {
+    let exact = HostMatch::Exact("web.localhost".into());
+    assert!(exact.matches("web.localhost"));
+    assert!(exact.matches("WEB.localhost."));
+    assert!(!exact.matches("a.web.localhost"));
+    let wildcard = HostMatch::Suffix(".example.com".into());
+    assert!(wildcard.matches("a.example.com"));
+    assert!(wildcard.matches("a.b.EXAMPLE.com"));
+    assert!(!wildcard.matches("example.com"));
+    assert!(!wildcard.matches("aexample.com"));
+    assert!(!wildcard.matches("é"));
+    assert_eq!(wildcard.to_string(), "*.example.com");
+}
+
+#[test]
+fn route_matches() {
+    let route = RouteConfig {
+        host: Some(HostMatch::Exact("a.example".into())),
+        path_prefix: Some("/api".into()),
+        service: "web".into(),
+    };
+    assert!(route.matches(Some("a.example"), "/api/users"));
+    assert!(!route.matches(Some("a.example"), "/"));
+    assert!(!route.matches(Some("b.example"), "/api"));
+    assert!(!route.matches(None, "/api"));
+    let any = RouteConfig {
+        host: None,
+        path_prefix: None,
+        service: "web".into(),
+    };
+    assert!(any.matches(None, "/anything"));
+}
+
+#[test]
+fn durations() {
+    let ok = [
+        ("0", Duration::ZERO),
+        ("0s", Duration::ZERO),
+        ("500ms", Duration::from_millis(500)),
+        ("2s", Duration::from_secs(2)),
+        ("1m", Duration::from_secs(60)),
+        ("1h", Duration::from_secs(3600)),
+        ("1m30s", Duration::from_secs(90)),
+        ("1h2m3s4ms", Duration::from_millis(3_723_004)),
+        ("1.5s", Duration::from_millis(1500)),
+        ("0.25m", Duration::from_secs(15)),
+        (".5s", Duration::from_millis(500)),
+        ("1.0000000001s", Duration::new(1, 0)),
+    ];
+    for (text, expected) in ok {
+        assert_eq!(parse_duration(text), Ok(expected), "{text}");
+    }
+    for text in [
+        "", "2", "s", "2 s", "2sec", "-1s", "1.s", "1..5s", "2S", "1s ", "ms", "1d",
+    ] {
+        let err = parse_duration(text).unwrap_err();
+        assert!(err.starts_with(&format!("invalid duration {text:?}")), "{text}: {err}");
+    }
+    let err = parse_duration("99999999999999999999999h").unwrap_err();
+    assert!(err.ends_with("is too large"), "{err}");
+}

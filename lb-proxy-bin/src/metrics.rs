@@ -1,0 +1,430 @@
+//! Prometheus metrics: request counters and latency histograms per service and
+//! endpoint, endpoint state gauges, config reloads and discovery updates.
+//!
+//! Request-path metrics live in `prometheus-client` families. Their label sets hold the
+//! service name as an interned `Arc<str>` and the endpoint as its `EndpointId` (an `Arc`
+//! too), so counting a request clones two pointers and allocates nothing once the series
+//! exists.
+//!
+//! Endpoint and service state (in flight, requests, failures, state, weights, panic) is
+//! read from the balancers at scrape time by a [`Collector`], so it costs the request
+//! path nothing and always matches the status page.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use lb_core::{BalancerStatus, EndpointId, Health};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::runtime::Runtime;
+
+/// Every state an endpoint can be in, in the order `lb_endpoint_state` lists them.
+const STATES: [Health; 5] = [
+    Health::Unknown,
+    Health::Healthy,
+    Health::Unhealthy,
+    Health::Ejected,
+    Health::Draining,
+];
+
+/// A label value, written with the escapes the text format needs (`prometheus-client`
+/// writes values as they are, and endpoint ids come from discovery).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Label<T>(T);
+
+/// What a [`Label`] can hold.
+trait LabelText {
+    fn text(&self) -> &str;
+}
+
+impl LabelText for Arc<str> {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl LabelText for EndpointId {
+    fn text(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl LabelText for Option<EndpointId> {
+    fn text(&self) -> &str {
+        self.as_ref().map_or("", EndpointId::as_str)
+    }
+}
+
+impl LabelText for &'static str {
+    fn text(&self) -> &str {
+        self
+    }
+}
+
+impl<T: LabelText> EncodeLabelValue for Label<T> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.text();
+        let mut rest = s;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..i])?;
+            encoder.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    service: Label<Arc<str>>,
+    endpoint: Label<Option<EndpointId>>,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    service: Label<Arc<str>>,
+    endpoint: Label<Option<EndpointId>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: Label<Arc<str>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    service: Label<Arc<str>>,
+    endpoint: Label<EndpointId>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    service: Label<Arc<str>>,
+    endpoint: Label<EndpointId>,
+    state: &'static str,
+}
+
+/// All of the proxy's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    /// Service names, so a request's labels clone an `Arc` instead of a `String`.
+    services: RwLock<HashSet<Arc<str>>>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    retries: Family<ServiceLabels, Counter>,
+    discovery_updates: Family<ServiceLabels, Counter>,
+    reloads: Family<ResultLabels, Counter>,
+    unrouted: Counter,
+    generation: Gauge,
+    /// What the endpoint collector reports during one scrape.
+    scrape: Arc<Mutex<Scrape>>,
+    /// One scrape at a time: the collector's input is set, encoded, then cleared.
+    encoding: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("lb");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            // 250 µs .. ~8 s
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+        });
+        let retries = Family::<ServiceLabels, Counter>::default();
+        let discovery_updates = Family::<ServiceLabels, Counter>::default();
+        let reloads = Family::<ResultLabels, Counter>::default();
+        let unrouted = Counter::default();
+        let generation = Gauge::default();
+        let scrape = Arc::new(Mutex::new(Scrape::default()));
+        registry.register(
+            "requests",
+            "HTTP requests answered, by service, endpoint (empty when none answered) and status code",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request to response head, by service and endpoint",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        registry.register("retries", "Requests sent again to another endpoint", retries.clone());
+        registry.register(
+            "discovery_updates",
+            "Discovery updates received, by service",
+            discovery_updates.clone(),
+        );
+        registry.register("config_reloads", "Configuration reloads, by result", reloads.clone());
+        registry.register("config_generation", "Generation of the running configuration", generation.clone());
+        registry.register("unrouted_requests", "Requests that matched no route (404)", unrouted.clone());
+        registry.register_collector(Box::new(EndpointCollector(scrape.clone())));
+        Self {
+            registry,
+            services: RwLock::default(),
+            requests,
+            latency,
+            retries,
+            discovery_updates,
+            reloads,
+            unrouted,
+            generation,
+            scrape,
+            encoding: Mutex::new(()),
+        }
+    }
+
+    /// The interned name of a service: a lock-free-ish read after the first call.
+    fn service(&self, name: &str) -> Label<Arc<str>> {
+        if let Some(s) = self.services.read().unwrap_or_else(PoisonError::into_inner).get(name) {
+            return Label(s.clone());
+        }
+        let mut set = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = set.get(name) {
+            return Label(s.clone());
+        }
+        let s: Arc<str> = Arc::from(name);
+        set.insert(s.clone());
+        Label(s)
+    }
+
+    /// One answered request.
+    pub(crate) fn request(&self, service: &str, endpoint: Option<&EndpointId>, code: u16, latency: Duration) {
+        let service = self.service(service);
+        let endpoint = Label(endpoint.cloned());
+        self.latency
+            .get_or_create(&LatencyLabels {
+                service: service.clone(),
+                endpoint: endpoint.clone(),
+            })
+            .observe(latency.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                service,
+                endpoint,
+                code,
+            })
+            .inc();
+    }
+
+    /// A failed attempt; `again` when another attempt follows.
+    pub(crate) fn retry(&self, service: &str, again: bool) {
+        if again {
+            self.retries.get_or_create(&ServiceLabels { service: self.service(service) }).inc();
+        }
+    }
+
+    /// A request that matched no route.
+    pub(crate) fn unrouted(&self) {
+        self.unrouted.inc();
+    }
+
+    /// A discovery update for a service.
+    pub(crate) fn discovery_update(&self, service: &str) {
+        self.discovery_updates.get_or_create(&ServiceLabels { service: self.service(service) }).inc();
+    }
+
+    /// A config reload attempt.
+    pub(crate) fn reload(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// The text exposition: the registry, plus endpoint and service state read from `rt`.
+    pub(crate) fn encode(&self, rt: &Runtime) -> String {
+        let _one = self.encoding.lock().unwrap_or_else(PoisonError::into_inner);
+        self.generation.set(i64::try_from(rt.generation).unwrap_or(i64::MAX));
+        let services = rt
+            .upstreams()
+            .map(|u| (Label(u.name.clone()), u.balancer.status()))
+            .collect();
+        self.scrape.lock().unwrap_or_else(PoisonError::into_inner).services = services;
+        let mut out = String::with_capacity(16 * 1024);
+        let encoded = encode_registry(&mut out, &self.registry).and_then(|()| encode_eof(&mut out));
+        self.scrape.lock().unwrap_or_else(PoisonError::into_inner).services.clear();
+        if let Err(e) = encoded {
+            tracing::warn!(error = %e, "metrics encoding failed");
+            // Still a valid exposition, if an incomplete one.
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+            let _ = writeln!(out, "# EOF");
+        }
+        out
+    }
+}
+
+/// The input of [`EndpointCollector`] during one scrape.
+#[derive(Debug, Default)]
+struct Scrape {
+    services: Vec<(Label<Arc<str>>, BalancerStatus)>,
+}
+
+/// Encodes endpoint and service state from the runtime being scraped.
+#[derive(Debug)]
+struct EndpointCollector(Arc<Mutex<Scrape>>);
+
+impl EndpointCollector {
+    /// Encodes one family with a value per endpoint.
+    fn per_endpoint<M: EncodeMetric>(
+        encoder: &mut DescriptorEncoder<'_>,
+        scrape: &Scrape,
+        (name, help, unit): (&str, &str, Option<&Unit>),
+        metric: impl Fn(&lb_core::EndpointStatus) -> M,
+    ) -> Result<(), std::fmt::Error> {
+        let Some(first) = scrape.services.iter().flat_map(|(_, st)| st.endpoints.first()).next() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(name, help, unit, metric(first).metric_type())?;
+        for (service, st) in &scrape.services {
+            for e in &st.endpoints {
+                let labels = EndpointLabels {
+                    service: service.clone(),
+                    endpoint: Label(e.id.clone()),
+                };
+                metric(e).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes one family with a value per service.
+    fn per_service<M: EncodeMetric>(
+        encoder: &mut DescriptorEncoder<'_>,
+        scrape: &Scrape,
+        (name, help): (&str, &str),
+        metric: impl Fn(&BalancerStatus) -> M,
+    ) -> Result<(), std::fmt::Error> {
+        let Some((_, first)) = scrape.services.first() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(name, help, None, metric(first).metric_type())?;
+        for (service, st) in &scrape.services {
+            let labels = ServiceLabels { service: service.clone() };
+            metric(st).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Collector for EndpointCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let scrape = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let enc = &mut encoder;
+        let s = &*scrape;
+        Self::per_service(enc, s, ("service_endpoints", "Endpoints known, draining ones included"), |st| {
+            ConstGauge::new(st.endpoints.len() as i64)
+        })?;
+        Self::per_service(enc, s, ("service_eligible_endpoints", "Endpoints in rotation"), |st| {
+            ConstGauge::new(st.eligible as i64)
+        })?;
+        Self::per_service(enc, s, ("service_panic", "1 while panic mode balances over every endpoint"), |st| {
+            ConstGauge::new(i64::from(st.panic))
+        })?;
+        Self::per_endpoint(enc, s, ("endpoint_in_flight", "Requests (or TCP connections) in flight", None), |e| {
+            ConstGauge::new(i64::from(e.in_flight))
+        })?;
+        Self::per_endpoint(enc, s, ("endpoint_requests", "Requests started", None), |e| {
+            ConstCounter::new(e.requests)
+        })?;
+        Self::per_endpoint(enc, s, ("endpoint_failures", "Requests failed", None), |e| {
+            ConstCounter::new(e.failures)
+        })?;
+        Self::per_endpoint(enc, s, ("endpoint_ejections", "Times ejected by outlier detection", None), |e| {
+            ConstCounter::new(u64::from(e.times_ejected))
+        })?;
+        Self::per_endpoint(enc, s, ("endpoint_weight", "Configured weight", None), |e| {
+            ConstGauge::new(i64::from(e.weight))
+        })?;
+        Self::per_endpoint(
+            enc,
+            s,
+            ("endpoint_effective_weight", "Weight with slow start applied; 0 when out of rotation", None),
+            |e| ConstGauge::new(e.effective_weight.unwrap_or(0.0)),
+        )?;
+        Self::per_endpoint(
+            enc,
+            s,
+            ("endpoint_latency_ewma", "Peak-EWMA latency estimate", Some(&Unit::Seconds)),
+            |e| ConstGauge::new(e.ewma_latency.as_secs_f64()),
+        )?;
+        // One series per state, 1 for the current one: `lb_endpoint_state{state="healthy"} == 1`.
+        if s.services.iter().any(|(_, st)| !st.endpoints.is_empty()) {
+            let mut family = enc.encode_descriptor(
+                "endpoint_state",
+                "1 for the endpoint's current state (unknown, healthy, unhealthy, ejected, draining), else 0",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (service, st) in &s.services {
+                for e in &st.endpoints {
+                    for state in STATES {
+                        let labels = StateLabels {
+                            service: service.clone(),
+                            endpoint: Label(e.id.clone()),
+                            state: state.as_str(),
+                        };
+                        ConstGauge::new(i64::from(e.health == state)).encode(family.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.request("a\"b", Some(&EndpointId::new("x\\y\nz")), 200, Duration::from_millis(3));
+        let mut out = String::new();
+        encode_registry(&mut out, &m.registry).unwrap();
+        assert!(
+            out.contains(r#"lb_requests_total{service="a\"b",endpoint="x\\y\nz",code="200"} 1"#),
+            "escaped labels expected in:\n{out}"
+        );
+    }
+
+    #[test]
+    fn services_are_interned() {
+        let m = Metrics::new();
+        let a = m.service("web");
+        let b = m.service("web");
+        assert!(Arc::ptr_eq(&a.0, &b.0), "the same name should give the same Arc");
+    }
+}

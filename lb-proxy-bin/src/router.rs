@@ -1,0 +1,140 @@
+//! Routing: which service a request goes to, by host and path prefix.
+//!
+//! The most specific route wins: an exact host beats a `*.suffix` wildcard, which beats
+//! no host; among those, the longest path prefix; then the order in the config.
+
+/// A route's host rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HostRule {
+    Any,
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`.
+    Suffix(String),
+}
+
+impl HostRule {
+    pub(crate) fn parse(host: Option<&str>) -> Self {
+        match host {
+            None | Some("") | Some("*") => HostRule::Any,
+            Some(h) => match h.strip_prefix('*') {
+                Some(rest) => HostRule::Suffix(rest.to_ascii_lowercase()),
+                None => HostRule::Exact(h.to_ascii_lowercase()),
+            },
+        }
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostRule::Any => true,
+            HostRule::Exact(h) => h.eq_ignore_ascii_case(host),
+            HostRule::Suffix(s) => host.len() > s.len() && host[host.len() - s.len()..].eq_ignore_ascii_case(s),
+        }
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            HostRule::Exact(_) => 2,
+            HostRule::Suffix(_) => 1,
+            HostRule::Any => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    host: HostRule,
+    prefix: String,
+    target: usize,
+}
+
+/// A compiled routing table mapping requests to service indices.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Router {
+    /// Sorted most specific first.
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Builds from `(host, path_prefix, target)` triples in config order.
+    pub(crate) fn new(routes: impl IntoIterator<Item = (Option<String>, Option<String>, usize)>) -> Self {
+        let mut routes: Vec<Route> = routes
+            .into_iter()
+            .map(|(h, p, target)| Route {
+                host: HostRule::parse(h.as_deref()),
+                prefix: p.filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string()),
+                target,
+            })
+            .collect();
+        // Stable: config order breaks ties.
+        routes.sort_by(|a, b| b.host.rank().cmp(&a.host.rank()).then(b.prefix.len().cmp(&a.prefix.len())));
+        Self { routes }
+    }
+
+    /// The target for a request to `host` (port stripped here) and `path`.
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
+        let host = host.map(strip_port).unwrap_or("");
+        self.routes
+            .iter()
+            .find(|r| r.host.matches(host) && path_matches(&r.prefix, path))
+            .map(|r| r.target)
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [::1]:8080
+        return host.split(']').next().map(|h| &host[..h.len() + 1]).unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; a prefix ending in `/`
+/// matches anything below it.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    if !path.starts_with(prefix) {
+        return false;
+    }
+    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r() -> Router {
+        Router::new([
+            (None, None, 0),
+            (Some("web.localhost".into()), None, 1),
+            (Some("*.localhost".into()), None, 2),
+            (Some("web.localhost".into()), Some("/api".into()), 3),
+        ])
+    }
+
+    #[test]
+    fn most_specific_wins() {
+        let r = r();
+        assert_eq!(r.route(Some("web.localhost:8080"), "/api/x"), Some(3));
+        assert_eq!(r.route(Some("WEB.localhost"), "/apix"), Some(1));
+        assert_eq!(r.route(Some("other.localhost"), "/"), Some(2));
+        assert_eq!(r.route(Some("example.com"), "/"), Some(0));
+        assert_eq!(r.route(None, "/"), Some(0));
+    }
+
+    #[test]
+    fn no_route() {
+        let r = Router::new([(Some("a".to_string()), Some("/x".to_string()), 0)]);
+        assert_eq!(r.route(Some("a"), "/y"), None);
+        assert_eq!(r.route(Some("b"), "/x"), None);
+        assert_eq!(r.route(Some("a"), "/x/1"), Some(0));
+    }
+
+    #[test]
+    fn ports_and_ipv6() {
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("a:80"), "a");
+        assert_eq!(strip_port("a"), "a");
+    }
+}

@@ -1,0 +1,51 @@
+//! One generation of the running configuration: services, routes, metrics.
+//!
+//! A reload builds a new `Runtime` and swaps it in atomically. Requests already routed
+//! hold the old one (an `Arc`) and finish on it. A service whose configuration did not
+//! change is carried over as it is, balancer and endpoint state included.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// The services and routes of one configuration generation.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    upstreams: Vec<Arc<Upstream>>,
+    by_name: HashMap<String, usize>,
+    router: Router,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Bumped on every reload, for the status page.
+    pub(crate) generation: u64,
+}
+
+impl Runtime {
+    pub(crate) fn new(upstreams: Vec<Arc<Upstream>>, router: Router, metrics: Arc<Metrics>, generation: u64) -> Self {
+        let by_name = upstreams.iter().enumerate().map(|(i, u)| (u.name.to_string(), i)).collect();
+        Self {
+            upstreams,
+            by_name,
+            router,
+            metrics,
+            generation,
+        }
+    }
+
+    /// Every service, in config order.
+    pub(crate) fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.upstreams.iter()
+    }
+
+    /// A service by name.
+    pub(crate) fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.by_name.get(name).map(|&i| &self.upstreams[i])
+    }
+
+    /// The service a request goes to.
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
+        self.router.route(host, path).map(|i| &self.upstreams[i])
+    }
+}

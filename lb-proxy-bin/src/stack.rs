@@ -1,0 +1,342 @@
+//! Config -> stack: builds services and routes from a config, binds listeners, runs,
+//! reloads, shuts down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures_util::StreamExt;
+use hyper_util::server::graceful::GracefulShutdown;
+use lb_core::balance::{AnyPolicy, LeastConn, Maglev, P2c, PeakEwma, Random, WeightedRoundRobin};
+use lb_core::health::{CheckConfig, OutlierConfig, SlowStart, TcpProbe};
+use lb_core::http::{ClientConfig, HttpConnect, HttpProbe};
+use lb_core::Balancer;
+use lb_discovery_static::{EndpointSpec, EndpointsFile};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::{self, Balance, Config, ConfigError, EndpointSource, HashKey, Probe, ServiceConfig};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::runtime::Runtime;
+use crate::upstream::{KeySource, Settings, Upstream};
+use crate::{server, tcp, EXIT_CONFIG, EXIT_RUNTIME};
+
+/// Why the proxy could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StackError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS material could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl StackError {
+    /// The process exit code for this error.
+    pub(crate) fn code(&self) -> u8 {
+        match self {
+            StackError::Config(_) | StackError::Tls(_) => EXIT_CONFIG,
+            StackError::Bind { .. } | StackError::Other(_) => EXIT_RUNTIME,
+        }
+    }
+}
+
+fn policy(cfg: &ServiceConfig) -> AnyPolicy {
+    match cfg.balance {
+        Balance::RoundRobin => WeightedRoundRobin::new().into(),
+        Balance::LeastConn => LeastConn::new().into(),
+        Balance::P2c => P2c::default().into(),
+        Balance::PeakEwma => P2c::new(PeakEwma::default()).into(),
+        Balance::Random => Random::new().into(),
+        Balance::ConsistentHash => Maglev::new().into(),
+    }
+}
+
+fn key_source(cfg: &ServiceConfig) -> Option<KeySource> {
+    Some(match cfg.hash_key.as_ref()? {
+        HashKey::ClientIp => KeySource::ClientIp,
+        HashKey::Header(h) => KeySource::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?),
+        HashKey::Cookie(c) => KeySource::Cookie(c.clone()),
+        HashKey::Path => KeySource::Path,
+    })
+}
+
+/// Builds one service: its balancer, fed by its discovery source.
+pub(crate) fn build_upstream(cfg: &ServiceConfig, metrics: &Arc<Metrics>) -> Result<Upstream, StackError> {
+    let mut b = Balancer::builder(policy(cfg))
+        .name(&cfg.name)
+        .http()
+        .track_latency(true)
+        .panic_threshold(cfg.panic_threshold as f64 / 100.0);
+    let outlier = cfg.outlier.clone().unwrap_or(config::OutlierConfig {
+        consecutive_failures: 5,
+        base_ejection: Duration::from_secs(10),
+        max_ejection: Duration::from_secs(300),
+        max_ejection_percent: 50,
+    });
+    if outlier.consecutive_failures > 0 {
+        b = b.outlier_detection(OutlierConfig {
+            consecutive_failures: outlier.consecutive_failures,
+            base_ejection: outlier.base_ejection,
+            max_ejection: outlier.max_ejection,
+            max_ejection_percent: outlier.max_ejection_percent as f64 / 100.0,
+        });
+    }
+    if let Some(ss) = cfg.slow_start {
+        b = b.slow_start(SlowStart::new(ss));
+    }
+    if let Some(max) = cfg.max_in_flight {
+        b = b.max_in_flight(max);
+    }
+    if let Some(h) = &cfg.health {
+        let cc = CheckConfig {
+            interval: h.interval,
+            timeout: h.timeout,
+            rise: h.rise,
+            fall: h.fall,
+        };
+        b = match &h.probe {
+            Probe::Http { path } => b.health_check(HttpProbe::new(path.clone()), cc),
+            Probe::Tcp => b.health_check(TcpProbe, cc),
+        };
+    }
+    let updates = match &cfg.endpoints {
+        EndpointSource::Static(list) => {
+            let specs = list.iter().map(|e| EndpointSpec::new(e.addr.clone()).with_weight(e.weight)).collect();
+            lb_discovery_static::resolve_stream(specs, cfg.dns_refresh)
+        }
+        EndpointSource::File(path) => EndpointsFile::new(path.clone())
+            .dns_refresh(cfg.dns_refresh)
+            .watch()
+            .map_err(|e| StackError::Other(format!("service {}: {e}", cfg.name)))?,
+    };
+    let counted = {
+        let metrics = metrics.clone();
+        let name = cfg.name.clone();
+        updates.inspect(move |u| {
+            if u.is_ok() {
+                metrics.discovery_update(&name);
+            }
+        })
+    };
+    let connect = HttpConnect::new(ClientConfig {
+        connect_timeout: cfg.connect_timeout,
+        ..ClientConfig::default()
+    });
+    let balancer = b.spawn(counted, connect);
+    Ok(Upstream {
+        name: Arc::from(cfg.name.as_str()),
+        balancer,
+        settings: Settings {
+            key: key_source(cfg),
+            retries: cfg.retries,
+            response_timeout: cfg.response_timeout,
+            replay_limit: 64 * 1024,
+        },
+        config: cfg.clone(),
+        _discovery: None,
+    })
+}
+
+/// Builds a runtime from `cfg`, carrying over services whose config is unchanged.
+pub(crate) fn build_runtime(
+    cfg: &Config,
+    old: Option<&Runtime>,
+    metrics: &Arc<Metrics>,
+    generation: u64,
+) -> Result<Runtime, StackError> {
+    let mut upstreams = Vec::with_capacity(cfg.services.len());
+    for s in &cfg.services {
+        match old.and_then(|o| o.upstream(&s.name)).filter(|u| u.config == *s) {
+            Some(u) => upstreams.push(u.clone()),
+            None => {
+                if old.is_some() {
+                    tracing::info!(service = %s.name, "service added or changed; new balancer");
+                }
+                upstreams.push(Arc::new(build_upstream(s, metrics)?));
+            }
+        }
+    }
+    let index = |name: &str| cfg.services.iter().position(|s| s.name == name).expect("validated: routes name services");
+    let router = Router::new(
+        cfg.routes
+            .iter()
+            .map(|r| (r.host.as_ref().map(|h| h.to_string()), r.path_prefix.clone(), index(&r.service))),
+    );
+    Ok(Runtime::new(upstreams, router, metrics.clone(), generation))
+}
+
+/// A running proxy.
+pub(crate) struct Started {
+    stop: watch::Sender<bool>,
+    graceful: Arc<GracefulShutdown>,
+    grace: Duration,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Listen addresses actually bound (port 0 resolved).
+    pub(crate) http_addrs: Vec<SocketAddr>,
+    /// The admin address actually bound.
+    pub(crate) admin_addr: SocketAddr,
+    pub(crate) state: Arc<ArcSwap<Runtime>>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").field("http", &self.http_addrs).field("admin", &self.admin_addr).finish()
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StackError> {
+    TcpListener::bind(addr).await.map_err(|source| StackError::Bind { addr, source })
+}
+
+/// Binds every listener and starts serving `cfg`. `path` enables reloads.
+pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started, StackError> {
+    for w in &cfg.warnings {
+        tracing::warn!("config: {w}");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let grace = cfg.server.shutdown_grace;
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(crate::tls::acceptor(t)?),
+        None => None,
+    };
+    // Bind everything first, so a port in use fails the start before anything runs.
+    let mut http = Vec::new();
+    for &addr in &cfg.server.listen {
+        http.push(bind(addr).await?);
+    }
+    let admin = bind(cfg.admin.listen).await?;
+    let mut tcps = Vec::new();
+    for t in &cfg.tcp {
+        tcps.push((bind(t.listen).await?, t.service.clone()));
+    }
+    let runtime = build_runtime(&cfg, None, &metrics, 1)?;
+    let state = Arc::new(ArcSwap::from_pointee(runtime));
+    let (stop, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let limits = server::Limits {
+        max_header_bytes: cfg.server.max_header_bytes,
+        header_read_timeout: cfg.server.header_read_timeout,
+    };
+    let mut tasks = Vec::new();
+    let mut http_addrs = Vec::new();
+    for l in http {
+        let addr = l.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
+        tracing::info!(listen = %addr, tls = tls.is_some(), "proxy listening");
+        http_addrs.push(addr);
+        tasks.push(tokio::spawn(server::serve_http(
+            l,
+            tls.clone(),
+            state.clone(),
+            limits,
+            stop_rx.clone(),
+            graceful.clone(),
+        )));
+    }
+    for (l, service) in tcps {
+        let connect = cfg
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .map(|s| s.connect_timeout)
+            .unwrap_or(Duration::from_secs(2));
+        tracing::info!(listen = ?l.local_addr().ok(), service = %service, "tcp listening");
+        tasks.push(tokio::spawn(tcp::serve_tcp(l, service, state.clone(), connect, stop_rx.clone())));
+    }
+    let admin_addr = admin.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
+    tracing::info!(listen = %admin_addr, "admin listening");
+    let auth = crate::admin::AdminAuth {
+        token: cfg.admin.token.clone(),
+        basic: cfg.admin.basic.as_ref().map(|b| (b.user.clone(), b.password.clone())),
+    };
+    tasks.push(tokio::spawn(crate::admin::serve_admin(admin, state.clone(), auth, stop_rx.clone())));
+    if let Some(path) = path {
+        tasks.push(tokio::spawn(crate::reload::watch(path, cfg, state.clone(), metrics, stop_rx.clone())));
+    }
+    Ok(Started {
+        stop,
+        graceful,
+        grace,
+        tasks,
+        http_addrs,
+        admin_addr,
+        state,
+    })
+}
+
+impl Started {
+    /// Waits for SIGINT or SIGTERM, then shuts down gracefully.
+    pub(crate) async fn wait(self) -> Result<(), StackError> {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new connections; finishing requests in flight");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops accepting, then waits up to the grace period for requests in flight.
+    pub(crate) async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        // Connections being set up hold a handle for a moment; then it is ours alone.
+        let mut graceful = self.graceful;
+        for _ in 0..100 {
+            match Arc::try_unwrap(graceful) {
+                Ok(g) => {
+                    if tokio::time::timeout(self.grace, g.shutdown()).await.is_err() {
+                        tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
+                    }
+                    tracing::info!("stopped");
+                    return;
+                }
+                Err(g) => {
+                    graceful = g;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        tracing::warn!("connections still being set up; stopping without waiting for them");
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `lb-proxy run --config FILE`.
+pub(crate) async fn run_file(path: PathBuf) -> Result<(), StackError> {
+    let cfg = config::load(&path).map_err(StackError::Config)?;
+    let started = start(cfg, Some(path)).await?;
+    started.wait().await
+}

@@ -1,0 +1,90 @@
+//! TCP services, as HAProxy's `mode tcp`: balance connections, copy bytes both ways.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::runtime::Runtime;
+
+/// Accepts connections and forwards each to an endpoint of `service`, picked by that
+/// service's policy (least_conn counts open connections: the guard lives as long as
+/// the connection).
+pub(crate) async fn serve_tcp(
+    listener: TcpListener,
+    service: String,
+    state: Arc<ArcSwap<Runtime>>,
+    connect_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (client, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let rt = state.load_full();
+        let service = service.clone();
+        tokio::spawn(async move {
+            if let Err(why) = forward(rt, &service, client, peer, connect_timeout).await {
+                tracing::info!(target: "lb_proxy::access", %peer, service = %service, error = %why, "tcp connection refused");
+            }
+        });
+    }
+}
+
+async fn forward(
+    rt: Arc<Runtime>,
+    service: &str,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<(), String> {
+    let upstream = rt.upstream(service).ok_or_else(|| format!("no service {service:?}"))?;
+    let key = upstream.settings.key.as_ref().map(|_| {
+        lb_core::balance::hash_key(&match peer.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(ip) => ip.octets(),
+        })
+    });
+    let _ = client.set_nodelay(true);
+    let mut last = String::from("no eligible endpoint");
+    for _ in 0..=upstream.settings.retries {
+        let Some(picked) = upstream.balancer.pick(key) else {
+            return Err(last);
+        };
+        let mut guard = picked.guard;
+        let addr = guard.endpoint().endpoint().addr();
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(mut backend)) => {
+                let _ = backend.set_nodelay(true);
+                let start = std::time::Instant::now();
+                // copy_bidirectional shuts the write side down when a side reaches
+                // EOF, so half-close passes through.
+                let res = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+                let (up, down) = res.as_ref().map(|p| *p).unwrap_or((0, 0));
+                tracing::info!(target: "lb_proxy::access", %peer, service, endpoint = %addr, up, down, secs = start.elapsed().as_secs_f64(), "tcp connection closed");
+                drop(guard);
+                return Ok(());
+            }
+            Ok(Err(e)) => {
+                guard.fail();
+                last = format!("connect {addr}: {e}");
+            }
+            Err(_) => {
+                guard.fail();
+                last = format!("connect {addr}: timed out");
+            }
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,205 @@
+//! One balanced service of the proxy: its balancer, discovery, and how requests to it
+//! are sent (hash key, retries, timeouts).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use lb_core::balance::{hash_key, AnyPolicy};
+use lb_core::http::{is_connect_error, Body, EndpointService};
+use lb_core::{error::is_no_endpoints, Balancer, BodyCompletion, BoxError, ExtensionKey, HashKey};
+use tower::ServiceExt;
+
+use crate::metrics::Metrics;
+
+/// The balancer type every proxy service uses.
+pub(crate) type ProxyBalancer = Balancer<AnyPolicy, EndpointService, BodyCompletion, ExtensionKey>;
+
+/// What a request's hash key is taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeySource {
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Path,
+}
+
+impl KeySource {
+    pub(crate) fn key<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<u64> {
+        match self {
+            KeySource::ClientIp => Some(match peer.ip() {
+                std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
+                std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
+            }),
+            KeySource::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
+            KeySource::Cookie(name) => req
+                .headers()
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| hash_key(v.as_bytes())),
+            KeySource::Path => Some(hash_key(req.uri().path().as_bytes())),
+        }
+    }
+}
+
+/// Request settings of one service.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) key: Option<KeySource>,
+    pub(crate) retries: u32,
+    pub(crate) response_timeout: Option<Duration>,
+    /// Bodies up to this size are buffered so the request can be retried.
+    pub(crate) replay_limit: usize,
+}
+
+/// A service as the proxy runs it.
+pub(crate) struct Upstream {
+    pub(crate) name: Arc<str>,
+    pub(crate) balancer: ProxyBalancer,
+    pub(crate) settings: Settings,
+    /// The configuration it was built from: a reload keeps the service if it is equal.
+    pub(crate) config: crate::config::ServiceConfig,
+    /// Ends the discovery task (file watcher, DNS refresher) when the service goes.
+    pub(crate) _discovery: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).finish()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(t) = self._discovery.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Why a request got no answer from an endpoint.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    NoEndpoints { overloaded: bool },
+    Timeout,
+    Upstream(BoxError),
+}
+
+impl Failure {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Failure::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Failure::NoEndpoints { overloaded: false } => "no healthy endpoint".into(),
+            Failure::NoEndpoints { overloaded: true } => "every endpoint is at its limit".into(),
+            Failure::Timeout => "the endpoint did not answer in time".into(),
+            Failure::Upstream(e) => {
+                let mut s = e.to_string();
+                let mut cur = e.source();
+                while let Some(c) = cur {
+                    s.push_str(": ");
+                    s.push_str(&c.to_string());
+                    cur = c.source();
+                }
+                s
+            }
+        }
+    }
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+impl Upstream {
+    /// Sends a prepared request through the balancer, retrying on another endpoint a
+    /// request that never reached one (connect failed), and an idempotent one that
+    /// failed before its response began.
+    pub(crate) async fn send(
+        &self,
+        req: Request<Body>,
+        metrics: &Metrics,
+    ) -> Result<Response<lb_core::TrackedBody<hyper::body::Incoming>>, Failure> {
+        let (parts, body) = req.into_parts();
+        // Replayable: an empty body, or a small one we buffer.
+        let (replay, mut body) = if body.is_end_stream() {
+            (Some(Bytes::new()), None)
+        } else if body.size_hint().exact().is_some_and(|n| n as usize <= self.settings.replay_limit) {
+            match body.collect().await {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(e) => return Err(Failure::Upstream(e)),
+            }
+        } else {
+            (None, Some(body))
+        };
+        let attempts = if replay.is_some() { self.settings.retries + 1 } else { 1 };
+        let mut last = None;
+        for attempt in 0..attempts {
+            let b = match &replay {
+                Some(bytes) => lb_core::http::full(bytes.clone()),
+                None => body.take().expect("one attempt without replay"),
+            };
+            let mut req = Request::new(b);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            if let Some(k) = parts.extensions.get::<HashKey>() {
+                req.extensions_mut().insert(*k);
+            }
+            let call = call_balancer(self.balancer.clone(), req);
+            let res = match self.settings.response_timeout {
+                Some(t) => match tokio::time::timeout(t, call).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(Failure::Timeout),
+                },
+                None => call.await,
+            };
+            match res {
+                Ok(rsp) => return Ok(rsp),
+                Err(e) => {
+                    if let Some(ne) = e.downcast_ref::<lb_core::NoEndpoints>() {
+                        return Err(Failure::NoEndpoints {
+                            overloaded: ne.is_overloaded(),
+                        });
+                    }
+                    debug_assert!(!is_no_endpoints(&*e));
+                    let retryable = is_connect_error(&*e) || idempotent(&parts.method);
+                    tracing::debug!(service = %self.name, attempt, error = %e, retryable, "endpoint request failed");
+                    metrics.retry(&self.name, retryable && attempt + 1 < attempts);
+                    last = Some(e);
+                    if !retryable {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(Failure::Upstream(last.unwrap_or_else(|| "no attempt made".into())))
+    }
+}
+
+type Answer = Response<lb_core::TrackedBody<hyper::body::Incoming>>;
+
+/// One call through the balancer, as a future with its types spelled out (this keeps
+/// the compiler's `Send` check of the handler from tripping over higher-ranked
+/// lifetimes in the body's error type).
+fn call_balancer(
+    balancer: ProxyBalancer,
+    req: Request<Body>,
+) -> impl std::future::Future<Output = Result<Answer, BoxError>> + Send + 'static {
+    balancer.oneshot(req)
+}
