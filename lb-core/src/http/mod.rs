@@ -19,8 +19,49 @@ pub use self::client::{is_connect_error, ClientConfig, EndpointService, HttpConn
 pub use self::probe::HttpProbe;
 
 /// The body type [`EndpointService`] sends and [`forward`] works with: any body of
-/// `Bytes` whose error boxes.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>;
+/// `Bytes` whose error boxes, behind one concrete type.
+///
+/// A struct rather than an alias of `UnsyncBoxBody<Bytes, BoxError>`: with the alias,
+/// the `dyn Error` inside the type parameters trips rustc's `Send` check of async
+/// handlers ("implementation of `Service` is not general enough"); a struct hides it.
+pub struct Body {
+    inner: http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body").finish_non_exhaustive()
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        empty()
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    #[inline]
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Boxes any body into [`Body`].
 pub fn boxed<B>(body: B) -> Body
@@ -29,7 +70,9 @@ where
     B::Error: Into<crate::BoxError>,
 {
     use http_body_util::BodyExt;
-    body.map_err(Into::into).boxed_unsync()
+    Body {
+        inner: body.map_err(Into::into).boxed_unsync(),
+    }
 }
 
 /// An empty [`Body`].

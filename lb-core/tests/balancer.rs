@@ -1,0 +1,471 @@
+//! The `Balancer` service: diffed discovery, drain, fail-fast and bounded waits, body
+//! completion tracking, tower interop and the push handle.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use http_body::Frame;
+use lb_core::balance::{RoundRobin, WeightedRoundRobin};
+use lb_core::discover::{self, Update};
+use lb_core::error::{is_no_endpoints, UnknownEndpoint};
+use lb_core::{connect_fn, BalanceLayer, Balancer, BoxError, Endpoint, EndpointId, Health, NoEndpoints};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tower::discover::Change;
+use tower::{Service, ServiceExt};
+
+use support::{
+    backends, ep, ep_w, eventually, health_of, healthy_backends, id, index_of, settle, status_of, Backend, Down,
+    Switches,
+};
+
+const STEP: Duration = Duration::from_millis(10);
+
+fn no_endpoints(err: &BoxError) -> &NoEndpoints {
+    assert!(is_no_endpoints(&**err), "expected NoEndpoints, got {err}");
+    err.downcast_ref::<NoEndpoints>().unwrap()
+}
+
+fn ids<P: lb_core::balance::Balance, S, C, K>(lb: &Balancer<P, S, C, K>) -> Vec<String> {
+    lb.status().endpoints.iter().map(|e| e.id.to_string()).collect()
+}
+
+// === discovery is diffed ===
+
+#[tokio::test(start_paused = true)]
+async fn reset_is_diffed_and_keeps_counters() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(WeightedRoundRobin::new()).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    for _ in 0..10 {
+        lb.clone().oneshot(()).await.unwrap();
+    }
+    assert_eq!(status_of(&lb, 0).requests, 5);
+    assert_eq!(status_of(&lb, 1).requests, 5);
+    let generation = lb.status().generation;
+
+    // The same set again: nothing changes, nothing is rebuilt.
+    publisher.reset([ep(0), ep(1)]);
+    settle().await;
+    assert_eq!(lb.status().generation, generation, "an unchanged Reset must not publish a new snapshot");
+
+    // Endpoint 0 comes back with a new weight and metadata, 2 joins.
+    publisher.reset([ep_w(0, 3).with_metadata("zone", "b"), ep(1), ep(2)]);
+    lb.ready_endpoints(3).await;
+    let s0 = status_of(&lb, 0);
+    assert_eq!(s0.requests, 5, "re-inserting an endpoint must keep its counters");
+    assert_eq!(s0.weight, 3);
+    assert_eq!(s0.effective_weight, Some(3.0), "the new weight is in effect");
+    assert_eq!(s0.metadata.get("zone").map(String::as_str), Some("b"));
+    assert_eq!(status_of(&lb, 1).requests, 5);
+    assert_eq!(status_of(&lb, 2).requests, 0);
+    // And the policy uses it: 3 of every 5 picks.
+    let mut counts = [0; 3];
+    for _ in 0..50 {
+        counts[lb.clone().oneshot(()).await.unwrap()] += 1;
+    }
+    assert_eq!(counts, [30, 10, 10]);
+
+    // Endpoint 1 leaves (nothing in flight: it is gone at once); 0 keeps its counters.
+    publisher.reset([ep_w(0, 3), ep(2)]);
+    eventually("endpoint 1 is removed", STEP, 10, || health_of(&lb, 1).is_none()).await;
+    assert_eq!(lb.eligible(), 2);
+    assert_eq!(status_of(&lb, 0).requests, 35);
+    assert_eq!(status_of(&lb, 0).metadata.get("zone"), None, "metadata follows discovery");
+}
+
+// === drain ===
+
+#[tokio::test(start_paused = true)]
+async fn removed_endpoint_drains_then_is_freed() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    let held = (0..4)
+        .map(|_| lb.pick(None).unwrap())
+        .find(|p| p.service.idx == 0)
+        .expect("round robin reaches endpoint 0");
+    publisher.remove(id(0));
+    eventually("endpoint 0 out of rotation", STEP, 10, || lb.eligible() == 1).await;
+    let s0 = status_of(&lb, 0);
+    assert_eq!(s0.health, Health::Draining);
+    assert_eq!(s0.in_flight, 1, "its request is still in flight");
+    assert_eq!(s0.effective_weight, None);
+    assert!(held.guard.endpoint().is_draining());
+    for _ in 0..100 {
+        assert_eq!(lb.pick(None).unwrap().service.idx, 1, "a draining endpoint takes no new request");
+        assert_eq!(lb.clone().oneshot(()).await.unwrap(), 1);
+    }
+    // Still listed while its request runs, however long.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(health_of(&lb, 0), Some(Health::Draining));
+    assert_eq!(status_of(&lb, 0).in_flight, 1);
+    drop(held);
+    assert_eq!(status_of(&lb, 0).in_flight, 0);
+    eventually("endpoint 0 freed after its last request", Duration::from_millis(50), 20, || {
+        health_of(&lb, 0).is_none()
+    })
+    .await;
+    assert_eq!(ids(&lb), ["ep001"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn endpoint_re_added_while_draining_keeps_its_state() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    for _ in 0..6 {
+        lb.clone().oneshot(()).await.unwrap();
+    }
+    let held = (0..4).map(|_| lb.pick(None).unwrap()).find(|p| p.service.idx == 0).unwrap();
+    publisher.remove(id(0));
+    eventually("draining", STEP, 10, || health_of(&lb, 0) == Some(Health::Draining)).await;
+    publisher.insert(ep(0));
+    lb.ready_endpoints(2).await;
+    let s0 = status_of(&lb, 0);
+    assert_eq!(s0.health, Health::Unknown, "back in rotation");
+    assert_eq!(s0.in_flight, 1);
+    assert!(s0.requests >= 4, "counters kept: {}", s0.requests);
+    drop(held);
+    assert_eq!(status_of(&lb, 0).in_flight, 0);
+    assert!((0..4).any(|_| lb.pick(None).unwrap().service.idx == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_drain_holds_until_enabled() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    lb.drain(id(0)).await.unwrap();
+    eventually("drained", STEP, 10, || lb.eligible() == 1).await;
+    assert_eq!(health_of(&lb, 0), Some(Health::Draining));
+    // Discovery saying it is there changes nothing.
+    publisher.reset([ep(0), ep(1)]);
+    settle().await;
+    assert!((0..20).all(|_| lb.pick(None).unwrap().service.idx == 1));
+    assert_eq!(
+        lb.drain("nope").await,
+        Err(UnknownEndpoint("nope".to_string())),
+        "draining an unknown id is an error"
+    );
+    lb.enable(id(0)).await.unwrap();
+    lb.ready_endpoints(2).await;
+    assert!((0..4).any(|_| lb.pick(None).unwrap().service.idx == 0));
+}
+
+// === fail fast, or a bounded wait ===
+
+#[tokio::test(start_paused = true)]
+async fn no_eligible_endpoint_fails_at_once() {
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed(Vec::<Endpoint>::new()), healthy_backends());
+    settle().await;
+    let err = lb
+        .clone()
+        .call(())
+        .now_or_never()
+        .expect("no endpoint must fail at once, not pend")
+        .unwrap_err();
+    let e = no_endpoints(&err);
+    assert_eq!(e.waited(), None);
+    assert!(!e.is_overloaded());
+    assert!(lb.pick(None).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_wait_gives_up_after_the_wait() {
+    let wait = Duration::from_millis(500);
+    let (_publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new())
+        .wait(wait)
+        .spawn(subscription, healthy_backends());
+    settle().await;
+    let mut fut = Box::pin(lb.clone().oneshot(()));
+    assert!(support::poll_once(&mut fut).is_pending(), "with a wait configured the call waits");
+    let start = Instant::now();
+    let err = fut.await.unwrap_err();
+    let waited = start.elapsed();
+    assert_eq!(no_endpoints(&err).waited(), Some(wait));
+    assert!(waited >= wait - Duration::from_millis(1) && waited <= wait + Duration::from_millis(5), "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_wait_is_satisfied_by_a_later_insert() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new())
+        .wait(Duration::from_secs(2))
+        .spawn(subscription, healthy_backends());
+    settle().await;
+    let start = Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publisher.insert(ep(4));
+        // Keep the source open.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 4);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(400), "{took:?}");
+    assert_eq!(status_of(&lb, 4).requests, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_endpoints_fail_as_overloaded_even_with_a_wait() {
+    let lb = Balancer::builder(RoundRobin::new())
+        .max_in_flight(2)
+        .wait(Duration::from_secs(10))
+        .spawn(discover::fixed([ep(0)]), healthy_backends());
+    lb.ready_endpoints(1).await;
+    let held = [lb.pick(None).unwrap(), lb.pick(None).unwrap()];
+    assert!(lb.pick(None).is_none());
+    let err = lb.clone().call(()).now_or_never().expect("overload fails at once").unwrap_err();
+    assert!(no_endpoints(&err).is_overloaded());
+    drop(held);
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
+}
+
+// === completion tracking ===
+
+type Chunk = Result<Frame<Bytes>, Down>;
+type ChanBody = StreamBody<ReceiverStream<Chunk>>;
+
+/// An http echo: the response body is the request body; the status comes from the
+/// request's `x-status` header (200 by default).
+fn echo(
+) -> impl Service<http::Request<ChanBody>, Response = http::Response<ChanBody>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + Sync {
+    tower::service_fn(|req: http::Request<ChanBody>| async move {
+        let status = req
+            .headers()
+            .get("x-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(200);
+        let mut rsp = http::Response::new(req.into_body());
+        *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        Ok::<_, Infallible>(rsp)
+    })
+}
+
+fn chan_request(status: u16) -> (mpsc::Sender<Chunk>, http::Request<ChanBody>) {
+    let (tx, rx) = mpsc::channel(4);
+    let req = http::Request::builder()
+        .header("x-status", status.to_string())
+        .body(StreamBody::new(ReceiverStream::new(rx)))
+        .unwrap();
+    (tx, req)
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_completion_holds_the_request_until_the_body_ends() {
+    let lb = Balancer::builder(RoundRobin::new())
+        .http()
+        .spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| echo()));
+    lb.ready_endpoints(1).await;
+    let (tx, req) = chan_request(200);
+    let mut rsp = lb.clone().oneshot(req).await.unwrap();
+    assert!(rsp.body().is_tracking());
+    assert_eq!(status_of(&lb, 0).in_flight, 1, "headers are in, the body is not: still in flight");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
+    let frame = rsp.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "hello");
+    assert_eq!(status_of(&lb, 0).in_flight, 1, "a body frame is not the end");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(status_of(&lb, 0).in_flight, 1, "a slow body stays in flight");
+    drop(tx);
+    assert!(rsp.body_mut().frame().await.is_none());
+    assert!(!rsp.body().is_tracking());
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.requests, s.failures), (0, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn complete_on_response_ends_at_the_headers() {
+    // The contrast: without body tracking the request ends with the response head.
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| echo()));
+    lb.ready_endpoints(1).await;
+    let (_tx, req) = chan_request(200);
+    let _rsp = lb.clone().oneshot(req).await.unwrap();
+    assert_eq!(status_of(&lb, 0).in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn body_completion_counts_5xx_and_body_errors_as_failures() {
+    let lb = Balancer::builder(RoundRobin::new())
+        .http()
+        .spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| echo()));
+    lb.ready_endpoints(1).await;
+
+    // A 503 whose body ends cleanly: one failure.
+    let (tx, req) = chan_request(503);
+    let rsp = lb.clone().oneshot(req).await.unwrap();
+    assert_eq!(rsp.status(), 503);
+    drop(tx);
+    let _ = rsp.into_body().collect().await.unwrap();
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.failures), (0, 1));
+
+    // A 200 whose body fails midway: another.
+    let (tx, req) = chan_request(200);
+    let mut rsp = lb.clone().oneshot(req).await.unwrap();
+    tx.send(Err(Down(0))).await.unwrap();
+    assert!(rsp.body_mut().frame().await.unwrap().is_err());
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.failures), (0, 2));
+
+    // A 200 dropped before its end: over, not failed.
+    let (tx, req) = chan_request(200);
+    let rsp = lb.clone().oneshot(req).await.unwrap();
+    assert_eq!(status_of(&lb, 0).in_flight, 1);
+    drop(rsp);
+    drop(tx);
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.requests, s.failures), (0, 3, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_service_errors_count_as_failures() {
+    let failing = Switches::new();
+    failing.set(0, true);
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), backends(failing.clone()));
+    lb.ready_endpoints(1).await;
+    let err = lb.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(err.downcast_ref::<Down>(), Some(&Down(0)), "the endpoint's own error comes through");
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.requests, s.failures), (0, 1, 1));
+}
+
+// === tower interop and the push handle ===
+
+#[tokio::test(start_paused = true)]
+async fn from_tower_feeds_a_balancer() {
+    let changes = futures_util::stream::iter([
+        Ok::<_, Infallible>(Change::Insert("a", ep(0))),
+        Ok(Change::Insert("b", ep(1))),
+        Ok(Change::Insert("c", ep(2))),
+        Ok(Change::Remove("a")),
+    ])
+    .chain(futures_util::stream::pending());
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::from_tower(changes), healthy_backends());
+    eventually("b and c, under their tower keys", STEP, 10, || ids(&lb) == ["b", "c"]).await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(lb.clone().oneshot(()).await.unwrap());
+    }
+    assert_eq!(seen, BTreeSet::from([1, 2]));
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Seen {
+    Insert(String, u32),
+    Remove(String),
+}
+
+async fn next_change<S>(changes: &mut S) -> Seen
+where
+    S: futures_util::Stream<Item = Result<Change<EndpointId, u32>, Infallible>> + Unpin,
+{
+    match changes.next().await.expect("a change").unwrap() {
+        Change::Insert(k, w) => Seen::Insert(k.to_string(), w),
+        Change::Remove(k) => Seen::Remove(k.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn into_tower_diffs_updates_into_changes() {
+    let (publisher, subscription) = discover::channel();
+    let mut changes = discover::into_tower(subscription, |ep: &Endpoint| ep.weight());
+    publisher.reset([ep(0), ep(1)]);
+    publisher.insert(ep(1)); // unchanged: nothing
+    publisher.reset([ep_w(1, 2), ep(2)]);
+    publisher.remove(id(2));
+    publisher.remove(id(7)); // unknown: nothing
+    drop(publisher);
+    let mut first = vec![next_change(&mut changes).await, next_change(&mut changes).await];
+    first.sort();
+    assert_eq!(first, [Seen::Insert("ep000".into(), 1), Seen::Insert("ep001".into(), 1)]);
+    assert_eq!(next_change(&mut changes).await, Seen::Remove("ep000".into()), "a Reset removes first");
+    let mut second = vec![next_change(&mut changes).await, next_change(&mut changes).await];
+    second.sort();
+    assert_eq!(second, [Seen::Insert("ep001".into(), 2), Seen::Insert("ep002".into(), 1)]);
+    assert_eq!(next_change(&mut changes).await, Seen::Remove("ep002".into()));
+    assert!(changes.next().await.is_none(), "ends with the source");
+}
+
+#[tokio::test]
+async fn into_tower_feeds_a_tower_balancer() {
+    let (publisher, subscription) = discover::channel();
+    let failing = Switches::new();
+    let discover = discover::into_tower(subscription, move |e: &Endpoint| {
+        tower::load::Constant::new(Backend::new(index_of(e), failing.clone()), 0u32)
+    });
+    let mut tower_lb: tower::balance::p2c::Balance<_, ()> = tower::balance::p2c::Balance::new(discover);
+    publisher.insert(ep(3));
+    let got = tower_lb.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(got, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn push_handle_inserts_removes_resets_and_closes() {
+    let (publisher, subscription) = discover::channel();
+    let other = publisher.clone();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    assert!(publisher.insert(ep(0)));
+    assert!(other.insert(ep(1)));
+    lb.ready_endpoints(2).await;
+    assert!(publisher.remove(id(0)));
+    eventually("removed", STEP, 10, || ids(&lb) == ["ep001"]).await;
+    assert!(publisher.reset([ep(2), ep(3)]));
+    eventually("reset", STEP, 10, || ids(&lb) == ["ep002", "ep003"]).await;
+    assert!(publisher.send(Update::Insert(ep(4))));
+    eventually("inserted", STEP, 10, || lb.eligible() == 3).await;
+    assert!(!publisher.is_closed());
+
+    // Every publisher gone: the stream ends and the balancer keeps its set.
+    drop((publisher, other));
+    settle().await;
+    assert_eq!(lb.eligible(), 3);
+    assert!(lb.clone().oneshot(()).await.is_ok());
+
+    // The balancer gone: a new handle sees the other end closed.
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    assert!(publisher.insert(ep(0)));
+    lb.ready_endpoints(1).await;
+    drop(lb);
+    eventually("writer stopped", STEP, 10, || publisher.is_closed()).await;
+    assert!(!publisher.insert(ep(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn discovery_errors_keep_the_last_set() {
+    let updates = futures_util::stream::iter([
+        Ok(Update::Reset(vec![ep(0), ep(1)])),
+        Err(std::io::Error::other("source hiccup")),
+        Ok(Update::Insert(ep(2))),
+    ])
+    .chain(futures_util::stream::pending());
+    let lb = Balancer::builder(RoundRobin::new()).spawn(updates, healthy_backends());
+    eventually("all three", STEP, 10, || lb.eligible() == 3).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn balance_layer_wraps_a_connector() {
+    let layer = BalanceLayer::new(Balancer::builder(RoundRobin::new()), discover::fixed([ep(0), ep(1)]));
+    let lb = tower::ServiceBuilder::new().layer(layer).service(healthy_backends());
+    lb.ready_endpoints(2).await;
+    let a = lb.clone().oneshot(()).await.unwrap();
+    let b = lb.clone().oneshot(()).await.unwrap();
+    assert_eq!(BTreeSet::from([a, b]), BTreeSet::from([0, 1]));
+}
