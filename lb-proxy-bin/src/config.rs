@@ -79,7 +79,8 @@ pub(crate) struct Config {
     pub(crate) admin: AdminConfig,
     /// The balanced services: `[[services]]`, in file order, names unique.
     pub(crate) services: Vec<ServiceConfig>,
-    /// HTTP routes onto services: `[[routes]]`, in file order (the first match wins).
+    /// HTTP routes onto services: `[[routes]]`, in file order; no two with the same host and
+    /// path prefix.
     pub(crate) routes: Vec<RouteConfig>,
     /// TCP listeners onto services: `[[tcp]]`, in file order.
     pub(crate) tcp: Vec<TcpConfig>,
@@ -409,14 +410,9 @@ impl fmt::Display for HashKey {
 
 impl EndpointConfig {
     /// The address as a socket address if it is an IP literal (`10.0.0.1:80`,
-    /// `[::1]:80`); `None` if its host is a name to resolve.
+    /// `[::1]:80`): `Some` needs no DNS; `None` if its host is a name to resolve.
     pub(crate) fn socket_addr(&self) -> Option<SocketAddr> {
         self.addr.parse().ok()
-    }
-
-    /// Whether the address is an IP literal, needing no DNS.
-    pub(crate) fn is_literal(&self) -> bool {
-        self.socket_addr().is_some()
     }
 }
 
@@ -433,41 +429,7 @@ impl Default for OutlierConfig {
     }
 }
 
-// === impl RouteConfig ===
-
-impl RouteConfig {
-    /// Whether a request for `host` (without port; `None` if the request names none) and
-    /// `path` matches this route.
-    pub(crate) fn matches(&self, host: Option<&str>, path: &str) -> bool {
-        let host_ok = match (&self.host, host) {
-            (None, _) => true,
-            (Some(rule), Some(host)) => rule.matches(host),
-            (Some(_), None) => false,
-        };
-        let path_ok = match &self.path_prefix {
-            Some(prefix) => path.starts_with(prefix.as_str()),
-            None => true,
-        };
-        host_ok && path_ok
-    }
-}
-
 // === impl HostMatch ===
-
-impl HostMatch {
-    /// Whether `host` (a name without port) matches, ignoring ASCII case and a trailing dot.
-    pub(crate) fn matches(&self, host: &str) -> bool {
-        let host = host.strip_suffix('.').unwrap_or(host);
-        match self {
-            HostMatch::Exact(name) => host.eq_ignore_ascii_case(name),
-            HostMatch::Suffix(suffix) => {
-                host.len() > suffix.len()
-                    && host.is_char_boundary(host.len() - suffix.len())
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-            }
-        }
-    }
-}
 
 impl fmt::Display for HostMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

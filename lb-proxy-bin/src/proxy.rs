@@ -29,10 +29,24 @@ pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: S
         rt.metrics.unrouted();
         return plain(StatusCode::NOT_FOUND, format!("404 Not Found: no route for {}{}\n", host.as_deref().unwrap_or(""), req.uri().path()));
     };
+    if let Some(max) = rt.max_body {
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("413 Payload Too Large: the limit is {max} bytes\n"));
+        }
+    }
     let client_upgrade = if forward::is_upgrade(&req) { upgrade::take(&mut req) } else { None };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut req = req.map(boxed);
+    let mut req = match rt.max_body {
+        // A chunked body that grows past the limit fails the request mid-stream.
+        Some(max) => req.map(|b| boxed(http_body_util::Limited::new(b, max as usize))),
+        None => req.map(boxed),
+    };
     forward::prepare_request(&mut req, peer.ip(), proto);
     if let Some(k) = upstream.settings.key.as_ref().and_then(|k| k.key(&req, peer)) {
         req.extensions_mut().insert(HashKey(k));

@@ -20,10 +20,18 @@ pub(crate) struct Runtime {
     pub(crate) metrics: Arc<Metrics>,
     /// Bumped on every reload, for the status page.
     pub(crate) generation: u64,
+    /// Request bodies larger than this are refused with 413.
+    pub(crate) max_body: Option<u64>,
 }
 
 impl Runtime {
-    pub(crate) fn new(upstreams: Vec<Arc<Upstream>>, router: Router, metrics: Arc<Metrics>, generation: u64) -> Self {
+    pub(crate) fn new(
+        upstreams: Vec<Arc<Upstream>>,
+        router: Router,
+        metrics: Arc<Metrics>,
+        generation: u64,
+        max_body: Option<u64>,
+    ) -> Self {
         let by_name = upstreams.iter().enumerate().map(|(i, u)| (u.name.to_string(), i)).collect();
         Self {
             upstreams,
@@ -31,6 +39,7 @@ impl Runtime {
             router,
             metrics,
             generation,
+            max_body,
         }
     }
 

@@ -178,7 +178,7 @@ pub(crate) fn build_runtime(
             .iter()
             .map(|r| (r.host.as_ref().map(|h| h.to_string()), r.path_prefix.clone(), index(&r.service))),
     );
-    Ok(Runtime::new(upstreams, router, metrics.clone(), generation))
+    Ok(Runtime::new(upstreams, router, metrics.clone(), generation, cfg.server.max_body_bytes))
 }
 
 /// A running proxy.

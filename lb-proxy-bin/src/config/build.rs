@@ -59,7 +59,7 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         {
             return Err(Invalid::new(
                 &path,
-                format!("same host and path_prefix as routes[{first}], which always matches first"),
+                format!("same host and path_prefix as routes[{first}]: this route could never match"),
             ));
         }
         routes.push(route);
@@ -372,14 +372,20 @@ fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<Vec<EndpointConfi
         let addr_at = if raw.bare { at.clone() } else { at.key("addr") };
         let addr = required(raw.addr, &at, "addr")?;
         check_endpoint_addr(&addr).map_err(|msg| Invalid::new(&addr_at, msg))?;
-        if let Some(first) = out.iter().position(|e| e.addr == addr) {
+        let weight = int_in(raw.weight, &at.key("weight"), 0, MAX_WEIGHT)?.map_or(1, |n| n as u32);
+        let endpoint = EndpointConfig { addr, weight };
+        // IP literals compare as addresses: `[::1]:80` and `[0::1]:80` are one endpoint.
+        let literal = endpoint.socket_addr();
+        if let Some(first) = out
+            .iter()
+            .position(|e| e.addr == endpoint.addr || (literal.is_some() && e.socket_addr() == literal))
+        {
             return Err(Invalid::new(
                 &addr_at,
-                format!("duplicate endpoint {addr:?} (also {})", path.index(first)),
+                format!("duplicate endpoint {:?} (also {})", endpoint.addr, path.index(first)),
             ));
         }
-        let weight = int_in(raw.weight, &at.key("weight"), 0, MAX_WEIGHT)?.map_or(1, |n| n as u32);
-        out.push(EndpointConfig { addr, weight });
+        out.push(endpoint);
     }
     Ok(out)
 }

@@ -267,10 +267,8 @@ service = "db"
     };
     assert_eq!(endpoints[0].addr, "db1.internal:5432");
     assert_eq!(endpoints[0].weight, 1);
-    assert!(!endpoints[0].is_literal());
-    assert_eq!(endpoints[0].socket_addr(), None);
+    assert_eq!(endpoints[0].socket_addr(), None, "a name is not a literal");
     assert_eq!(endpoints[1].weight, 0);
-    assert!(endpoints[1].is_literal());
     assert_eq!(endpoints[1].socket_addr(), Some(addr("[::1]:5432")));
 
     assert_eq!(config.routes[0].host, Some(HostMatch::Suffix(".example.com".into())));
@@ -542,6 +540,11 @@ fn bad_endpoint_addresses() {
         err.contains("duplicate endpoint \"127.0.0.1:1\" (also services[0].endpoints[0])"),
         "{err}"
     );
+    let err = parse_err("[[services]]\nname = \"web\"\nendpoints = [\"[::1]:80\", \"[0::1]:80\"]\n");
+    assert!(
+        err.contains("duplicate endpoint \"[0::1]:80\" (also services[0].endpoints[0])"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -697,7 +700,7 @@ fn route_checks() {
     ));
     assert_eq!(
         err,
-        "web.toml:7:1: routes[1]: same host and path_prefix as routes[0], which always matches first"
+        "web.toml:7:1: routes[1]: same host and path_prefix as routes[0]: this route could never match"
     );
 }
 
@@ -743,40 +746,6 @@ fn columns_count_characters_not_bytes() {
 // --- helpers ---
 
 #[test]
-fn host_match_matches() {
-    let exact = HostMatch::Exact("web.localhost".into());
-    assert!(exact.matches("web.localhost"));
-    assert!(exact.matches("WEB.localhost."));
-    assert!(!exact.matches("a.web.localhost"));
-    let wildcard = HostMatch::Suffix(".example.com".into());
-    assert!(wildcard.matches("a.example.com"));
-    assert!(wildcard.matches("a.b.EXAMPLE.com"));
-    assert!(!wildcard.matches("example.com"));
-    assert!(!wildcard.matches("aexample.com"));
-    assert!(!wildcard.matches("é"));
-    assert_eq!(wildcard.to_string(), "*.example.com");
-}
-
-#[test]
-fn route_matches() {
-    let route = RouteConfig {
-        host: Some(HostMatch::Exact("a.example".into())),
-        path_prefix: Some("/api".into()),
-        service: "web".into(),
-    };
-    assert!(route.matches(Some("a.example"), "/api/users"));
-    assert!(!route.matches(Some("a.example"), "/"));
-    assert!(!route.matches(Some("b.example"), "/api"));
-    assert!(!route.matches(None, "/api"));
-    let any = RouteConfig {
-        host: None,
-        path_prefix: None,
-        service: "web".into(),
-    };
-    assert!(any.matches(None, "/anything"));
-}
-
-#[test]
 fn durations() {
     let ok = [
         ("0", Duration::ZERO),
@@ -803,4 +772,20 @@ fn durations() {
     }
     let err = parse_duration("99999999999999999999999h").unwrap_err();
     assert!(err.ends_with("is too large"), "{err}");
+}
+
+#[test]
+fn docs_examples_parse() {
+    let doc = include_str!("../../../docs/config.md");
+    let blocks: Vec<&str> = doc
+        .split("```toml\n")
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap_or_default())
+        .collect();
+    assert_eq!(blocks.len(), 2, "docs/config.md has two toml examples");
+    assert_eq!(blocks[0], EXAMPLE, "the first docs example is the one tested above");
+    for block in blocks {
+        let config = parse_ok(block);
+        assert!(config.warnings.len() <= 1, "{:?}", config.warnings);
+    }
 }
