@@ -77,6 +77,13 @@ pub struct CheckRecord {
     pub error: Option<String>,
 }
 
+impl CheckRecord {
+    /// How long ago it finished.
+    pub fn age(&self) -> Duration {
+        Duration::from_nanos(now_ns()).saturating_sub(self.at)
+    }
+}
+
 /// The live, shared state of one endpoint.
 ///
 /// Policies read it to pick (`in_flight`, `cost`); the in-flight guard writes it. Every

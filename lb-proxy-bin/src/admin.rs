@@ -28,8 +28,8 @@
 //! page's own origin (no cross-site drains through cached credentials).
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::header::{
@@ -134,11 +134,14 @@ impl AdminAuth {
         text.push('\n');
         let mut rsp = plain(StatusCode::UNAUTHORIZED, text);
         if self.basic.is_some() {
-            rsp.headers_mut()
-                .append(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"lb-proxy\", charset=\"UTF-8\""));
+            rsp.headers_mut().append(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"lb-proxy\", charset=\"UTF-8\""),
+            );
         }
         if self.token.is_some() {
-            rsp.headers_mut().append(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"lb-proxy\""));
+            rsp.headers_mut()
+                .append(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"lb-proxy\""));
         }
         rsp
     }
@@ -215,19 +218,22 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .and_then(|(_, v)| percent_decode(&v.replace('+', " ")))
 }
 
+/// The `Host` a request names (HTTP/2: its `:authority`); `Err` if it is not text.
+fn request_host<'a>(headers: &'a HeaderMap, uri: &'a http::Uri) -> Result<Option<&'a str>, ()> {
+    match headers.get(HOST) {
+        Some(h) => h.to_str().map(Some).map_err(drop),
+        None => Ok(uri.authority().map(|a| a.as_str())),
+    }
+}
+
 /// Whether the host a request names is an IP address or `localhost`: a DNS name could
 /// have been rebound to loopback by a page in the operator's browser.
 fn host_is_literal(headers: &HeaderMap, uri: &http::Uri) -> bool {
-    let host = match headers.get(HOST) {
-        Some(h) => match h.to_str() {
-            Ok(h) => h,
-            Err(_) => return false,
-        },
-        None => match uri.host() {
-            Some(h) => h,
-            // HTTP/1.0 without Host: not a browser.
-            None => return true,
-        },
+    let host = match request_host(headers, uri) {
+        Ok(Some(h)) => h,
+        // HTTP/1.0 without Host: not a browser.
+        Ok(None) => return true,
+        Err(()) => return false,
     };
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {
@@ -244,14 +250,16 @@ fn host_is_literal(headers: &HeaderMap, uri: &http::Uri) -> bool {
 }
 
 /// Whether a request's `Origin` (if any) is the admin listener itself.
-fn same_origin(headers: &HeaderMap) -> bool {
+fn same_origin(headers: &HeaderMap, uri: &http::Uri) -> bool {
     let Some(origin) = headers.get(ORIGIN) else {
         return true;
     };
-    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), headers.get(HOST).map(|h| h.to_str())) else {
+    let (Ok(origin), Ok(Some(host))) = (origin.to_str(), request_host(headers, uri)) else {
         return false;
     };
-    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
     authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
@@ -261,12 +269,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// process creates; ours starts at the first admin request or listener start, which in
 /// `lb-proxy` is within milliseconds of it, so ages are right to a few milliseconds.
 fn check_age(rec: &CheckRecord) -> Duration {
-    clock().elapsed().saturating_sub(rec.at)
-}
-
-fn clock() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
+    rec.age()
 }
 
 /// Serves the admin routes on `listener` until `stop` turns true (or its sender goes),
@@ -277,7 +280,6 @@ pub(crate) async fn serve_admin(
     auth: AdminAuth,
     mut stop: watch::Receiver<bool>,
 ) {
-    clock();
     let auth = Arc::new(auth);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -289,7 +291,7 @@ pub(crate) async fn serve_admin(
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
     let builder = Arc::new(builder);
     let local = listener.local_addr().ok();
-    tracing::info!(listen = ?local, open = auth.is_open(), "admin listener started");
+    tracing::debug!(listen = ?local, open = auth.is_open(), "admin listener started");
     loop {
         if *stop.borrow_and_update() {
             break;
@@ -326,7 +328,10 @@ pub(crate) async fn serve_admin(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(1), graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::debug!("admin connections still open at shutdown; dropping them");
     }
     tracing::info!(listen = ?local, "admin listener closed");
@@ -350,7 +355,11 @@ async fn handle<B>(req: Request<B>, rt: Arc<Runtime>, auth: &AdminAuth) -> Respo
             "the admin listener has no credentials configured, so it answers only to an IP address or localhost in Host",
         );
     }
-    let query_token = if get { query_param(req.uri().query(), "token") } else { None };
+    let query_token = if get {
+        query_param(req.uri().query(), "token")
+    } else {
+        None
+    };
     if !auth.allows(req.headers(), query_token.as_deref()) {
         return auth.challenge();
     }
@@ -358,28 +367,31 @@ async fn handle<B>(req: Request<B>, rt: Arc<Runtime>, auth: &AdminAuth) -> Respo
         "/" | "/index.html" if get => page(&rt),
         "/metrics" if get => {
             let mut rsp = Response::new(full(rt.metrics.encode(&rt)));
-            rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            rsp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             rsp
         }
         "/api/status" if get => json_response(StatusCode::OK, &status_json(&rt)),
         "/" | "/index.html" | "/metrics" | "/api/status" => not_allowed("GET, HEAD"),
         _ => match path.strip_prefix("/api/services/") {
-            Some(rest) => action(method, req.headers(), rest, &rt).await,
+            Some(rest) => action(method, req.headers(), req.uri(), rest, &rt).await,
             None => error(StatusCode::NOT_FOUND, &format!("no admin route {}", req.uri().path())),
         },
     }
 }
 
 /// `POST /api/services/{service}/endpoints/{id}/{drain|enable}`; `rest` follows `/api/services/`.
-async fn action(method: &Method, headers: &HeaderMap, rest: &str, rt: &Runtime) -> Response<Body> {
+async fn action(method: &Method, headers: &HeaderMap, uri: &http::Uri, rest: &str, rt: &Runtime) -> Response<Body> {
     let parsed = rest.split_once('/').and_then(|(service, rest)| {
         let rest = rest.strip_prefix("endpoints/")?;
         let (id, verb) = rest.rsplit_once('/')?;
         Some((service, id, verb))
     });
-    let Some((service, id, verb)) = parsed.filter(|(s, id, v)| {
-        !s.is_empty() && !id.is_empty() && matches!(*v, "drain" | "enable")
-    }) else {
+    let Some((service, id, verb)) =
+        parsed.filter(|(s, id, v)| !s.is_empty() && !id.is_empty() && matches!(*v, "drain" | "enable"))
+    else {
         return error(
             StatusCode::NOT_FOUND,
             "no such admin route; actions are POST /api/services/{service}/endpoints/{id}/drain or /enable",
@@ -388,11 +400,14 @@ async fn action(method: &Method, headers: &HeaderMap, rest: &str, rt: &Runtime) 
     if *method != Method::POST {
         return not_allowed("POST");
     }
-    if !same_origin(headers) {
+    if !same_origin(headers, uri) {
         return error(StatusCode::FORBIDDEN, "cross-origin admin actions are refused");
     }
     let (Some(service), Some(id)) = (percent_decode(service), percent_decode(id)) else {
-        return error(StatusCode::BAD_REQUEST, "bad percent-encoding in the service or endpoint id");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad percent-encoding in the service or endpoint id",
+        );
     };
     let Some(upstream) = rt.upstream(&service) else {
         return error(StatusCode::NOT_FOUND, &format!("unknown service {service:?}"));
@@ -424,7 +439,10 @@ async fn action(method: &Method, headers: &HeaderMap, rest: &str, rt: &Runtime) 
 
 /// The status API document.
 fn status_json(rt: &Runtime) -> Value {
-    let services: Vec<Value> = rt.upstreams().map(|u| service_json(&u.name, &u.balancer.status())).collect();
+    let services: Vec<Value> = rt
+        .upstreams()
+        .map(|u| service_json(&u.name, &u.balancer.status()))
+        .collect();
     json!({
         "generation": rt.generation,
         "services": services,
@@ -519,7 +537,10 @@ fn error(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {
-    let mut rsp = error(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed; use {allow}"));
+    let mut rsp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed; use {allow}"),
+    );
     rsp.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     rsp
 }

@@ -18,7 +18,9 @@ use std::time::Duration;
 use lb_core::{BalancerStatus, EndpointId, Health};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -61,12 +63,6 @@ impl LabelText for EndpointId {
 impl LabelText for Option<EndpointId> {
     fn text(&self) -> &str {
         self.as_ref().map_or("", EndpointId::as_str)
-    }
-}
-
-impl LabelText for &'static str {
-    fn text(&self) -> &str {
-        self
     }
 }
 
@@ -187,8 +183,16 @@ impl Metrics {
             discovery_updates.clone(),
         );
         registry.register("config_reloads", "Configuration reloads, by result", reloads.clone());
-        registry.register("config_generation", "Generation of the running configuration", generation.clone());
-        registry.register("unrouted_requests", "Requests that matched no route (404)", unrouted.clone());
+        registry.register(
+            "config_generation",
+            "Generation of the running configuration",
+            generation.clone(),
+        );
+        registry.register(
+            "unrouted_requests",
+            "Requests that matched no route (404)",
+            unrouted.clone(),
+        );
         registry.register_collector(Box::new(EndpointCollector(scrape.clone())));
         Self {
             registry,
@@ -241,7 +245,11 @@ impl Metrics {
     /// A failed attempt; `again` when another attempt follows.
     pub(crate) fn retry(&self, service: &str, again: bool) {
         if again {
-            self.retries.get_or_create(&ServiceLabels { service: self.service(service) }).inc();
+            self.retries
+                .get_or_create(&ServiceLabels {
+                    service: self.service(service),
+                })
+                .inc();
         }
     }
 
@@ -252,7 +260,11 @@ impl Metrics {
 
     /// A discovery update for a service.
     pub(crate) fn discovery_update(&self, service: &str) {
-        self.discovery_updates.get_or_create(&ServiceLabels { service: self.service(service) }).inc();
+        self.discovery_updates
+            .get_or_create(&ServiceLabels {
+                service: self.service(service),
+            })
+            .inc();
     }
 
     /// A config reload attempt.
@@ -272,7 +284,11 @@ impl Metrics {
         self.scrape.lock().unwrap_or_else(PoisonError::into_inner).services = services;
         let mut out = String::with_capacity(16 * 1024);
         let encoded = encode_registry(&mut out, &self.registry).and_then(|()| encode_eof(&mut out));
-        self.scrape.lock().unwrap_or_else(PoisonError::into_inner).services.clear();
+        self.scrape
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .services
+            .clear();
         if let Err(e) = encoded {
             tracing::warn!(error = %e, "metrics encoding failed");
             // Still a valid exposition, if an incomplete one.
@@ -331,7 +347,9 @@ impl EndpointCollector {
         };
         let mut family = encoder.encode_descriptor(name, help, None, metric(first).metric_type())?;
         for (service, st) in &scrape.services {
-            let labels = ServiceLabels { service: service.clone() };
+            let labels = ServiceLabels {
+                service: service.clone(),
+            };
             metric(st).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
@@ -343,47 +361,67 @@ impl Collector for EndpointCollector {
         let scrape = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let enc = &mut encoder;
         let s = &*scrape;
-        Self::per_service(enc, s, ("service_endpoints", "Endpoints known, draining ones included"), |st| {
-            ConstGauge::new(st.endpoints.len() as i64)
-        })?;
-        Self::per_service(enc, s, ("service_eligible_endpoints", "Endpoints in rotation"), |st| {
+        Self::per_service(
+            enc,
+            s,
+            ("service_endpoints", "Endpoints known, draining ones included."),
+            |st| ConstGauge::new(st.endpoints.len() as i64),
+        )?;
+        Self::per_service(enc, s, ("service_eligible_endpoints", "Endpoints in rotation."), |st| {
             ConstGauge::new(st.eligible as i64)
         })?;
-        Self::per_service(enc, s, ("service_panic", "1 while panic mode balances over every endpoint"), |st| {
-            ConstGauge::new(i64::from(st.panic))
-        })?;
-        Self::per_endpoint(enc, s, ("endpoint_in_flight", "Requests (or TCP connections) in flight", None), |e| {
-            ConstGauge::new(i64::from(e.in_flight))
-        })?;
-        Self::per_endpoint(enc, s, ("endpoint_requests", "Requests started", None), |e| {
+        Self::per_service(
+            enc,
+            s,
+            ("service_panic", "1 while panic mode balances over every endpoint."),
+            |st| ConstGauge::new(i64::from(st.panic)),
+        )?;
+        Self::per_endpoint(
+            enc,
+            s,
+            ("endpoint_in_flight", "Requests (or TCP connections) in flight.", None),
+            |e| ConstGauge::new(i64::from(e.in_flight)),
+        )?;
+        Self::per_endpoint(enc, s, ("endpoint_requests", "Requests started.", None), |e| {
             ConstCounter::new(e.requests)
         })?;
-        Self::per_endpoint(enc, s, ("endpoint_failures", "Requests failed", None), |e| {
+        Self::per_endpoint(enc, s, ("endpoint_failures", "Requests failed.", None), |e| {
             ConstCounter::new(e.failures)
         })?;
-        Self::per_endpoint(enc, s, ("endpoint_ejections", "Times ejected by outlier detection", None), |e| {
-            ConstCounter::new(u64::from(e.times_ejected))
-        })?;
-        Self::per_endpoint(enc, s, ("endpoint_weight", "Configured weight", None), |e| {
+        Self::per_endpoint(
+            enc,
+            s,
+            ("endpoint_ejections", "Times ejected by outlier detection.", None),
+            |e| ConstCounter::new(u64::from(e.times_ejected)),
+        )?;
+        Self::per_endpoint(enc, s, ("endpoint_weight", "Configured weight.", None), |e| {
             ConstGauge::new(i64::from(e.weight))
         })?;
         Self::per_endpoint(
             enc,
             s,
-            ("endpoint_effective_weight", "Weight with slow start applied; 0 when out of rotation", None),
+            (
+                "endpoint_effective_weight",
+                "Weight with slow start applied; 0 when out of rotation.",
+                None,
+            ),
             |e| ConstGauge::new(e.effective_weight.unwrap_or(0.0)),
         )?;
         Self::per_endpoint(
             enc,
             s,
-            ("endpoint_latency_ewma", "Peak-EWMA latency estimate", Some(&Unit::Seconds)),
+            (
+                "endpoint_latency_ewma",
+                "Peak-EWMA latency estimate.",
+                Some(&Unit::Seconds),
+            ),
             |e| ConstGauge::new(e.ewma_latency.as_secs_f64()),
         )?;
         // One series per state, 1 for the current one: `lb_endpoint_state{state="healthy"} == 1`.
         if s.services.iter().any(|(_, st)| !st.endpoints.is_empty()) {
             let mut family = enc.encode_descriptor(
                 "endpoint_state",
-                "1 for the endpoint's current state (unknown, healthy, unhealthy, ejected, draining), else 0",
+                "1 for the endpoint's current state (unknown, healthy, unhealthy, ejected, draining), else 0.",
                 None,
                 prometheus_client::metrics::MetricType::Gauge,
             )?;

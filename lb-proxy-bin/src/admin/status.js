@@ -17,6 +17,13 @@
   let timer = null;
   let busy = false;
 
+  // Absolute URLs on the origin: a page opened as http://user:pass@host/ resolves
+  // relative URLs with the credentials in them, which fetch() refuses. The browser
+  // still sends the Basic credentials it has for the origin.
+  function api(path) {
+    return new URL(path, window.location.origin).href;
+  }
+
   function headers() {
     const h = { Accept: "application/json" };
     if (token) h.Authorization = "Bearer " + token;
@@ -77,7 +84,7 @@
     const url =
       "/api/services/" + encodeURIComponent(service) + "/endpoints/" + encodeURIComponent(id) + "/" + verb;
     try {
-      const r = await fetch(url, { method: "POST", headers: headers(), credentials: "same-origin" });
+      const r = await fetch(api(url), { method: "POST", headers: headers(), credentials: "same-origin" });
       let body = null;
       try {
         body = await r.json();
@@ -129,7 +136,7 @@
       el("td", { class: "num" }, fmtInt(e.requests)),
       el("td", { class: "num" + (e.failures > 0 ? " warn" : "") }, fmtInt(e.failures)),
       el("td", { class: "num" + (e.times_ejected > 0 ? " warn" : "") }, fmtInt(e.times_ejected)),
-      el("td", { class: "num" }, fmtMs(e.ewma_latency_ms)),
+      el("td", { class: "num" }, e.requests > 0 ? fmtMs(e.ewma_latency_ms) : "–"),
       checkCell(e.last_check),
       el("td", { class: "act" }, button)
     );
@@ -148,7 +155,7 @@
         "In flight",
         "Requests",
         "Failures",
-        "Ejected",
+        "Ejections",
         "EWMA",
         "Last check",
         "",
@@ -196,7 +203,7 @@
     if (busy) return;
     busy = true;
     try {
-      const r = await fetch("/api/status", { headers: headers(), credentials: "same-origin", cache: "no-store" });
+      const r = await fetch(api("/api/status"), { headers: headers(), credentials: "same-origin", cache: "no-store" });
       if (!r.ok) throw new Error("HTTP " + r.status);
       const status = await r.json();
       render(status, "api");

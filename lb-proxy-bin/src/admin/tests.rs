@@ -31,7 +31,10 @@ fn upstream(name: &str) -> Arc<Upstream> {
     let balancer = lb_core::Balancer::builder(AnyPolicy::from(WeightedRoundRobin::new()))
         .name(name)
         .http()
-        .spawn(lb_core::discover::fixed(eps), lb_core::http::HttpConnect::new(Default::default()));
+        .spawn(
+            lb_core::discover::fixed(eps),
+            lb_core::http::HttpConnect::new(Default::default()),
+        );
     Arc::new(Upstream {
         name: Arc::from(name),
         balancer,
@@ -68,7 +71,7 @@ async fn start(auth: AdminAuth) -> Admin {
     metrics.reload(true);
     metrics.discovery_update("web");
     let router = Router::new([(None, Some("/".to_owned()), 0)]);
-    let rt = Arc::new(ArcSwap::from_pointee(Runtime::new(vec![web], router, metrics, 7)));
+    let rt = Arc::new(ArcSwap::from_pointee(Runtime::new(vec![web], router, metrics, 7, None)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
@@ -99,7 +102,10 @@ async fn send(addr: SocketAddr, method: Method, target: &str, headers: &[(&str, 
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let rsp = send.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+    let rsp = send
+        .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+        .await
+        .unwrap();
     let status = rsp.status();
     let headers = rsp.headers().clone();
     let body = rsp.into_body().collect().await.unwrap().to_bytes();
@@ -115,9 +121,17 @@ async fn get(addr: SocketAddr, target: &str) -> Reply {
 }
 
 fn endpoint_state(status: &Value, service: &str, id: &str) -> String {
-    let svc = status["services"].as_array().unwrap().iter().find(|s| s["name"] == service).unwrap();
+    let svc = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == service)
+        .unwrap();
     let ep = svc["endpoints"].as_array().unwrap().iter().find(|e| e["id"] == id);
-    ep.unwrap_or_else(|| panic!("no endpoint {id} in {svc}"))["state"].as_str().unwrap().to_owned()
+    ep.unwrap_or_else(|| panic!("no endpoint {id} in {svc}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn action_path(service: &str, id: &str, verb: &str) -> String {
@@ -133,7 +147,11 @@ async fn page_is_html_with_the_services() {
     assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(r.headers.contains_key("content-security-policy"));
     assert!(r.body.starts_with("<!DOCTYPE html>"), "{}", r.body);
-    assert!(r.body.contains("\"name\":\"web\""), "service name embedded in the page: {}", r.body);
+    assert!(
+        r.body.contains("\"name\":\"web\""),
+        "service name embedded in the page: {}",
+        r.body
+    );
     assert!(r.body.contains(EP_A), "endpoint id embedded in the page");
     assert!(!r.body.contains(INITIAL_MARK), "placeholder replaced");
     for asset in ["/assets/status.js", "/assets/status.css"] {
@@ -164,7 +182,14 @@ async fn status_api_lists_endpoints() {
     assert_eq!(a["addr"], EP_A);
     assert_eq!(a["weight"], 2);
     assert_eq!(a["state"], "unknown");
-    for key in ["effective_weight", "in_flight", "requests", "failures", "times_ejected", "ewma_latency_ms"] {
+    for key in [
+        "effective_weight",
+        "in_flight",
+        "requests",
+        "failures",
+        "times_ejected",
+        "ewma_latency_ms",
+    ] {
         assert!(a[key].is_number(), "{key} in {a}");
     }
     assert!(a["last_check"].is_null(), "no health check configured");
@@ -183,12 +208,17 @@ fn parse_prometheus(text: &str) -> Vec<String> {
         value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
         let name = match series.split_once('{') {
             Some((name, labels)) => {
-                let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"));
+                let labels = labels
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line}"));
                 // label="value" pairs, values with \" escapes.
                 let mut rest = labels;
                 while !rest.is_empty() {
                     let (k, v) = rest.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line}"));
-                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "label name {k:?}");
+                    assert!(
+                        k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                        "label name {k:?}"
+                    );
                     let mut end = None;
                     let mut escaped = false;
                     for (i, c) in v.char_indices() {
@@ -209,7 +239,10 @@ fn parse_prometheus(text: &str) -> Vec<String> {
             }
             None => series,
         };
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "metric name {name:?}");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "metric name {name:?}"
+        );
         names.push(name.to_owned());
     }
     names
@@ -242,7 +275,9 @@ async fn metrics_parse_and_name_everything() {
         assert!(names.iter().any(|n| n == want), "{want} missing from:\n{}", r.body);
     }
     assert!(
-        r.body.contains(&format!(r#"lb_endpoint_state{{service="web",endpoint="{EP_A}",state="unknown"}} 1"#)),
+        r.body.contains(&format!(
+            r#"lb_endpoint_state{{service="web",endpoint="{EP_A}",state="unknown"}} 1"#
+        )),
         "{}",
         r.body
     );
@@ -265,7 +300,13 @@ async fn drain_and_enable() {
         assert_eq!(endpoint_state(&st, "web", id), "unknown", "{id} back in rotation");
     }
     // An id with `/` also works unencoded: everything up to the last segment is the id.
-    let r = send(admin.addr, Method::POST, &format!("/api/services/web/endpoints/{EP_B}/drain"), &[]).await;
+    let r = send(
+        admin.addr,
+        Method::POST,
+        &format!("/api/services/web/endpoints/{EP_B}/drain"),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(admin.rt.load().upstream("web").unwrap().balancer.eligible(), 1);
 }
@@ -277,7 +318,13 @@ async fn unknown_things_and_bad_requests() {
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.json()["error"].as_str().unwrap().contains("nope"), "{}", r.body);
 
-    let r = send(admin.addr, Method::POST, &action_path("web", "10.9.9.9:1", "drain"), &[]).await;
+    let r = send(
+        admin.addr,
+        Method::POST,
+        &action_path("web", "10.9.9.9:1", "drain"),
+        &[],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.json()["error"].as_str().unwrap().contains("10.9.9.9:1"), "{}", r.body);
 
@@ -328,7 +375,11 @@ async fn bearer_token() {
     for path in ["/", "/api/status", "/metrics"] {
         let r = get(admin.addr, path).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path} needs the token");
-        assert!(r.headers.get_all("www-authenticate").iter().any(|v| v.to_str().unwrap().starts_with("Bearer")));
+        assert!(r
+            .headers
+            .get_all("www-authenticate")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("Bearer")));
         let r = send(admin.addr, Method::GET, path, &[("authorization", "Bearer wrong")]).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path} with a wrong token");
         let r = send(admin.addr, Method::GET, path, &[("authorization", "Bearer s3cret")]).await;
@@ -345,7 +396,13 @@ async fn bearer_token() {
     let r = send(admin.addr, Method::POST, &path, &[("authorization", "bearer s3cret")]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // With credentials configured, any Host will do.
-    let r = send(admin.addr, Method::GET, "/", &[("host", "lb.internal"), ("authorization", "Bearer s3cret")]).await;
+    let r = send(
+        admin.addr,
+        Method::GET,
+        "/",
+        &[("host", "lb.internal"), ("authorization", "Bearer s3cret")],
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
 }
 
@@ -358,19 +415,44 @@ async fn basic_auth_and_either() {
     .await;
     let r = get(admin.addr, "/").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let challenges: Vec<&str> = r.headers.get_all("www-authenticate").iter().map(|v| v.to_str().unwrap()).collect();
-    assert!(challenges.iter().any(|c| c.starts_with("Basic realm=\"lb-proxy\"")), "{challenges:?}");
+    let challenges: Vec<&str> = r
+        .headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic realm=\"lb-proxy\"")),
+        "{challenges:?}"
+    );
     // admin:pa:ss
     let good = "Basic YWRtaW46cGE6c3M=";
     // admin:pa:sx
     let bad = "Basic YWRtaW46cGE6c3g=";
-    assert_eq!(send(admin.addr, Method::GET, "/", &[("authorization", good)]).await.status, StatusCode::OK);
-    assert_eq!(send(admin.addr, Method::GET, "/", &[("authorization", bad)]).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        send(admin.addr, Method::GET, "/", &[("authorization", "Basic !!!")]).await.status,
+        send(admin.addr, Method::GET, "/", &[("authorization", good)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(admin.addr, Method::GET, "/", &[("authorization", bad)])
+            .await
+            .status,
         StatusCode::UNAUTHORIZED
     );
-    assert_eq!(send(admin.addr, Method::GET, "/", &[("authorization", "Bearer tok")]).await.status, StatusCode::OK);
+    assert_eq!(
+        send(admin.addr, Method::GET, "/", &[("authorization", "Basic !!!")])
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(admin.addr, Method::GET, "/", &[("authorization", "Bearer tok")])
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -379,7 +461,10 @@ async fn stops_when_told() {
     assert_eq!(get(admin.addr, "/api/status").await.status, StatusCode::OK);
     admin._stop.send(true).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(TcpStream::connect(admin.addr).await.is_err(), "listener closed after stop");
+    assert!(
+        TcpStream::connect(admin.addr).await.is_err(),
+        "listener closed after stop"
+    );
 }
 
 #[test]

@@ -74,7 +74,8 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
     }
 
     for (i, (addr, path)) in listeners.iter().enumerate() {
-        if let Some((_, first)) = listeners[..i].iter().find(|(other, _)| other == addr) {
+        // Port 0 asks the system for a free port: it never conflicts.
+        if let Some((_, first)) = listeners[..i].iter().find(|(other, _)| other == addr && addr.port() != 0) {
             return Err(Invalid::new(path, format!("address {addr} is already used by {first}")));
         }
     }
@@ -109,7 +110,7 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
                     path.key("listen").index(i)
                 };
                 let addr = listen_addr(text, &at)?;
-                if let Some((_, first)) = listeners.iter().find(|(other, _)| *other == addr) {
+                if let Some((_, first)) = listeners.iter().find(|(other, _)| *other == addr && addr.port() != 0) {
                     return Err(Invalid::new(&at, format!("address {addr} is already used by {first}")));
                 }
                 listeners.push((addr, at));
