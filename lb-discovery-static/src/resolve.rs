@@ -6,7 +6,7 @@ use std::future::{pending, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,10 +71,12 @@ pub fn resolve_stream(specs: Vec<EndpointSpec>, dns_refresh: Duration) -> Update
 /// A discovery stream from this crate: `Update::Reset`s of whole sets.
 ///
 /// It is driven by its own polling (no spawned task); dropping it stops everything,
-/// including a file watcher. It is `Send + 'static`, so it is a
+/// including a file watcher. It is `Send + Sync + 'static`, so it is a
 /// [`Discover`](lb_core::discover::Discover) source.
 pub struct Updates {
-    driver: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The work behind the stream. The mutex is never locked (polling has `&mut`); it
+    /// only makes `Updates` `Sync`.
+    driver: Option<Mutex<Pin<Box<dyn Future<Output = ()> + Send>>>>,
     rx: mpsc::Receiver<Result<Update, Error>>,
 }
 
@@ -86,7 +88,7 @@ impl Updates {
         driver: impl Future<Output = ()> + Send + 'static,
     ) -> Self {
         Self {
-            driver: Some(Box::pin(driver)),
+            driver: Some(Mutex::new(Box::pin(driver))),
             rx,
         }
     }
@@ -97,6 +99,7 @@ impl Stream for Updates {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(driver) = self.driver.as_mut() {
+            let driver = driver.get_mut().unwrap_or_else(PoisonError::into_inner);
             if driver.as_mut().poll(cx).is_ready() {
                 self.driver = None;
             }
@@ -365,8 +368,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
 
     /// A resolver whose answers the test sets: `None` fails the lookup.

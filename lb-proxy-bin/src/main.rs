@@ -22,6 +22,9 @@ mod tcp;
 mod tls;
 mod upstream;
 
+#[cfg(test)]
+mod tests;
+
 /// Load balancing reverse proxy: HTTP and TCP, static files and DNS names.
 #[derive(Debug, Parser)]
 #[command(name = "lb-proxy", version, about)]

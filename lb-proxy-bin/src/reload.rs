@@ -90,6 +90,9 @@ pub(crate) async fn watch(
         let old = state.load_full();
         match build_runtime(&next, Some(&old), &metrics, generation) {
             Ok(rt) => {
+                // New balancers are empty until their discovery runs: swapping one in
+                // at once would answer 503 for a moment.
+                crate::stack::settle(&rt, crate::stack::SETTLE_LIMIT).await;
                 state.store(Arc::new(rt));
                 metrics.reload(true);
                 tracing::info!(reason = why, generation, services = next.services.len(), routes = next.routes.len(), "config reloaded");

@@ -181,6 +181,26 @@ pub(crate) fn build_runtime(
     Ok(Runtime::new(upstreams, router, metrics.clone(), generation, cfg.server.max_body_bytes))
 }
 
+/// How long [`settle`] waits for new balancers to take their first endpoints.
+pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Waits (at most `limit`) until every balancer of `rt` has applied its first discovery
+/// update. A balancer starts empty and its writer task fills it a moment later: serving
+/// a runtime before that answers 503 (at start, and on every reload that adds or changes
+/// a service). Carried-over balancers are done at once.
+pub(crate) async fn settle(rt: &Runtime, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    for u in rt.upstreams() {
+        while u.balancer.status().generation == 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(service = %u.name, "no endpoints discovered yet; serving anyway");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 /// A running proxy.
 pub(crate) struct Started {
     stop: watch::Sender<bool>,
@@ -191,12 +211,20 @@ pub(crate) struct Started {
     pub(crate) http_addrs: Vec<SocketAddr>,
     /// The admin address actually bound.
     pub(crate) admin_addr: SocketAddr,
+    /// The `[[tcp]]` listen addresses actually bound, in config order.
+    pub(crate) tcp_addrs: Vec<SocketAddr>,
+    /// The running configuration (tests read it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) state: Arc<ArcSwap<Runtime>>,
 }
 
 impl std::fmt::Debug for Started {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Started").field("http", &self.http_addrs).field("admin", &self.admin_addr).finish()
+        f.debug_struct("Started")
+            .field("http", &self.http_addrs)
+            .field("admin", &self.admin_addr)
+            .field("tcp", &self.tcp_addrs)
+            .finish()
     }
 }
 
@@ -226,6 +254,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         tcps.push((bind(t.listen).await?, t.service.clone()));
     }
     let runtime = build_runtime(&cfg, None, &metrics, 1)?;
+    settle(&runtime, SETTLE_LIMIT).await;
     let state = Arc::new(ArcSwap::from_pointee(runtime));
     let (stop, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
@@ -248,7 +277,9 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
             graceful.clone(),
         )));
     }
+    let mut tcp_addrs = Vec::new();
     for (l, service) in tcps {
+        tcp_addrs.push(l.local_addr().map_err(|e| StackError::Other(e.to_string()))?);
         let connect = cfg
             .services
             .iter()
@@ -275,6 +306,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         tasks,
         http_addrs,
         admin_addr,
+        tcp_addrs,
         state,
     })
 }

@@ -19,6 +19,8 @@ fn sources_are_send_and_static() {
     send_static::<EndpointsFile>();
     send_static::<Error>();
     fn sync<T: Sync>() {}
+    sync::<Updates>();
+    sync::<StaticList>();
     sync::<Error>();
     sync::<EndpointSpec>();
 }

@@ -3,7 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
+use std::thread::{self, ThreadId};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -94,22 +95,47 @@ pub(crate) fn expect_err<T: std::fmt::Debug>(r: Result<T, Error>) -> Error {
     }
 }
 
-/// Collects the `warn` events on this thread, each as `name=value` pairs.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Warnings(Arc<Mutex<Vec<String>>>);
+/// Collects the `warn` events of the current thread, each as `name=value` pairs, while
+/// it lives.
+///
+/// The collector is a global subscriber that files events by thread: a thread-scoped
+/// one (`set_default`) misses events when another test thread without a subscriber
+/// registers the callsite first, because tracing caches the callsite's interest.
+#[derive(Debug)]
+pub(crate) struct Warnings {
+    buf: Buffer,
+}
+
+type Buffer = Arc<Mutex<Vec<String>>>;
+
+static CAPTURES: Mutex<Vec<(ThreadId, Buffer)>> = Mutex::new(Vec::new());
 
 impl Warnings {
-    /// Starts collecting on the current thread until the guard drops.
-    pub(crate) fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        tracing::subscriber::set_default(self.clone())
+    pub(crate) fn capture() -> Self {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| tracing::subscriber::set_global_default(ByThread).expect("no other global subscriber"));
+        let buf = Arc::default();
+        CAPTURES
+            .lock()
+            .unwrap()
+            .push((thread::current().id(), Arc::clone(&buf)));
+        Self { buf }
     }
 
     pub(crate) fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+        std::mem::take(&mut *self.buf.lock().unwrap())
     }
 }
 
-impl Subscriber for Warnings {
+impl Drop for Warnings {
+    fn drop(&mut self) {
+        CAPTURES.lock().unwrap().retain(|(_, buf)| !Arc::ptr_eq(buf, &self.buf));
+    }
+}
+
+struct ByThread;
+
+impl Subscriber for ByThread {
     fn enabled(&self, _: &Metadata<'_>) -> bool {
         true
     }
@@ -123,10 +149,15 @@ impl Subscriber for Warnings {
     fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        if *event.metadata().level() == Level::WARN {
+        if *event.metadata().level() != Level::WARN {
+            return;
+        }
+        let me = thread::current().id();
+        let captures = CAPTURES.lock().unwrap();
+        if let Some((_, buf)) = captures.iter().find(|(id, _)| *id == me) {
             let mut line = String::new();
             event.record(&mut Fields(&mut line));
-            self.0.lock().unwrap().push(line);
+            buf.lock().unwrap().push(line);
         }
     }
 

@@ -1,0 +1,217 @@
+//! Failures and changes under traffic: an endpoint killed mid-run, a reload swapping
+//! endpoints, graceful shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lb_core::Health;
+
+use super::support::{
+    bounded, client, endpoints, get, head, health, one_service, proxy, proxy_at, ready, Backend, TempDir,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_endpoint_is_ejected_and_no_get_fails() {
+    bounded(async {
+        let [a, b, c] = [
+            Backend::start("a").await,
+            Backend::start("b").await,
+            Backend::start("c").await,
+        ];
+        let b = Arc::new(b);
+        let p = proxy(&one_service("round_robin", &[&a, &b, &c], None, "")).await;
+        ready(&p, "web", 3).await;
+        let addr = p.http_addrs[0];
+        // Two keep-alive clients, 150 GETs each taking a few ms, so the kill (after 50
+        // requests) finds pooled connections to B, some with a request in flight.
+        let sent = Arc::new(AtomicUsize::new(0));
+        let killed = Arc::new(AtomicBool::new(false));
+        let loops: Vec<_> = (0..2)
+            .map(|_| {
+                let (b, sent, killed) = (b.clone(), sent.clone(), killed.clone());
+                tokio::spawn(async move {
+                    let cl = client();
+                    let mut failures = Vec::new();
+                    let mut after_kill: HashMap<String, usize> = HashMap::new();
+                    for i in 0..150 {
+                        if sent.fetch_add(1, Ordering::SeqCst) == 50 {
+                            // Kill B while the other client has a request on it.
+                            let t = Instant::now();
+                            while b.in_flight() == 0 && t.elapsed() < Duration::from_secs(2) {
+                                tokio::task::yield_now().await;
+                            }
+                            assert!(b.in_flight() > 0, "B got no request to kill in flight");
+                            b.kill().await;
+                            killed.store(true, Ordering::SeqCst);
+                        }
+                        let was_killed = killed.load(Ordering::SeqCst);
+                        match get(&cl, addr, "/?delay_ms=3", &[]).await {
+                            Ok(r) if r.status == 200 => {
+                                if was_killed {
+                                    *after_kill.entry(r.backend().to_string()).or_default() += 1;
+                                }
+                            }
+                            Ok(r) => failures.push(format!("request {i}: {} {}", r.status, r.body.trim())),
+                            Err(e) => failures.push(format!("request {i}: {e}")),
+                        }
+                    }
+                    (failures, after_kill)
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        let mut after_kill: HashMap<String, usize> = HashMap::new();
+        for l in loops {
+            let (f, k) = l.await.expect("join");
+            failures.extend(f);
+            for (name, n) in k {
+                *after_kill.entry(name).or_default() += n;
+            }
+        }
+        assert!(failures.is_empty(), "{} of 300 failed: {failures:#?}", failures.len());
+        assert_eq!(after_kill.get("b"), None, "the killed backend answered");
+        assert!(after_kill["a"] > 80 && after_kill["c"] > 80, "{after_kill:?}");
+        let h = health(&p, "web");
+        let hb = h.iter().find(|(ad, _)| *ad == b.addr).expect("b is listed").1;
+        assert!(
+            matches!(hb, Health::Ejected | Health::Unhealthy),
+            "killed endpoint shows {hb:?}: {h:?}"
+        );
+        for (ad, st) in &h {
+            if *ad != b.addr {
+                assert!(matches!(st, Health::Unknown | Health::Healthy), "{ad} shows {st:?}");
+            }
+        }
+        p.shutdown().await;
+    })
+    .await;
+}
+
+fn reload_config(head: &str, backends: &[&Backend]) -> String {
+    format!(
+        "{head}[[services]]\nname = \"web\"\nendpoints = {}\n\n[[routes]]\npath_prefix = \"/\"\nservice = \"web\"\n",
+        endpoints(backends, None)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swapping_endpoints_under_load_drops_nothing() {
+    bounded(async {
+        let old = [Backend::start("old-1").await, Backend::start("old-2").await];
+        let new = [Backend::start("new-1").await, Backend::start("new-2").await];
+        let dir = TempDir::new("reload");
+        let path = dir.0.join("lb.toml");
+        let head = head();
+        let text = reload_config(&head, &[&old[0], &old[1]]);
+        std::fs::write(&path, &text).expect("write the config");
+        let p = proxy_at(&text, Some(path.clone())).await;
+        ready(&p, "web", 2).await;
+        let addr = p.http_addrs[0];
+        let stop = Arc::new(AtomicBool::new(false));
+        // Two client loops, each with its own keep-alive connection.
+        let loops: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let cl = client();
+                    let mut ok: HashMap<String, usize> = HashMap::new();
+                    let mut failed = Vec::new();
+                    let mut n = 0;
+                    while !stop.load(Ordering::SeqCst) && n < 5000 {
+                        n += 1;
+                        match get(&cl, addr, "/", &[]).await {
+                            Ok(r) if r.status == 200 => *ok.entry(r.backend().to_string()).or_default() += 1,
+                            Ok(r) => failed.push(format!("{} {}", r.status, r.body.trim())),
+                            Err(e) => failed.push(e),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            old[0].hits() > 0 && old[1].hits() > 0,
+            "traffic flows before the reload"
+        );
+        std::fs::write(&path, reload_config(&head, &[&new[0], &new[1]])).expect("rewrite the config");
+        let t = Instant::now();
+        while new[0].hits() == 0 || new[1].hits() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(4),
+                "the new endpoints got no traffic after the reload"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Old endpoints are out of rotation: once their last requests end, close them.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let old_hits = old[0].hits() + old[1].hits();
+        old[0].kill().await;
+        old[1].kill().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut total: HashMap<String, usize> = HashMap::new();
+        let mut failed = Vec::new();
+        for l in loops {
+            let (ok, f) = l.await.expect("join");
+            for (k, v) in ok {
+                *total.entry(k).or_default() += v;
+            }
+            failed.extend(f);
+        }
+        assert!(
+            failed.is_empty(),
+            "{} requests failed around the reload: {failed:?}",
+            failed.len()
+        );
+        assert_eq!(
+            old[0].hits() + old[1].hits(),
+            old_hits,
+            "old endpoints got traffic after the swap"
+        );
+        assert!(total["new-1"] > 5 && total["new-2"] > 5, "{total:?}");
+        assert!(p.state.load().generation >= 2, "the reload was applied");
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    bounded(async {
+        let a = Backend::with_delays("a", &[("/slow", Duration::from_millis(500))]).await;
+        let p = proxy(&one_service("round_robin", &[&a], None, "")).await;
+        ready(&p, "web", 1).await;
+        let addr = p.http_addrs[0];
+        let slow = tokio::spawn(async move {
+            let t = Instant::now();
+            let r = get(&client(), addr, "/slow", &[]).await;
+            (r, t.elapsed())
+        });
+        while a.in_flight() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = Instant::now();
+        let shutdown = tokio::spawn(p.shutdown());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!slow.is_finished(), "the slow request is still in flight");
+        let refused = tokio::net::TcpStream::connect(addr).await;
+        assert!(refused.is_err(), "a new connection was accepted during shutdown");
+        let (r, took) = slow.await.expect("join");
+        let r = r.expect("the in-flight request completes");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(took >= Duration::from_millis(500));
+        tokio::time::timeout(Duration::from_secs(3), shutdown)
+            .await
+            .expect("shutdown ends once the request is done")
+            .expect("join");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still listening after shutdown"
+        );
+    })
+    .await;
+}
