@@ -94,7 +94,8 @@ impl<Req, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for KeyFn<F> {
 /// let endpoints = ["127.0.0.1:9001", "127.0.0.1:9002"].map(|a| Endpoint::new(a.parse().unwrap()));
 /// // The connector: one service per endpoint. Here, one that answers with its address.
 /// let connect = service_fn(|ep: Endpoint| async move {
-///     Ok::<_, Infallible>(service_fn(move |_req: ()| async move { Ok::<_, Infallible>(ep.addr()) }))
+///     let addr = ep.addr();
+///     Ok::<_, Infallible>(service_fn(move |_req: ()| async move { Ok::<_, Infallible>(addr) }))
 /// });
 /// let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed(endpoints), connect);
 /// lb.ready_endpoints(1).await;
@@ -456,7 +457,7 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     ///
     /// [`UnknownEndpoint`] if the balancer has no endpoint with that id.
     pub async fn drain(&self, id: impl Into<EndpointId>) -> Result<(), UnknownEndpoint> {
-        self.admin(|id, tx| Command::Drain(id, tx), id.into()).await
+        self.admin(Command::Drain, id.into()).await
     }
 
     /// Undoes [`drain`](Self::drain).
@@ -465,7 +466,7 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     ///
     /// [`UnknownEndpoint`] if the balancer has no endpoint with that id.
     pub async fn enable(&self, id: impl Into<EndpointId>) -> Result<(), UnknownEndpoint> {
-        self.admin(|id, tx| Command::Enable(id, tx), id.into()).await
+        self.admin(Command::Enable, id.into()).await
     }
 
     async fn admin(
@@ -507,38 +508,25 @@ pub struct Picked<S> {
 impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
     #[inline]
     fn pick(&self, key: Option<u64>) -> Result<Picked<S>, bool> {
-        let snap = self.snapshot.load_full();
-        let set = snap.candidates();
-        let cx = PickContext { key };
-        let n = set.len();
-        let max = self.config.max_in_flight;
-        let fits = |i: usize| max.map_or(true, |m| set.endpoint(i).in_flight() < m);
-        let mut overloaded = false;
-        let mut found = None;
-        for _ in 0..3 {
-            match snap.state_pick(&cx) {
-                Some(i) if snap.usable(i) => {
-                    if fits(i) {
-                        found = Some(i);
-                        break;
+        let mut snap = self.snapshot.load_full();
+        // A snapshot can go stale while a picker looks at it: if every endpoint in it
+        // went out meanwhile (a whole set replaced, or this thread preempted across
+        // several updates), a newer snapshot has the endpoints that replaced them.
+        let mut reloads = 0;
+        let i = loop {
+            match self.find(&snap, key) {
+                Ok(i) => break i,
+                Err(overloaded) => {
+                    let current = self.snapshot.load_full();
+                    if reloads == 2 || Arc::ptr_eq(&current, &snap) {
+                        return Err(overloaded);
                     }
-                    overloaded = true;
+                    snap = current;
+                    reloads += 1;
                 }
-                Some(_) => {}
-                None => return Err(false),
             }
-        }
-        if found.is_none() {
-            // The snapshot is stale (an endpoint just went out) or endpoints are full:
-            // the first usable endpoint with room, scanning from a rotating start.
-            let start = self.snapshot_scan_start(n);
-            found = (0..n)
-                .map(|k| (start + k) % n.max(1))
-                .find(|&i| snap.usable(i) && fits(i));
-        }
-        let Some(i) = found else {
-            return Err(overloaded);
         };
+        let set = snap.candidates();
         let st = set.endpoint(i);
         st.acquire();
         snap.policy.on_acquire(&snap.state, &set, i);
@@ -548,6 +536,36 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
             service,
             guard: InFlight::new(rel, i as u32, self.timed),
         })
+    }
+
+    /// A usable endpoint with room in `snap`, or whether some were full.
+    #[inline]
+    fn find(&self, snap: &crate::table::Snapshot<P, S>, key: Option<u64>) -> Result<usize, bool> {
+        let set = snap.candidates();
+        let cx = PickContext { key };
+        let n = set.len();
+        let max = self.config.max_in_flight;
+        let fits = |i: usize| max.map_or(true, |m| set.endpoint(i).in_flight() < m);
+        let mut overloaded = false;
+        for _ in 0..3 {
+            match snap.state_pick(&cx) {
+                Some(i) if snap.usable(i) => {
+                    if fits(i) {
+                        return Ok(i);
+                    }
+                    overloaded = true;
+                }
+                Some(_) => {}
+                None => return Err(false),
+            }
+        }
+        // The snapshot is stale (an endpoint just went out) or endpoints are full:
+        // the first usable endpoint with room, scanning from a rotating start.
+        let start = self.snapshot_scan_start(n);
+        (0..n)
+            .map(|k| (start + k) % n.max(1))
+            .find(|&i| snap.usable(i) && fits(i))
+            .ok_or(overloaded)
     }
 
     fn snapshot_scan_start(&self, n: usize) -> usize {
@@ -719,8 +737,11 @@ where
 /// into a [`Balancer`]. Anything a tower user has composes around it (timeouts,
 /// retries, concurrency limits) or inside it, on the connector's services.
 pub struct BalanceLayer<P, D, C = CompleteOnResponse, K = NoKey> {
-    builder: std::sync::Mutex<Option<(Builder<P, C, K>, D)>>,
+    builder: std::sync::Mutex<Option<Unapplied<P, D, C, K>>>,
 }
+
+/// What a [`BalanceLayer`] holds until it is applied.
+type Unapplied<P, D, C, K> = (Builder<P, C, K>, D);
 
 impl<P: Balance, D, C, K> fmt::Debug for BalanceLayer<P, D, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -120,7 +120,8 @@ impl EndpointState {
             consecutive_failures: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
             last_pick: AtomicU64::new(0),
-            rtt_ns: AtomicU64::new(default_rtt.as_nanos() as u64),
+            // The estimate is kept as the bits of an `f64` of nanoseconds.
+            rtt_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
             rtt_stamp_ns: AtomicU64::new(now_ns()),
             health_streak: AtomicU32::new(0),
             last_check: Mutex::new(None),

@@ -205,6 +205,8 @@ pub(crate) struct Writer<P: Balance, S, M> {
     pub(crate) commands: mpsc::UnboundedReceiver<Command>,
     table: BTreeMap<EndpointId, Entry<S>>,
     draining: Vec<Arc<EndpointState>>,
+    /// Removed since the last publish; flagged draining right after it.
+    retiring: Vec<Arc<EndpointState>>,
     generation: u64,
     seen_first_set: bool,
 }
@@ -234,6 +236,7 @@ where
             commands,
             table: BTreeMap::new(),
             draining: Vec::new(),
+            retiring: Vec::new(),
             generation: 0,
             seen_first_set: false,
         }
@@ -367,6 +370,7 @@ where
             Some(st) => {
                 st.set_endpoint(ep.clone());
                 st.set_flag(Flag::Draining, false);
+                self.retiring.retain(|s| !Arc::ptr_eq(s, &st));
                 tracing::info!(balancer = %self.config.name, endpoint = %ep.id(), "endpoint re-added while draining; state kept");
                 st
             }
@@ -401,7 +405,10 @@ where
 
     fn remove(&mut self, id: &EndpointId) {
         if let Some(entry) = self.table.remove(id) {
-            entry.state.set_flag(Flag::Draining, true);
+            // Flagged draining only once a snapshot without it is out (see `publish`):
+            // the snapshot pickers use until then still offers it, and flagging it now
+            // would leave them nothing usable while a whole set is being replaced.
+            self.retiring.push(entry.state.clone());
             tracing::info!(balancer = %self.config.name, endpoint = %id, in_flight = entry.state.in_flight(), "endpoint removed; draining");
             if entry.state.in_flight() > 0 {
                 self.draining.push(entry.state.clone());
@@ -544,8 +551,9 @@ where
             && self.generation > 0;
         let mut all: Vec<Arc<EndpointState>> = self.table.values().map(|e| e.state.clone()).collect();
         all.extend(self.draining.iter().cloned());
-        shared.all.store(Arc::new(all));
         if same {
+            self.retire();
+            shared.all.store(Arc::new(all));
             return;
         }
         drop(cur);
@@ -565,7 +573,18 @@ where
         };
         tracing::debug!(balancer = %name, generation = self.generation, eligible = snap.endpoints.len(), "snapshot published");
         shared.snapshot.store(Arc::new(snap));
+        // In this order: once the status no longer lists a removed endpoint (or lists
+        // it out of rotation), no new pick can reach it.
+        self.retire();
+        shared.all.store(Arc::new(all));
         shared.published.notify_waiters();
+    }
+
+    /// Flags the endpoints removed before this publish as draining.
+    fn retire(&mut self) {
+        for st in self.retiring.drain(..) {
+            st.set_flag(Flag::Draining, true);
+        }
     }
 }
 

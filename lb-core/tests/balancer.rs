@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use http_body_util::{BodyExt, StreamBody};
 use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
 use lb_core::balance::{RoundRobin, WeightedRoundRobin};
 use lb_core::discover::{self, Update};
 use lb_core::error::{is_no_endpoints, UnknownEndpoint};
@@ -55,7 +55,11 @@ async fn reset_is_diffed_and_keeps_counters() {
     // The same set again: nothing changes, nothing is rebuilt.
     publisher.reset([ep(0), ep(1)]);
     settle().await;
-    assert_eq!(lb.status().generation, generation, "an unchanged Reset must not publish a new snapshot");
+    assert_eq!(
+        lb.status().generation,
+        generation,
+        "an unchanged Reset must not publish a new snapshot"
+    );
 
     // Endpoint 0 comes back with a new weight and metadata, 2 joins.
     publisher.reset([ep_w(0, 3).with_metadata("zone", "b"), ep(1), ep(2)]);
@@ -79,7 +83,11 @@ async fn reset_is_diffed_and_keeps_counters() {
     eventually("endpoint 1 is removed", STEP, 10, || health_of(&lb, 1).is_none()).await;
     assert_eq!(lb.eligible(), 2);
     assert_eq!(status_of(&lb, 0).requests, 35);
-    assert_eq!(status_of(&lb, 0).metadata.get("zone"), None, "metadata follows discovery");
+    assert_eq!(
+        status_of(&lb, 0).metadata.get("zone"),
+        None,
+        "metadata follows discovery"
+    );
 }
 
 // === drain ===
@@ -102,7 +110,11 @@ async fn removed_endpoint_drains_then_is_freed() {
     assert_eq!(s0.effective_weight, None);
     assert!(held.guard.endpoint().is_draining());
     for _ in 0..100 {
-        assert_eq!(lb.pick(None).unwrap().service.idx, 1, "a draining endpoint takes no new request");
+        assert_eq!(
+            lb.pick(None).unwrap().service.idx,
+            1,
+            "a draining endpoint takes no new request"
+        );
         assert_eq!(lb.clone().oneshot(()).await.unwrap(), 1);
     }
     // Still listed while its request runs, however long.
@@ -111,9 +123,12 @@ async fn removed_endpoint_drains_then_is_freed() {
     assert_eq!(status_of(&lb, 0).in_flight, 1);
     drop(held);
     assert_eq!(status_of(&lb, 0).in_flight, 0);
-    eventually("endpoint 0 freed after its last request", Duration::from_millis(50), 20, || {
-        health_of(&lb, 0).is_none()
-    })
+    eventually(
+        "endpoint 0 freed after its last request",
+        Duration::from_millis(50),
+        20,
+        || health_of(&lb, 0).is_none(),
+    )
     .await;
     assert_eq!(ids(&lb), ["ep001"]);
 }
@@ -127,7 +142,10 @@ async fn endpoint_re_added_while_draining_keeps_its_state() {
     for _ in 0..6 {
         lb.clone().oneshot(()).await.unwrap();
     }
-    let held = (0..4).map(|_| lb.pick(None).unwrap()).find(|p| p.service.idx == 0).unwrap();
+    let held = (0..4)
+        .map(|_| lb.pick(None).unwrap())
+        .find(|p| p.service.idx == 0)
+        .unwrap();
     publisher.remove(id(0));
     eventually("draining", STEP, 10, || health_of(&lb, 0) == Some(Health::Draining)).await;
     publisher.insert(ep(0));
@@ -139,6 +157,39 @@ async fn endpoint_re_added_while_draining_keeps_its_state() {
     drop(held);
     assert_eq!(status_of(&lb, 0).in_flight, 0);
     assert!((0..4).any(|_| lb.pick(None).unwrap().service.idx == 0));
+}
+
+/// A removal and a re-insertion that the writer applies in one batch (before it
+/// publishes) leave the endpoint in rotation, with or without a request in flight.
+#[tokio::test(start_paused = true)]
+async fn remove_and_re_insert_in_one_batch_stays_in_rotation() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    let held = (0..4)
+        .map(|_| lb.pick(None).unwrap())
+        .find(|p| p.service.idx == 0)
+        .unwrap();
+    // Both sent before the writer runs again: applied together.
+    publisher.remove(id(0));
+    publisher.insert(ep(0));
+    publisher.remove(id(1));
+    publisher.insert(ep(1));
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..2 {
+        assert_eq!(health_of(&lb, i), Some(Health::Unknown), "endpoint {i}");
+    }
+    assert_eq!(lb.eligible(), 2);
+    assert_eq!(
+        status_of(&lb, 0).in_flight,
+        1,
+        "the state with the request in flight was kept"
+    );
+    drop(held);
+    let seen: BTreeSet<usize> = (0..4).map(|_| lb.pick(None).unwrap().service.idx).collect();
+    assert_eq!(seen, BTreeSet::from([0, 1]));
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,12 +242,18 @@ async fn bounded_wait_gives_up_after_the_wait() {
         .spawn(subscription, healthy_backends());
     settle().await;
     let mut fut = Box::pin(lb.clone().oneshot(()));
-    assert!(support::poll_once(&mut fut).is_pending(), "with a wait configured the call waits");
+    assert!(
+        support::poll_once(&mut fut).is_pending(),
+        "with a wait configured the call waits"
+    );
     let start = Instant::now();
     let err = fut.await.unwrap_err();
     let waited = start.elapsed();
     assert_eq!(no_endpoints(&err).waited(), Some(wait));
-    assert!(waited >= wait - Duration::from_millis(1) && waited <= wait + Duration::from_millis(5), "{waited:?}");
+    assert!(
+        waited >= wait - Duration::from_millis(1) && waited <= wait + Duration::from_millis(5),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -215,7 +272,10 @@ async fn bounded_wait_is_satisfied_by_a_later_insert() {
     });
     assert_eq!(lb.clone().oneshot(()).await.unwrap(), 4);
     let took = start.elapsed();
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(400), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(400),
+        "{took:?}"
+    );
     assert_eq!(status_of(&lb, 4).requests, 1);
 }
 
@@ -228,7 +288,12 @@ async fn full_endpoints_fail_as_overloaded_even_with_a_wait() {
     lb.ready_endpoints(1).await;
     let held = [lb.pick(None).unwrap(), lb.pick(None).unwrap()];
     assert!(lb.pick(None).is_none());
-    let err = lb.clone().call(()).now_or_never().expect("overload fails at once").unwrap_err();
+    let err = lb
+        .clone()
+        .call(())
+        .now_or_never()
+        .expect("overload fails at once")
+        .unwrap_err();
     assert!(no_endpoints(&err).is_overloaded());
     drop(held);
     assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
@@ -241,8 +306,7 @@ type ChanBody = StreamBody<ReceiverStream<Chunk>>;
 
 /// An http echo: the response body is the request body; the status comes from the
 /// request's `x-status` header (200 by default).
-fn echo(
-) -> impl Service<http::Request<ChanBody>, Response = http::Response<ChanBody>, Error = Infallible, Future: Send>
+fn echo() -> impl Service<http::Request<ChanBody>, Response = http::Response<ChanBody>, Error = Infallible, Future: Send>
        + Clone
        + Send
        + Sync {
@@ -276,7 +340,11 @@ async fn body_completion_holds_the_request_until_the_body_ends() {
     let (tx, req) = chan_request(200);
     let mut rsp = lb.clone().oneshot(req).await.unwrap();
     assert!(rsp.body().is_tracking());
-    assert_eq!(status_of(&lb, 0).in_flight, 1, "headers are in, the body is not: still in flight");
+    assert_eq!(
+        status_of(&lb, 0).in_flight,
+        1,
+        "headers are in, the body is not: still in flight"
+    );
     tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
     let frame = rsp.body_mut().frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "hello");
@@ -341,7 +409,11 @@ async fn inner_service_errors_count_as_failures() {
     let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), backends(failing.clone()));
     lb.ready_endpoints(1).await;
     let err = lb.clone().oneshot(()).await.unwrap_err();
-    assert_eq!(err.downcast_ref::<Down>(), Some(&Down(0)), "the endpoint's own error comes through");
+    assert_eq!(
+        err.downcast_ref::<Down>(),
+        Some(&Down(0)),
+        "the endpoint's own error comes through"
+    );
     let s = status_of(&lb, 0);
     assert_eq!((s.in_flight, s.requests, s.failures), (0, 1, 1));
 }
@@ -394,11 +466,21 @@ async fn into_tower_diffs_updates_into_changes() {
     drop(publisher);
     let mut first = vec![next_change(&mut changes).await, next_change(&mut changes).await];
     first.sort();
-    assert_eq!(first, [Seen::Insert("ep000".into(), 1), Seen::Insert("ep001".into(), 1)]);
-    assert_eq!(next_change(&mut changes).await, Seen::Remove("ep000".into()), "a Reset removes first");
+    assert_eq!(
+        first,
+        [Seen::Insert("ep000".into(), 1), Seen::Insert("ep001".into(), 1)]
+    );
+    assert_eq!(
+        next_change(&mut changes).await,
+        Seen::Remove("ep000".into()),
+        "a Reset removes first"
+    );
     let mut second = vec![next_change(&mut changes).await, next_change(&mut changes).await];
     second.sort();
-    assert_eq!(second, [Seen::Insert("ep001".into(), 2), Seen::Insert("ep002".into(), 1)]);
+    assert_eq!(
+        second,
+        [Seen::Insert("ep001".into(), 2), Seen::Insert("ep002".into(), 1)]
+    );
     assert_eq!(next_change(&mut changes).await, Seen::Remove("ep002".into()));
     assert!(changes.next().await.is_none(), "ends with the source");
 }
@@ -468,4 +550,38 @@ async fn balance_layer_wraps_a_connector() {
     let a = lb.clone().oneshot(()).await.unwrap();
     let b = lb.clone().oneshot(()).await.unwrap();
     assert_eq!(BTreeSet::from([a, b]), BTreeSet::from([0, 1]));
+}
+
+/// A connector that takes 100 ms to make each endpoint's service (a pool warming up,
+/// a TLS handshake): the writer is busy with it for a while.
+fn slow_backends() -> impl Service<Endpoint, Response = Backend, Error = Infallible, Future: Send> + Send + 'static {
+    tower::service_fn(|e: Endpoint| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok::<_, Infallible>(Backend::new(index_of(&e), Switches::new()))
+    })
+}
+
+/// A blue/green switch: a `Reset` replaces every endpoint. Until the new set is
+/// published the old one keeps serving (its removal is not published yet), and once it
+/// is, only the new one serves: no request fails in between.
+#[tokio::test(start_paused = true)]
+async fn replacing_the_whole_set_never_fails_a_request() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, slow_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    publisher.reset([ep(2), ep(3)]);
+    let mut switched = false;
+    for k in 0..40 {
+        let got = lb.clone().oneshot(()).await;
+        let i = got.unwrap_or_else(|e| panic!("call {k} during the switch failed: {e}"));
+        if i >= 2 {
+            switched = true;
+        } else {
+            assert!(!switched, "call {k} went back to old endpoint {i} after the switch");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(switched);
+    assert_eq!(ids(&lb), ["ep002", "ep003"]);
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_core::balance::{
-    hash_key, Balance, Candidates, LeastConn, Maglev, P2c, PeakEwma, PendingRequests, PickContext, Random, RoundRobin,
-    WeightedRoundRobin, WEIGHT_SCALE,
+    hash_key, Balance, Candidates, LeastConn, Load, Maglev, P2c, PeakEwma, PendingRequests, PickContext, Random,
+    RoundRobin, WeightedRoundRobin, WEIGHT_SCALE,
 };
 use lb_core::{discover, Balancer, EndpointState, Picked};
 use proptest::prelude::*;
@@ -43,7 +43,11 @@ fn picks<P: Balance>(policy: &P, set: &Candidates<'_>, count: usize) -> Vec<usiz
     let state = policy.build(set);
     let cx = PickContext::default();
     (0..count)
-        .map(|_| policy.pick(&state, set, &cx).expect("a non-empty set always gives a pick"))
+        .map(|_| {
+            policy
+                .pick(&state, set, &cx)
+                .expect("a non-empty set always gives a pick")
+        })
         .collect()
 }
 
@@ -171,7 +175,11 @@ fn wrr_gives_the_nginx_sequence() {
     let (st, eff) = states(&[5, 1, 1]);
     let set = Candidates::new(&st, &eff);
     let seq = picks(&WeightedRoundRobin::new(), &set, 21);
-    assert_eq!(letters(&seq), "aabacaa".repeat(3), "nginx's smooth WRR for weights 5, 1, 1");
+    assert_eq!(
+        letters(&seq),
+        "aabacaa".repeat(3),
+        "nginx's smooth WRR for weights 5, 1, 1"
+    );
 }
 
 #[test]
@@ -388,9 +396,12 @@ fn least_conn_sees_releases_of_guards_from_an_older_snapshot() {
     }
     // A new snapshot: endpoint 3 now has weight 2 (load 2/2 = 1, the others 2/1).
     publisher.insert(ep_w(3, 2));
-    rt.block_on(support::eventually("weight 2 published", Duration::from_millis(1), 1000, || {
-        status_of(&lb, 3).effective_weight == Some(2.0)
-    }));
+    rt.block_on(support::eventually(
+        "weight 2 published",
+        Duration::from_millis(1),
+        1000,
+        || status_of(&lb, 3).effective_weight == Some(2.0),
+    ));
     // Endpoint 0's requests end: its guards belong to the old snapshot.
     guards.retain(|p| p.service.idx != 0);
     assert_eq!(status_of(&lb, 0).in_flight, 0);
@@ -414,6 +425,30 @@ proptest! {
         let ratio = heavy / (seq.len() as f64 - heavy);
         // 40 000 Bernoulli(3/4) draws: the ratio's standard deviation is about 0.04.
         prop_assert!((2.75..=3.25).contains(&ratio), "weight 3 vs 1 got ratio {ratio}");
+    }
+}
+
+/// A fresh endpoint's latency estimate is the configured default, not zero: peak EWMA
+/// must not take an endpoint it has never measured for a free one.
+#[test]
+fn peak_ewma_starts_from_the_default_rtt() {
+    let st = EndpointState::new(support::ep(0), Duration::from_millis(10));
+    assert_eq!(st.ewma_latency(), Duration::from_millis(10));
+    let load = PeakEwma::default().load(&st, 0);
+    assert!(
+        (load - 1e7).abs() < 1.0,
+        "load of an idle, unmeasured endpoint: {load} ns"
+    );
+
+    let rt = runtime();
+    let lb = rt.block_on(async {
+        Balancer::builder(P2c::new(PeakEwma::default()))
+            .default_rtt(Duration::from_millis(25))
+            .spawn(discover::fixed([ep_w(0, 1), ep_w(1, 1)]), healthy_backends())
+    });
+    rt.block_on(lb.ready_endpoints(2));
+    for i in 0..2 {
+        assert_eq!(status_of(&lb, i).ewma_latency, Duration::from_millis(25));
     }
 }
 
@@ -449,7 +484,10 @@ fn p2c_closed_loop<L: lb_core::balance::Load>(load: L, seed: u64) -> f64 {
 fn p2c_pending_requests_gives_weight_3_three_times_the_load() {
     for seed in [1, 2, 3] {
         let ratio = p2c_closed_loop(PendingRequests, seed);
-        assert!((2.7..=3.3).contains(&ratio), "seed {seed}: weight 3 vs 1 got ratio {ratio}");
+        assert!(
+            (2.7..=3.3).contains(&ratio),
+            "seed {seed}: weight 3 vs 1 got ratio {ratio}"
+        );
     }
 }
 
@@ -457,7 +495,10 @@ fn p2c_pending_requests_gives_weight_3_three_times_the_load() {
 fn p2c_peak_ewma_gives_weight_3_three_times_the_load_at_equal_latency() {
     for seed in [1, 2, 3] {
         let ratio = p2c_closed_loop(PeakEwma::default(), seed);
-        assert!((2.7..=3.3).contains(&ratio), "seed {seed}: weight 3 vs 1 got ratio {ratio}");
+        assert!(
+            (2.7..=3.3).contains(&ratio),
+            "seed {seed}: weight 3 vs 1 got ratio {ratio}"
+        );
     }
 }
 
@@ -670,7 +711,11 @@ fn maglev_bounded_load_spreads_one_hot_key() {
     for (i, &w) in weights.iter().enumerate() {
         // Fair share 80 * w / 8; the cap is 1.25 times that, rounded up.
         let cap = (1.25 * 80.0 * w as f64 / 8.0f64).ceil() as usize;
-        assert!(held[i] >= 1 && held[i] <= cap, "endpoint {i}: {} of 80 (cap {cap}); {held:?}", held[i]);
+        assert!(
+            held[i] >= 1 && held[i] <= cap,
+            "endpoint {i}: {} of 80 (cap {cap}); {held:?}",
+            held[i]
+        );
     }
     // Plain Maglev sends the hot key to one endpoint only.
     let plain = fixed_balancer(&rt, Maglev::new(), &weights);

@@ -126,7 +126,9 @@ impl<Req> Service<Req> for Backend {
 }
 
 /// A connector making [`Backend`]s that fail while their switch is on.
-pub fn backends(failing: Arc<Switches>) -> impl Service<
+pub fn backends(
+    failing: Arc<Switches>,
+) -> impl Service<
     Endpoint,
     Response = Backend,
     Error = Infallible,
@@ -138,9 +140,12 @@ pub fn backends(failing: Arc<Switches>) -> impl Service<
 }
 
 /// A connector making [`Backend`]s that never fail.
-pub fn healthy_backends(
-) -> impl Service<Endpoint, Response = Backend, Error = Infallible, Future = std::future::Ready<Result<Backend, Infallible>>>
-       + Clone
+pub fn healthy_backends() -> impl Service<
+    Endpoint,
+    Response = Backend,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Backend, Infallible>>,
+> + Clone
        + Send
        + 'static {
     backends(Switches::new())
@@ -193,6 +198,6 @@ pub async fn settle() {
 
 /// Polls a future once with a no-op waker.
 pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
     std::pin::Pin::new(fut).poll(&mut cx)
 }
