@@ -5,3 +5,4 @@ mod balance;
 mod protocol;
 mod resilience;
 mod support;
+mod tls;
