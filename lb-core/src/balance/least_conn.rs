@@ -58,17 +58,47 @@ fn better(set: &Candidates<'_>, a: u32, b: u32) -> u32 {
     if b == EMPTY {
         return a;
     }
-    let (ea, eb) = (set.endpoint(a as usize), set.endpoint(b as usize));
-    let la = ea.in_flight() as u64 * set.weight(b as usize) as u64;
-    let lb = eb.in_flight() as u64 * set.weight(a as usize) as u64;
-    if la != lb {
-        return if la < lb { a } else { b };
+    if Contender::read(set, b).beats(&Contender::read(set, a)) {
+        b
+    } else {
+        a
     }
-    let (pa, pb) = (ea.last_pick(), eb.last_pick());
-    if pa != pb {
-        return if pa < pb { a } else { b };
+}
+
+/// One side of a match, read once.
+#[derive(Clone, Copy)]
+struct Contender {
+    index: u32,
+    load: u64,
+    weight: u64,
+    last_pick: u64,
+}
+
+impl Contender {
+    #[inline]
+    fn read(set: &Candidates<'_>, index: u32) -> Self {
+        let e = set.endpoint(index as usize);
+        Self {
+            index,
+            load: e.in_flight() as u64,
+            weight: set.weight(index as usize) as u64,
+            last_pick: e.last_pick(),
+        }
     }
-    a.min(b)
+
+    /// Whether `self` wins against `other`: fewer in flight per unit of weight
+    /// (cross-multiplied), then picked longer ago, then the lower index.
+    #[inline]
+    fn beats(&self, other: &Self) -> bool {
+        let (la, lb) = (self.load * other.weight, other.load * self.weight);
+        if la != lb {
+            return la < lb;
+        }
+        if self.last_pick != other.last_pick {
+            return self.last_pick < other.last_pick;
+        }
+        self.index < other.index
+    }
 }
 
 impl Tree {
@@ -95,22 +125,43 @@ impl Tree {
         let a = self.nodes[2 * k].load(Relaxed);
         let b = self.nodes[2 * k + 1].load(Relaxed);
         let w = better(set, a, b);
-        let old = self.nodes[k].swap(w, Relaxed);
+        // A load and a plain store rather than a `swap`: a locked read-modify-write on
+        // every level of every update cost more than the match itself, and a `swap`
+        // overwrites a racing replay's result just the same (a stale winner that the
+        // next replay through this node corrects; see the module docs).
+        let old = self.nodes[k].load(Relaxed);
+        if old != w {
+            self.nodes[k].store(w, Relaxed);
+        }
         (old, w)
     }
 
+    /// Replays the matches on the path from endpoint `i` to the root after its load
+    /// changed. The winner coming up from below is carried with the load it was
+    /// compared on, so each level reads only the other side.
     #[inline]
     fn update(&self, set: &Candidates<'_>, i: usize) {
         let me = i as u32;
-        let mut k = (self.leaves + i) / 2;
-        while k >= 1 {
-            let (old, new) = self.replay(set, k);
-            if old == new && new != me {
+        let mut node = self.leaves + i;
+        let mut up = Contender::read(set, me);
+        while node > 1 {
+            let other = self.nodes[node ^ 1].load(Relaxed);
+            let k = node / 2;
+            if other != EMPTY {
+                let them = Contender::read(set, other);
+                if them.beats(&up) {
+                    up = them;
+                }
+            }
+            let old = self.nodes[k].load(Relaxed);
+            if old != up.index {
+                self.nodes[k].store(up.index, Relaxed);
+            } else if up.index != me {
                 // Neither before nor after did this endpoint win here, so nothing above
                 // depends on its load.
                 break;
             }
-            k /= 2;
+            node = k;
         }
     }
 

@@ -1,0 +1,469 @@
+#!/usr/bin/env bash
+# Side-by-side proxy benchmark: lb-proxy vs HAProxy vs nginx, on loopback.
+#
+#   benches/proxy/run.sh                      # DURATION=10 ROUNDS=2 by default
+#   DURATION=30 ROUNDS=5 benches/proxy/run.sh
+#   PROFILE=1 benches/proxy/run.sh            # extra lb-proxy run under `perf record`
+#
+# Setup (all on 127.0.0.1):
+#   - four backends, one nginx instance with four `server` blocks (ports 19001-19004)
+#     answering `ok\n` with keep-alive, started once and shared by every proxy;
+#   - each proxy pinned to CPU $PROXY_CPU with taskset and limited to one core's worth of
+#     threads: lb-proxy with TOKIO_WORKER_THREADS=1, HAProxy `nbthread 1`, nginx
+#     `worker_processes 1`; all three keep connections to the backends alive;
+#   - wrk (1 thread, 64 connections, --latency) and the backends pinned to $LOADGEN_CPU;
+#   - runs alternate lbproxy, haproxy, nginx, lbproxy, ... for $ROUNDS rounds, each run
+#     preceded by a short unmeasured warm-up and bounded by `timeout`;
+#   - CPU seconds of each proxy (process and children, utime+stime from /proc/PID/stat)
+#     are measured around each run.
+#
+# Output: benches/proxy/out/<timestamp>/ (and out/latest): rendered configs, logs, raw
+# wrk output, results.tsv, summary.md (the tables, also printed).
+#
+# Environment knobs (defaults in brackets):
+#   DURATION [10]  seconds per measured run     ROUNDS [2]      rounds
+#   WARMUP [2]     seconds of warm-up per run   CONNS [64]      wrk connections
+#   THREADS [1]    wrk threads                  PROXIES [lbproxy haproxy nginx]
+#   PROXY_CPU [0]  core for the proxies         LOADGEN_CPU [1] core for wrk + backends
+#   WAIT_LOAD [1.0] wait for 1-min load below this before measuring (0 = don't wait)
+#   WAIT_MAX [300]  ...for at most this many seconds
+#   SKIP_INSTALL [0] SKIP_BUILD [0]  LB_PROXY [target/release/lb-proxy]
+#   LB_PROXY_ARGS []  extra global arguments for lb-proxy, e.g. "--log-format json"
+#   PROFILE [0]    1: after the rounds, one more lb-proxy run under `perf record -g`
+#   SYSCALLS [1]   1: after the rounds, one short run per proxy under `perf stat` counting
+#                  syscalls and context switches per request (skipped without perf)
+#   PORT_BASE [18080]  lb-proxy PORT_BASE, its admin +1, haproxy +2, nginx +3
+#   BACKEND_BASE [19001]  backends BACKEND_BASE..BACKEND_BASE+3
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export PATH="$PATH:/usr/sbin:/sbin"
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-2}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-1}
+PROXIES=${PROXIES:-"lbproxy haproxy nginx"}
+PROXY_CPU=${PROXY_CPU:-0}
+LOADGEN_CPU=${LOADGEN_CPU:-1}
+WAIT_LOAD=${WAIT_LOAD:-1.0}
+WAIT_MAX=${WAIT_MAX:-300}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+LB_PROXY=${LB_PROXY:-$ROOT/target/release/lb-proxy}
+LB_PROXY_ARGS=${LB_PROXY_ARGS:-}
+PROFILE=${PROFILE:-0}
+SYSCALLS=${SYSCALLS:-1}
+PORT_BASE=${PORT_BASE:-18080}
+BACKEND_BASE=${BACKEND_BASE:-19001}
+
+PORT_LB=$PORT_BASE
+PORT_LB_ADMIN=$((PORT_BASE + 1))
+PORT_HAPROXY=$((PORT_BASE + 2))
+PORT_NGINX=$((PORT_BASE + 3))
+B1=$BACKEND_BASE B2=$((BACKEND_BASE + 1)) B3=$((BACKEND_BASE + 2)) B4=$((BACKEND_BASE + 3))
+
+log() { printf '[proxy-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for v in DURATION ROUNDS WARMUP CONNS THREADS WAIT_MAX; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
+done
+((DURATION > 0 && ROUNDS > 0 && CONNS > 0 && THREADS > 0)) || die "DURATION, ROUNDS, CONNS, THREADS must be > 0"
+
+# ---------------------------------------------------------------- cleanup ----------
+PIDS=()      # processes this script started (proxies, backends, perf)
+NAMES=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local i pid all=() p
+    for i in "${!PIDS[@]}"; do
+        pid=${PIDS[$i]}
+        [[ -d /proc/$pid ]] || continue
+        # remember the children (nginx workers) before the master goes away
+        all+=("$pid")
+        for p in $(pgrep -P "$pid" 2>/dev/null || true); do all+=("$p"); done
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    local n=0
+    while ((n < 50)); do
+        local alive=0
+        for p in "${all[@]}"; do [[ -d /proc/$p ]] && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    for p in "${all[@]}"; do
+        [[ -d /proc/$p ]] && kill -KILL "$p" 2>/dev/null || true
+    done
+    ((${#PIDS[@]})) && log "stopped ${NAMES[*]}"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- install ----------
+have() { command -v "$1" >/dev/null 2>&1; }
+install_missing() {
+    local need=()
+    have wrk || need+=(wrk)
+    have haproxy || need+=(haproxy)
+    have nginx || need+=(nginx)
+    have curl || need+=(curl)
+    have taskset || need+=(util-linux)
+    have pgrep || need+=(procps)
+    have timeout || need+=(coreutils)
+    ((${#need[@]})) || return 0
+    ((SKIP_INSTALL == 0)) || die "missing ${need[*]} and SKIP_INSTALL=1"
+    local sudo=()
+    if ((EUID != 0)); then
+        have sudo || die "missing ${need[*]}; run as root or install them"
+        sudo=(sudo)
+    fi
+    have apt-get || die "missing ${need[*]} and no apt-get here; install them by hand"
+    log "installing ${need[*]}"
+    # Keep the packages' init scripts from starting a system nginx/haproxy on :80.
+    local made_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+        made_policy=1
+    fi
+    local ok=1
+    "${sudo[@]}" timeout 600 apt-get update -q || ok=0
+    if ((ok)); then
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q "${need[@]}" || ok=0
+    fi
+    ((made_policy)) && "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
+    ((ok)) || die "apt-get failed"
+}
+install_missing
+
+# ---------------------------------------------------------------- build ------------
+if ((SKIP_BUILD == 0)); then
+    log "building lb-proxy (release)"
+    (cd "$ROOT" && cargo build --release -p lb-proxy-bin) || die "cargo build failed"
+fi
+[[ -x $LB_PROXY ]] || die "no lb-proxy binary at $LB_PROXY"
+
+# ---------------------------------------------------------------- output dir -------
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=$HERE/out/$STAMP
+RUN=$OUT/run
+mkdir -p "$RUN/tmp"
+ln -sfn "$STAMP" "$HERE/out/latest"
+log "output in $OUT"
+
+USER_LINE=""
+((EUID == 0)) && USER_LINE="user root root;"   # workers need no other user on loopback
+
+# A private copy, so a rebuild in the shared target dir during the run changes nothing.
+cp "$LB_PROXY" "$RUN/lb-proxy"
+LB_PROXY_SRC=$LB_PROXY
+LB_PROXY=$RUN/lb-proxy
+
+render() { # template output
+    sed -e "s|@RUN@|$RUN|g" -e "s|@USER@|$USER_LINE|g" -e "s|@PORT@|$2|g" \
+        -e "s|@ADMIN@|$PORT_LB_ADMIN|g" -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" \
+        -e "s|@B3@|$B3|g" -e "s|@B4@|$B4|g" "$HERE/$1" >"$3"
+}
+render backends-nginx.conf.in 0 "$RUN/backends-nginx.conf"
+render lb-proxy.toml.in "$PORT_LB" "$RUN/lb-proxy.toml"
+render haproxy.cfg.in "$PORT_HAPROXY" "$RUN/haproxy.cfg"
+render nginx-proxy.conf.in "$PORT_NGINX" "$RUN/nginx-proxy.conf"
+
+"$LB_PROXY" check "$RUN/lb-proxy.toml" >/dev/null || die "lb-proxy rejects $RUN/lb-proxy.toml"
+haproxy -c -f "$RUN/haproxy.cfg" >/dev/null || die "haproxy rejects $RUN/haproxy.cfg"
+nginx -t -q -p "$RUN" -c "$RUN/backends-nginx.conf" || die "nginx rejects backends-nginx.conf"
+nginx -t -q -p "$RUN" -c "$RUN/nginx-proxy.conf" || die "nginx rejects nginx-proxy.conf"
+
+# ---------------------------------------------------------------- machine info -----
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "command: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP CONNS=$CONNS THREADS=$THREADS benches/proxy/run.sh"
+    echo "cpus: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
+    echo "kernel: $(uname -r)"
+    echo "lb-proxy: $("$LB_PROXY" --version 2>&1) from $LB_PROXY_SRC (git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- lb-core lb-proxy-bin 2>/dev/null || echo ', dirty tree'))"
+    echo "haproxy: $(haproxy -v 2>&1 | head -1)"
+    echo "nginx: $(nginx -v 2>&1)"
+    echo "wrk: $(wrk -v 2>&1 | head -1)"
+    echo "lb-proxy args: ${LB_PROXY_ARGS:-none}"
+} >"$OUT/meta.txt"
+
+# ---------------------------------------------------------------- helpers ----------
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+for p in "$PORT_LB" "$PORT_LB_ADMIN" "$PORT_HAPROXY" "$PORT_NGINX" "$B1" "$B2" "$B3" "$B4"; do
+    port_open "$p" && die "port $p on 127.0.0.1 is already in use (set PORT_BASE/BACKEND_BASE)"
+done
+
+start() { # name cpu port cmd...
+    local name=$1 cpu=$2 port=$3
+    shift 3
+    taskset -c "$cpu" "$@" >"$OUT/$name.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    NAMES+=("$name")
+    local n=0
+    until port_open "$port"; do
+        [[ -d /proc/$pid ]] || die "$name exited at start; see $OUT/$name.log"
+        ((n++ < 100)) || die "$name did not open port $port in 10 s; see $OUT/$name.log"
+        sleep 0.1
+    done
+    eval "PID_$name=$pid"
+    log "started $name (pid $pid, cpu $cpu, port $port)"
+}
+
+# utime and stime ticks of a process and its children (nginx: master + worker)
+cpu_ticks() {
+    local u=0 k=0 p s f
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        s=${s##*) }
+        read -r -a f <<<"$s"
+        u=$((u + f[11]))
+        k=$((k + f[12]))
+    done
+    echo "$u $k"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+
+# busy and total jiffies of one core from /proc/stat
+core_jiffies() {
+    awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; idle = $5 + $6; print t - idle, t }' /proc/stat
+}
+
+check_200() { # name port
+    local i code body
+    for i in 1 2 3 4; do
+        code=$(curl -s -o "$RUN/curl-body" -w '%{http_code}' --max-time 5 "http://127.0.0.1:$2/" || true)
+        body=$(cat "$RUN/curl-body" 2>/dev/null || true)
+        [[ $code == 200 && $body == ok ]] || die "$1 on port $2 answered '$code' '$body' (want 200 ok); see $OUT/$1.log"
+    done
+    log "$1 answers 200 ok from the backends"
+}
+
+# wrk latency value to milliseconds
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000; printf "%.3f", n }'; }
+
+proxy_port() { case $1 in lbproxy) echo "$PORT_LB" ;; haproxy) echo "$PORT_HAPROXY" ;; nginx) echo "$PORT_NGINX" ;; esac; }
+proxy_pid() { local v="PID_$1"; echo "${!v}"; }
+
+# ---------------------------------------------------------------- start ------------
+start backends "$LOADGEN_CPU" "$B4" nginx -p "$RUN" -c "$RUN/backends-nginx.conf"
+for b in "$B1" "$B2" "$B3" "$B4"; do
+    [[ $(curl -s --max-time 5 "http://127.0.0.1:$b/") == ok ]] || die "backend $b does not answer ok"
+done
+
+for proxy in $PROXIES; do
+    case $proxy in
+        lbproxy)
+            # shellcheck disable=SC2086 # LB_PROXY_ARGS is a word list on purpose
+            start lbproxy "$PROXY_CPU" "$PORT_LB" env TOKIO_WORKER_THREADS=1 "$LB_PROXY" $LB_PROXY_ARGS run --config "$RUN/lb-proxy.toml"
+            ;;
+        haproxy) start haproxy "$PROXY_CPU" "$PORT_HAPROXY" haproxy -db -f "$RUN/haproxy.cfg" ;;
+        nginx) start nginx "$PROXY_CPU" "$PORT_NGINX" nginx -p "$RUN" -c "$RUN/nginx-proxy.conf" ;;
+        *) die "unknown proxy '$proxy' (lbproxy, haproxy, nginx)" ;;
+    esac
+    check_200 "$proxy" "$(proxy_port "$proxy")"
+done
+
+# ---------------------------------------------------------------- quiet machine ----
+wait_quiet() {
+    [[ $WAIT_LOAD == 0 ]] && return 0
+    local waited=0 load
+    while :; do
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        awk -v l="$load" -v m="$WAIT_LOAD" 'BEGIN { exit !(l < m) }' && { log "load $load < $WAIT_LOAD"; return 0; }
+        ((waited < WAIT_MAX)) || { log "load still $load after ${WAIT_MAX}s; measuring anyway (noisy)"; return 0; }
+        ((waited % 30 == 0)) && log "load $load >= $WAIT_LOAD; waiting (up to ${WAIT_MAX}s)"
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+wait_quiet
+echo "load before: $(cat /proc/loadavg)" >>"$OUT/meta.txt"
+
+# ---------------------------------------------------------------- measure ----------
+RESULTS=$OUT/results.tsv
+printf 'round\tproxy\treq_s\tp50_ms\tp99_ms\trequests\tcpu_s\tcpu_pct\treq_per_cpu_s\tnon2xx\tsock_err\tcore_proxy_busy_pct\tcore_loadgen_busy_pct\twrk_rc\tuser_pct_of_cpu\n' >"$RESULTS"
+
+run_one() { # round proxy
+    local round=$1 proxy=$2 port pid raw rc
+    port=$(proxy_port "$proxy")
+    pid=$(proxy_pid "$proxy")
+    raw=$OUT/wrk-$proxy-r$round.txt
+    if ((WARMUP > 0)); then
+        timeout $((WARMUP + 30)) taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+    fi
+    local u0 k0 u1 k1 pa pb la lb pt0 lt0 pt1 lt1
+    read -r u0 k0 < <(cpu_ticks "$pid")
+    read -r pa pt0 < <(core_jiffies "$PROXY_CPU")
+    read -r la lt0 < <(core_jiffies "$LOADGEN_CPU")
+    rc=0
+    timeout $((DURATION + 30)) taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" >"$raw" 2>&1 || rc=$?
+    read -r u1 k1 < <(cpu_ticks "$pid")
+    read -r pb pt1 < <(core_jiffies "$PROXY_CPU")
+    read -r lb lt1 < <(core_jiffies "$LOADGEN_CPU")
+    [[ -d /proc/$pid ]] || die "$proxy (pid $pid) died during the run; see $OUT/$proxy.log"
+
+    local rps p50 p99 reqs non2xx sockerr cpu
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$raw")
+    p50=$(awk '$1 == "50%" { print $2 }' "$raw")
+    p99=$(awk '$1 == "99%" { print $2 }' "$raw")
+    reqs=$(awk '/requests in/ { print $1 }' "$raw")
+    non2xx=$(awk -F': *' '/Non-2xx or 3xx responses/ { print $2 }' "$raw")
+    sockerr=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$raw")
+    [[ -n $rps && -n $p50 && -n $p99 && -n $reqs ]] || { log "wrk output unparseable for $proxy round $round (rc $rc): $raw"; rps=0 p50=0 p99=0 reqs=0; }
+    p50=$(to_ms "$p50")
+    p99=$(to_ms "$p99")
+    cpu=$(awk -v a="$((u0 + k0))" -v b="$((u1 + k1))" -v h="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / h }')
+    awk -v r="$round" -v px="$proxy" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" -v cpu="$cpu" \
+        -v d="$DURATION" -v nx="${non2xx:-0}" -v se="${sockerr:-0}" -v pa="$pa" -v pb="$pb" -v pt0="$pt0" -v pt1="$pt1" \
+        -v la="$la" -v lb="$lb" -v lt0="$lt0" -v lt1="$lt1" -v rc="$rc" -v du="$((u1 - u0))" -v dk="$((k1 - k0))" 'BEGIN {
+        rpc = cpu > 0 ? n / cpu : 0
+        pbusy = pt1 > pt0 ? 100 * (pb - pa) / (pt1 - pt0) : 0
+        lbusy = lt1 > lt0 ? 100 * (lb - la) / (lt1 - lt0) : 0
+        user = du + dk > 0 ? 100 * du / (du + dk) : 0
+        printf "%d\t%s\t%.0f\t%.3f\t%.3f\t%d\t%.2f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.0f\t%d\t%.0f\n",
+            r, px, rps, p50, p99, n, cpu, 100 * cpu / d, rpc, nx, se, pbusy, lbusy, rc, user }' >>"$RESULTS"
+    log "round $round $proxy: $(tail -1 "$RESULTS" | awk -F'\t' '{ printf "%s req/s, p50 %s ms, p99 %s ms, cpu %s s (%s%%), %s req/cpu-s, non-2xx %s, socket errors %s", $3, $4, $5, $7, $8, $9, $10, $11 }')"
+    ((${non2xx:-0} == 0 && ${sockerr:-0} == 0)) || log "WARNING: $proxy round $round: non-2xx ${non2xx:-0}, socket errors ${sockerr:-0} (see $raw)"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for proxy in $PROXIES; do
+        run_one "$round" "$proxy"
+    done
+done
+echo "load after: $(cat /proc/loadavg)" >>"$OUT/meta.txt"
+
+# ---------------------------------------------------------------- summary ----------
+summarize() {
+    awk -F'\t' -v dur="$DURATION" -v rounds="$ROUNDS" -v conns="$CONNS" -v order="$PROXIES" '
+    NR == 1 { next }
+    {
+        r = $1; p = $2
+        rps[p] += $3; p50[p] += $4; p99[p] += $5; cpu[p] += $7; pct[p] += $8; n[p] += $6
+        nx[p] += $10; se[p] += $11; cnt[p]++
+        R[r, p] = $3; P50[r, p] = $4; P99[r, p] = $5; RPC[r, p] = $9; PCT[r, p] = $8
+        NX[r, p] = $10; SE[r, p] = $11; CB[r, p] = $12; LB[r, p] = $13; USR[r, p] = $15
+    }
+    function name(p) { return p == "lbproxy" ? "lb-proxy" : p == "haproxy" ? "HAProxy" : p }
+    function ratio(a, b) { return b > 0 ? sprintf("%.2fx", a / b) : "n/a" }
+    END {
+        np = split(order, ps, " ")
+        h = "haproxy"
+        printf "Average over %d round(s) of %d s, %d connections (see meta.txt):\n\n", rounds, dur, conns
+        print "| proxy | req/s | p50 ms | p99 ms | CPU s | CPU % of a core | req per CPU-s | req/s vs HAProxy | p99 vs HAProxy | non-2xx | socket errors |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for (i = 1; i <= np; i++) {
+            p = ps[i]; if (!(p in cnt)) continue; c = cnt[p]
+            a_rps[p] = rps[p] / c; a_p99[p] = p99[p] / c
+        }
+        for (i = 1; i <= np; i++) {
+            p = ps[i]; if (!(p in cnt)) continue; c = cnt[p]
+            rpc = (cpu[p] > 0) ? n[p] / cpu[p] : 0
+            hr = (h in cnt) ? ratio(a_rps[p], a_rps[h]) : "n/a"
+            hp = (h in cnt) ? ratio(a_p99[p], a_p99[h]) : "n/a"
+            printf "| %s | %.0f | %.3f | %.3f | %.2f | %.0f | %.0f | %s | %s | %d | %d |\n", name(p), a_rps[p], p50[p] / c, a_p99[p],
+                cpu[p] / c, pct[p] / c, rpc, hr, hp, nx[p], se[p]
+        }
+        print ""
+        print "Per round (ratios against HAProxy in the same round; core busy % = whole core incl. other processes):"
+        print ""
+        print "| round | proxy | req/s | p50 ms | p99 ms | req per CPU-s | CPU % | user % of CPU | req/s vs HAProxy | p99 vs HAProxy | proxy core busy % | wrk core busy % | non-2xx | socket errors |"
+        print "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for (r = 1; r <= rounds; r++)
+            for (i = 1; i <= np; i++) {
+                p = ps[i]; k = r SUBSEP p; kh = r SUBSEP h
+                if (!(k in R)) continue
+                hr = (kh in R) ? ratio(R[k], R[kh]) : "n/a"
+                hp = (kh in R) ? ratio(P99[k], P99[kh]) : "n/a"
+                printf "| %d | %s | %.0f | %.3f | %.3f | %.0f | %.0f | %.0f | %s | %s | %.0f | %.0f | %d | %d |\n", r, name(p), R[k], P50[k], P99[k], RPC[k], PCT[k], USR[k],
+                    hr, hp, CB[k], LB[k], NX[k], SE[k]
+            }
+    }' "$RESULTS"
+}
+summarize >"$OUT/summary.md"
+{
+    echo
+    echo '```'
+    cat "$OUT/meta.txt"
+    echo '```'
+} >>"$OUT/summary.md"
+cat "$OUT/summary.md"
+
+# ---------------------------------------------------------------- syscalls ---------
+# Not part of the measured runs (counting tracepoints costs a little per syscall): one
+# more short run per proxy under `perf stat`, for syscalls and context switches per
+# request.
+if ((SYSCALLS)); then
+    if have perf && timeout 10 perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+        sdur=$((DURATION < 5 ? DURATION : 5))
+        {
+            echo
+            echo "Syscalls and context switches per request (one extra ${sdur} s run per proxy under \`perf stat\`, not part of the numbers above):"
+            echo
+            echo "| proxy | req/s (under perf stat) | syscalls per req | context switches per req |"
+            echo "|---|---:|---:|---:|"
+        } >"$OUT/syscalls.md"
+        for proxy in $PROXIES; do
+            port=$(proxy_port "$proxy")
+            pid=$(proxy_pid "$proxy")
+            # shellcheck disable=SC2046 # the pids are words on purpose
+            pids=$(echo "$pid" $(pgrep -P "$pid" || true) | tr ' ' ',')
+            raw=$OUT/wrk-$proxy-syscalls.txt
+            taskset -c "$LOADGEN_CPU" perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$pids" -o "$OUT/perf-stat-$proxy.csv" &
+            sp=$!
+            PIDS+=("$sp")
+            NAMES+=("perf-stat-$proxy")
+            sleep 0.3
+            timeout $((sdur + 30)) taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${sdur}s" "http://127.0.0.1:$port/" >"$raw" 2>&1 || true
+            kill -INT "$sp" 2>/dev/null || true
+            n=0
+            while [[ -d /proc/$sp ]] && ((n++ < 100)); do sleep 0.1; done
+            reqs=$(awk '/requests in/ { print $1 }' "$raw")
+            rps=$(awk '/^Requests\/sec:/ { print $2 }' "$raw")
+            awk -F, -v n="${reqs:-0}" -v px="$proxy" -v rps="${rps:-0}" '
+                $3 == "raw_syscalls:sys_enter" { sc = $1 } $3 == "context-switches" { cs = $1 }
+                END { name = px == "lbproxy" ? "lb-proxy" : px == "haproxy" ? "HAProxy" : px
+                      if (n > 0) printf "| %s | %.0f | %.2f | %.3f |\n", name, rps, sc / n, cs / n }' "$OUT/perf-stat-$proxy.csv" >>"$OUT/syscalls.md"
+        done
+        tee -a "$OUT/summary.md" <"$OUT/syscalls.md"
+    else
+        log "no usable perf here: skipping the syscall counts"
+    fi
+fi
+
+# ---------------------------------------------------------------- profile ----------
+if ((PROFILE)) && [[ " $PROXIES " == *" lbproxy "* ]]; then
+    if have perf; then
+        log "profiling lb-proxy: perf record -g during one more ${DURATION}s run"
+        pid=$PID_lbproxy
+        taskset -c "$LOADGEN_CPU" perf record -e cpu-clock -F 999 -g -p "$pid" -o "$OUT/perf-lbproxy.data" >"$OUT/perf-record.log" 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+        NAMES+=(perf)
+        sleep 0.5
+        timeout $((DURATION + 30)) taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$PORT_LB/" >"$OUT/wrk-lbproxy-profiled.txt" 2>&1 || true
+        kill -INT "$perf_pid" 2>/dev/null || true
+        n=0
+        while [[ -d /proc/$perf_pid ]] && ((n++ < 100)); do sleep 0.1; done
+        timeout 300 perf report -i "$OUT/perf-lbproxy.data" --stdio --no-children --sort symbol --percent-limit 0.5 -g none \
+            >"$OUT/perf-lbproxy-flat.txt" 2>/dev/null || true
+        timeout 300 perf report -i "$OUT/perf-lbproxy.data" --stdio --children --sort symbol --percent-limit 2 -g none \
+            >"$OUT/perf-lbproxy-children.txt" 2>/dev/null || true
+        log "profile: $OUT/perf-lbproxy-flat.txt, $OUT/perf-lbproxy-children.txt"
+        head -60 "$OUT/perf-lbproxy-flat.txt" || true
+    else
+        log "PROFILE=1 but no perf here (apt-get install linux-perf)"
+    fi
+fi
+log "done: $OUT/summary.md"
