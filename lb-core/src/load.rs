@@ -49,11 +49,12 @@ impl fmt::Debug for InFlight {
 // === impl InFlight ===
 
 impl InFlight {
-    pub(crate) fn new(snap: Arc<dyn Release>, index: u32, timed: bool) -> Self {
+    #[inline]
+    pub(crate) fn new(snap: Arc<dyn Release>, index: u32, start: Option<Instant>) -> Self {
         Self {
             snap,
             index,
-            start: if timed { Some(Instant::now()) } else { None },
+            start,
             failed: false,
         }
     }

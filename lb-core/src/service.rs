@@ -275,7 +275,11 @@ impl<P: Balance, C, K> Builder<P, C, K> {
     {
         let policy = Arc::new(self.policy);
         let events = Arc::new(Events::default());
-        let config = Arc::new(self.config);
+        let mut config = self.config;
+        if let Some(d) = policy.latency_decay() {
+            config.decay_ns = d.as_nanos().max(1) as f64;
+        }
+        let config = Arc::new(config);
         let (tx, rx) = mpsc::unbounded_channel();
         let timed = config.track_latency || policy.needs_latency();
         let shared = Arc::new(Shared {
@@ -508,13 +512,20 @@ pub struct Picked<S> {
 impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
     #[inline]
     fn pick(&self, key: Option<u64>) -> Result<Picked<S>, bool> {
+        // Timed requests read the clock once here: the pick (peak EWMA) and the
+        // latency sample share the reading.
+        let start = self.timed.then(std::time::Instant::now);
+        let cx = PickContext {
+            key,
+            now: start.map_or(0, crate::state::ns_at),
+        };
         let mut snap = self.snapshot.load_full();
         // A snapshot can go stale while a picker looks at it: if every endpoint in it
         // went out meanwhile (a whole set replaced, or this thread preempted across
         // several updates), a newer snapshot has the endpoints that replaced them.
         let mut reloads = 0;
         let i = loop {
-            match self.find(&snap, key) {
+            match self.find(&snap, &cx) {
                 Ok(i) => break i,
                 Err(overloaded) => {
                     let current = self.snapshot.load_full();
@@ -534,21 +545,20 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         let rel: Arc<dyn Release> = snap;
         Ok(Picked {
             service,
-            guard: InFlight::new(rel, i as u32, self.timed),
+            guard: InFlight::new(rel, i as u32, start),
         })
     }
 
     /// A usable endpoint with room in `snap`, or whether some were full.
     #[inline]
-    fn find(&self, snap: &crate::table::Snapshot<P, S>, key: Option<u64>) -> Result<usize, bool> {
+    fn find(&self, snap: &crate::table::Snapshot<P, S>, cx: &PickContext) -> Result<usize, bool> {
         let set = snap.candidates();
-        let cx = PickContext { key };
         let n = set.len();
         let max = self.config.max_in_flight;
         let fits = |i: usize| max.map_or(true, |m| set.endpoint(i).in_flight() < m);
         let mut overloaded = false;
         for _ in 0..3 {
-            match snap.state_pick(&cx) {
+            match snap.policy.pick(&snap.state, &set, cx) {
                 Some(i) if snap.usable(i) => {
                     if fits(i) {
                         return Ok(i);
@@ -574,13 +584,6 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         } else {
             (crate::state::now_ns() as usize) % n
         }
-    }
-}
-
-impl<P: Balance, S> crate::table::Snapshot<P, S> {
-    #[inline]
-    fn state_pick(&self, cx: &PickContext) -> Option<usize> {
-        self.policy.pick(&self.state, &self.candidates(), cx)
     }
 }
 

@@ -13,11 +13,20 @@ use arc_swap::ArcSwap;
 
 use crate::endpoint::{Endpoint, EndpointId};
 
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// Monotonic nanoseconds since the first call in this process.
 pub(crate) fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_nanos() as u64
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// `t` as nanoseconds on the same clock as [`now_ns`].
+#[inline]
+pub(crate) fn ns_at(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
 const DRAINING: u8 = 1;

@@ -27,7 +27,7 @@ use crate::endpoint::{Endpoint, EndpointId};
 use crate::error::{BoxError, UnknownEndpoint};
 use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
 use crate::load::Release;
-use crate::state::{now_ns, EndpointState, Flag};
+use crate::state::{ns_at, EndpointState, Flag};
 
 /// Balancer settings shared by the writer and the pickers.
 #[derive(Clone)]
@@ -81,9 +81,11 @@ pub(crate) struct Snapshot<P: Balance, S> {
 }
 
 impl<P: Balance, S> Snapshot<P, S> {
+    /// The eligible set; checked when the snapshot was built (`publish` builds it with
+    /// `Candidates::new`), so not again on every pick.
     #[inline]
     pub(crate) fn candidates(&self) -> Candidates<'_> {
-        Candidates::new(&self.endpoints, &self.weights)
+        Candidates::trusted(&self.endpoints, &self.weights)
     }
 
     /// Whether `i` may take a new request right now.
@@ -122,8 +124,9 @@ impl<P: Balance, S: Send + Sync + 'static> Release for Snapshot<P, S> {
     }
 
     fn observe(&self, index: u32, start: StdInstant) {
-        let now = now_ns();
-        self.endpoints[index as usize].observe_rtt(start.elapsed(), now, self.decay_ns);
+        // One clock read gives both the sample and its time stamp.
+        let now = StdInstant::now();
+        self.endpoints[index as usize].observe_rtt(now.duration_since(start), ns_at(now), self.decay_ns);
     }
 }
 

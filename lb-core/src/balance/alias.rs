@@ -45,6 +45,12 @@ impl AliasTable {
         }
     }
 
+    /// Whether all weights are equal (a draw is a plain uniform index).
+    #[inline]
+    pub(crate) fn is_uniform(&self) -> bool {
+        self.prob.is_none()
+    }
+
     /// Draws an index from one 64-bit random number: the high bits pick the column,
     /// the low 32 bits toss the coin.
     #[inline]

@@ -138,6 +138,13 @@ impl Balance for AnyPolicy {
         matches!(self, AnyPolicy::PeakEwma(_))
     }
 
+    fn latency_decay(&self) -> Option<std::time::Duration> {
+        match self {
+            AnyPolicy::PeakEwma(p) => p.latency_decay(),
+            _ => None,
+        }
+    }
+
     fn tracks_release(&self) -> bool {
         match self {
             AnyPolicy::LeastConn(p) => p.tracks_release(),

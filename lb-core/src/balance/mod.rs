@@ -102,6 +102,12 @@ pub trait Balance: Send + Sync + 'static {
         false
     }
 
+    /// The time constant of the latency average, for policies that read latency
+    /// (peak EWMA). `None`: the balancer's default, 10 s.
+    fn latency_decay(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Whether [`on_release`](Balance::on_release) does anything; when `false` the
     /// balancer skips the call.
     fn tracks_release(&self) -> bool {
@@ -114,12 +120,16 @@ pub trait Balance: Send + Sync + 'static {
 pub struct PickContext {
     /// The request's hash key, for consistent hashing. See [`hash_key`].
     pub key: Option<u64>,
+    /// The time of the pick on the process clock (nanoseconds), when the balancer
+    /// read it anyway to time the request; 0 when it did not. Latency-aware loads use
+    /// it rather than reading the clock again.
+    pub now: u64,
 }
 
 impl PickContext {
     /// A context with a hash key.
     pub fn with_key(key: u64) -> Self {
-        Self { key: Some(key) }
+        Self { key: Some(key), now: 0 }
     }
 }
 
@@ -147,6 +157,14 @@ impl<'a> Candidates<'a> {
     pub fn new(endpoints: &'a [Arc<EndpointState>], weights: &'a [u32]) -> Self {
         assert_eq!(endpoints.len(), weights.len(), "one weight per endpoint");
         assert!(weights.iter().all(|&w| w > 0), "effective weights are at least 1");
+        Self { endpoints, weights }
+    }
+
+    /// The same view without the checks, for the request path: snapshots are checked
+    /// once when they are built, not on every pick (the check reads every weight).
+    #[inline]
+    pub(crate) fn trusted(endpoints: &'a [Arc<EndpointState>], weights: &'a [u32]) -> Self {
+        debug_assert_eq!(endpoints.len(), weights.len());
         Self { endpoints, weights }
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::alias::AliasTable;
 use super::random::Weighted;
-use super::{Balance, Candidates, PickContext, Rng};
+use super::{bounded, Balance, Candidates, PickContext, Rng};
 use crate::state::{now_ns, EndpointState};
 
 /// How loaded an endpoint is, for [`P2c`]. Lower is better.
@@ -32,6 +32,11 @@ pub trait Load: Send + Sync + 'static {
     /// Whether requests must be timed for this load to work.
     fn needs_latency(&self) -> bool {
         false
+    }
+
+    /// The time constant of the latency average, if the load reads latency.
+    fn decay(&self) -> Option<Duration> {
+        None
     }
 
     /// A short name, used in the policy name.
@@ -97,6 +102,10 @@ impl Load for PeakEwma {
         true
     }
 
+    fn decay(&self) -> Option<Duration> {
+        Some(Duration::from_nanos(self.decay_ns as u64))
+    }
+
     fn name(&self) -> &'static str {
         "peak_ewma"
     }
@@ -150,25 +159,38 @@ impl<L: Load> Balance for P2c<L> {
     }
 
     #[inline]
-    fn pick(&self, state: &Weighted, set: &Candidates<'_>, _: &PickContext) -> Option<usize> {
+    fn pick(&self, state: &Weighted, set: &Candidates<'_>, cx: &PickContext) -> Option<usize> {
         let n = set.len();
         match n {
             0 => return None,
             1 => return Some(0),
             _ => {}
         }
-        let a = state.0.sample(self.rng.next_u64());
-        let mut b = state.0.sample(self.rng.next_u64());
-        // Distinct candidates; a dominant weight may need a few draws.
-        let mut tries = 0;
-        while b == a && tries < 4 {
-            b = state.0.sample(self.rng.next_u64());
-            tries += 1;
-        }
-        if b == a {
-            return Some(a);
-        }
-        let now = if self.load.needs_clock() { now_ns() } else { 0 };
+        let (a, b) = if state.0.is_uniform() {
+            // Unweighted: two distinct indices from one random number, no redraws.
+            let r = self.rng.next_u64();
+            let a = bounded(r, n);
+            let b = (a + 1 + bounded(r.rotate_left(32), n - 1)) % n;
+            (a, b)
+        } else {
+            let a = state.0.sample(self.rng.next_u64());
+            let mut b = state.0.sample(self.rng.next_u64());
+            // Distinct candidates; a dominant weight may need a few draws.
+            let mut tries = 0;
+            while b == a && tries < 4 {
+                b = state.0.sample(self.rng.next_u64());
+                tries += 1;
+            }
+            if b == a {
+                return Some(a);
+            }
+            (a, b)
+        };
+        let now = match (self.load.needs_clock(), cx.now) {
+            (false, _) => 0,
+            (true, 0) => now_ns(),
+            (true, t) => t,
+        };
         let la = self.load.load(set.endpoint(a), now);
         let lb = self.load.load(set.endpoint(b), now);
         // la / wa <= lb / wb, without division; ties go to the first draw.
@@ -181,5 +203,9 @@ impl<L: Load> Balance for P2c<L> {
 
     fn needs_latency(&self) -> bool {
         self.load.needs_latency()
+    }
+
+    fn latency_decay(&self) -> Option<Duration> {
+        self.load.decay()
     }
 }
