@@ -29,6 +29,13 @@ pub(crate) fn ns_at(t: Instant) -> u64 {
     t.saturating_duration_since(epoch()).as_nanos() as u64
 }
 
+/// Bits of [`EndpointState`]'s packed counter that hold the in-flight count: up to
+/// 16 million requests (or TCP connections) in flight per endpoint; the other 40 bits
+/// count requests started (a trillion).
+const IN_FLIGHT_BITS: u32 = 24;
+const IN_FLIGHT_MASK: u64 = (1 << IN_FLIGHT_BITS) - 1;
+const STARTED_ONE: u64 = 1 << IN_FLIGHT_BITS;
+
 const DRAINING: u8 = 1;
 const ADMIN_DRAIN: u8 = 2;
 const EJECTED: u8 = 4;
@@ -102,8 +109,9 @@ pub struct EndpointState {
     id: EndpointId,
     endpoint: ArcSwap<Endpoint>,
     flags: AtomicU8,
-    in_flight: AtomicU32,
-    requests: AtomicU64,
+    /// Requests started (high bits) and in flight (low [`IN_FLIGHT_BITS`] bits), in one
+    /// word so that starting a request is one atomic add, not two.
+    counts: AtomicU64,
     failures: AtomicU64,
     consecutive_failures: AtomicU32,
     times_ejected: AtomicU32,
@@ -123,8 +131,7 @@ impl EndpointState {
             id: endpoint.id().clone(),
             endpoint: ArcSwap::from_pointee(endpoint),
             flags: AtomicU8::new(0),
-            in_flight: AtomicU32::new(0),
-            requests: AtomicU64::new(0),
+            counts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
@@ -154,12 +161,12 @@ impl EndpointState {
     /// Requests started and not yet finished (their response body included).
     #[inline]
     pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Relaxed)
+        (self.counts.load(Relaxed) & IN_FLIGHT_MASK) as u32
     }
 
     /// Requests started since the endpoint was first inserted.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Relaxed)
+        self.counts.load(Relaxed) >> IN_FLIGHT_BITS
     }
 
     /// Requests that ended in a failure since the endpoint was first inserted.
@@ -246,13 +253,13 @@ impl EndpointState {
 
     #[inline]
     pub(crate) fn acquire(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.requests.fetch_add(1, Relaxed);
+        let prev = self.counts.fetch_add(STARTED_ONE | 1, Relaxed);
+        debug_assert!(prev & IN_FLIGHT_MASK < IN_FLIGHT_MASK, "in-flight count overflow");
     }
 
     #[inline]
     pub(crate) fn release(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.counts.fetch_sub(1, Relaxed);
     }
 
     /// Records a success; returns whether it ended a failure streak.
