@@ -29,7 +29,7 @@
 #   WAIT_MAX [300]  ...for at most this many seconds
 #   SKIP_INSTALL [0] SKIP_BUILD [0]  LB_PROXY [target/release/lb-proxy]
 #   LB_PROXY_ARGS []  extra global arguments for lb-proxy, e.g. "--log-format json"
-#   PROFILE [0]    1: after the rounds, one more lb-proxy run under `perf record -g`
+#   PROFILE [0]    1: after the rounds, one more lb-proxy run under `perf record --call-graph dwarf`
 #   SYSCALLS [1]   1: after the rounds, one short run per proxy under `perf stat` counting
 #                  syscalls and context switches per request (skipped without perf)
 #   PORT_BASE [18080]  lb-proxy PORT_BASE, its admin +1, haproxy +2, nginx +3
@@ -445,9 +445,9 @@ fi
 # ---------------------------------------------------------------- profile ----------
 if ((PROFILE)) && [[ " $PROXIES " == *" lbproxy "* ]]; then
     if have perf; then
-        log "profiling lb-proxy: perf record -g during one more ${DURATION}s run"
+        log "profiling lb-proxy: perf record (dwarf call graphs) during one more ${DURATION}s run"
         pid=$PID_lbproxy
-        taskset -c "$LOADGEN_CPU" perf record -e cpu-clock -F 999 -g -p "$pid" -o "$OUT/perf-lbproxy.data" >"$OUT/perf-record.log" 2>&1 &
+        taskset -c "$LOADGEN_CPU" perf record -e cpu-clock -F 499 --call-graph dwarf,32768 -p "$pid" -o "$OUT/perf-lbproxy.data" >"$OUT/perf-record.log" 2>&1 &
         perf_pid=$!
         PIDS+=("$perf_pid")
         NAMES+=(perf)
