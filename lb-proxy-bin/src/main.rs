@@ -35,6 +35,11 @@ struct Cli {
     /// Print one access-log line per request (target `lb_proxy::access`).
     #[arg(long, global = true)]
     access_log: bool,
+    /// Worker threads; 1 runs everything on one thread (no work stealing), as one
+    /// HAProxy thread or nginx worker does. Default: `TOKIO_WORKER_THREADS`, else one
+    /// per CPU.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,7 +85,11 @@ fn init_tracing(format: LogFormat, access: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if access { "info" } else { "info,lb_proxy::access=off" };
     let filter = EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -115,7 +124,17 @@ fn main() -> ExitCode {
         };
     }
     init_tracing(cli.log_format, cli.access_log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let threads = cli
+        .threads
+        .or_else(|| std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let built = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    };
+    let rt = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lb-proxy: cannot start the runtime: {e}");

@@ -23,11 +23,11 @@ pub(crate) fn plain(status: StatusCode, text: String) -> Response<Body> {
 /// Serves one client request.
 pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: SocketAddr, proto: &'static str) -> Response<Body> {
     let start = Instant::now();
-    let host = forward::request_host(&req).map(str::to_owned);
-    let Some(upstream) = rt.route(host.as_deref(), req.uri().path()) else {
+    let Some(upstream) = rt.route(forward::request_host(&req), req.uri().path()) else {
+        let host = forward::request_host(&req).unwrap_or("");
         tracing::info!(target: "lb_proxy::access", %peer, method = %req.method(), path = %req.uri().path(), status = 404, "no route");
         rt.metrics.unrouted();
-        return plain(StatusCode::NOT_FOUND, format!("404 Not Found: no route for {}{}\n", host.as_deref().unwrap_or(""), req.uri().path()));
+        return plain(StatusCode::NOT_FOUND, format!("404 Not Found: no route for {host}{}\n", req.uri().path()));
     };
     if let Some(max) = rt.max_body {
         let declared = req
@@ -40,8 +40,10 @@ pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: S
         }
     }
     let client_upgrade = if forward::is_upgrade(&req) { upgrade::take(&mut req) } else { None };
+    // For the access log: clones of parsed values share their bytes (no copy).
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
+    let path = uri.path();
     let mut req = match rt.max_body {
         // A chunked body that grows past the limit fails the request mid-stream.
         Some(max) => req.map(|b| boxed(http_body_util::Limited::new(b, max as usize))),

@@ -2,7 +2,10 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::{Request, Response, StatusCode, Version};
 
 /// `X-Forwarded-For`.
@@ -12,16 +15,23 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether `name` is hop-by-hop by itself (RFC 9110 §7.6.1, plus the legacy
+/// `Keep-Alive` and `Proxy-Connection`).
+#[inline]
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHENTICATE
+        || name == PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` plus an
 /// `Upgrade` header), as a WebSocket handshake does.
@@ -41,6 +51,10 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, no lookups, no allocation.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -51,10 +65,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in named {
         headers.remove(h);
     }
-    for h in HOP_BY_HOP {
+    for h in [&CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE, &PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION] {
         headers.remove(h);
     }
-    headers.remove(UPGRADE);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
 }
 
 /// The host the client asked for: the `Host` header, or the URI's authority (HTTP/2).
@@ -74,19 +89,45 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// HTTP/1.1.
 pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static str) {
     let upgrade = if is_upgrade(req) { req.headers().get(UPGRADE).cloned() } else { None };
-    let host = request_host(req).and_then(|h| HeaderValue::from_str(h).ok());
+    // The Host header's value is shared, not copied; HTTP/2 clients name the host in
+    // the URI instead.
+    let host = match req.headers().get(HOST) {
+        Some(h) => Some(h.clone()),
+        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if let Some(u) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, u);
     }
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client}"),
-        _ => client.to_string(),
+    // "prev, client" written into a stack buffer: one allocation, inside HeaderValue.
+    let mut buf = [0u8; 512];
+    let mut w = &mut buf[..];
+    let prev = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).filter(|p| !p.is_empty());
+    let wrote = match prev {
+        Some(p) if p.len() < 400 => {
+            use std::io::Write;
+            w.write_all(p).and_then(|()| write!(w, ", {client}"))
+        }
+        Some(_) => Err(std::io::ErrorKind::WriteZero.into()),
+        None => {
+            use std::io::Write;
+            write!(w, "{client}")
+        }
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    let len = 512 - w.len();
+    match wrote.ok().and_then(|()| HeaderValue::from_bytes(&buf[..len]).ok()) {
+        Some(v) => {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        None => {
+            // An unusually long chain: the slow way.
+            let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {client}")) {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(h) = host {
