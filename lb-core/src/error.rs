@@ -53,3 +53,16 @@ pub fn is_no_endpoints(err: &(dyn std::error::Error + 'static)) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no endpoint with id {0:?}")]
 pub struct UnknownEndpoint(pub String);
+
+/// An error and its sources, joined by `": "`: what a log line or an error page
+/// should show (hyper's outer errors alone say little, e.g. "client error (Connect)").
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -292,26 +292,7 @@ pub(crate) async fn serve_admin(
     let builder = Arc::new(builder);
     let local = listener.local_addr().ok();
     tracing::debug!(listen = ?local, open = auth.is_open(), "admin listener started");
-    loop {
-        if *stop.borrow_and_update() {
-            break;
-        }
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            r = stop.changed() => {
-                if r.is_err() {
-                    break;
-                }
-                continue;
-            }
-        };
+    while let Some((tcp, peer)) = crate::server::accept(&listener, &mut stop).await {
         let state = state.clone();
         let auth = auth.clone();
         let svc = hyper::service::service_fn(move |req| {

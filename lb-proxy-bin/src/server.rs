@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
@@ -38,6 +38,31 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The next connection, or `None` once `stop` turns true (or its sender is gone).
+/// Accept errors (EMFILE and friends) are logged and retried after a short pause
+/// rather than spun on.
+pub(crate) async fn accept(listener: &TcpListener, stop: &mut watch::Receiver<bool>) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        if *stop.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    tracing::warn!(listen = ?listener.local_addr().ok(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            r = stop.changed() => {
+                if r.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` until `stop` turns true; each connection is
 /// watched by `graceful` so shutdown can wait for it.
 pub(crate) async fn serve_http(
@@ -51,19 +76,7 @@ pub(crate) async fn serve_http(
     let builder = Arc::new(builder(limits));
     let proto: &'static str = if tls.is_some() { "https" } else { "http" };
     let local = listener.local_addr().ok();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((tcp, peer)) = accept(&listener, &mut stop).await {
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();

@@ -83,12 +83,7 @@ pub(crate) fn build_upstream(cfg: &ServiceConfig, metrics: &Arc<Metrics>) -> Res
         .http()
         .track_latency(true)
         .panic_threshold(cfg.panic_threshold as f64 / 100.0);
-    let outlier = cfg.outlier.clone().unwrap_or(config::OutlierConfig {
-        consecutive_failures: 5,
-        base_ejection: Duration::from_secs(10),
-        max_ejection: Duration::from_secs(300),
-        max_ejection_percent: 50,
-    });
+    let outlier = cfg.outlier.clone().unwrap_or_default();
     if outlier.consecutive_failures > 0 {
         b = b.outlier_detection(OutlierConfig {
             consecutive_failures: outlier.consecutive_failures,

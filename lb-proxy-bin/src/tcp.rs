@@ -20,18 +20,7 @@ pub(crate) async fn serve_tcp(
     connect_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (client, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some((client, peer)) = crate::server::accept(&listener, &mut stop).await {
         let rt = state.load_full();
         let service = service.clone();
         tokio::spawn(async move {

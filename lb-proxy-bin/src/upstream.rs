@@ -107,16 +107,7 @@ impl Failure {
             Failure::NoEndpoints { overloaded: false } => "no healthy endpoint".into(),
             Failure::NoEndpoints { overloaded: true } => "every endpoint is at its limit".into(),
             Failure::Timeout => "the endpoint did not answer in time".into(),
-            Failure::Upstream(e) => {
-                let mut s = e.to_string();
-                let mut cur = e.source();
-                while let Some(c) = cur {
-                    s.push_str(": ");
-                    s.push_str(&c.to_string());
-                    cur = c.source();
-                }
-                s
-            }
+            Failure::Upstream(e) => lb_core::error::chain(&**e),
         }
     }
 }

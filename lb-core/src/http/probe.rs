@@ -53,7 +53,7 @@ impl HealthCheck for HttpProbe {
                 .header(http::header::USER_AGENT, "lb-health-check")
                 .body(empty())
                 .map_err(|e| ProbeError(e.to_string()))?;
-            let rsp = svc.call(req).await.map_err(|e| ProbeError(chain(&e)))?;
+            let rsp = svc.call(req).await.map_err(|e| ProbeError(crate::error::chain(&e)))?;
             let status = rsp.status();
             // Drain the body so the connection can be reused.
             let _ = rsp.into_body().collect().await;
@@ -64,17 +64,4 @@ impl HealthCheck for HttpProbe {
             }
         })
     }
-}
-
-/// An error and its sources, `outer: inner: ...`: hyper's outer errors alone say
-/// little ("client error (Connect)").
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
