@@ -58,7 +58,9 @@ async fn handle(lb: Lb, req: hyper::Request<Incoming>, peer: SocketAddr) -> hype
 async fn serve(listener: TcpListener, lb: Lb) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
-        let Ok((io, peer)) = listener.accept().await else { continue };
+        let Ok((io, peer)) = listener.accept().await else {
+            continue;
+        };
         let lb = lb.clone();
         let svc = hyper::service::service_fn(move |req| {
             let lb = lb.clone();
@@ -95,14 +97,23 @@ async fn main() {
         let dir = std::env::temp_dir().join(format!("lb-custom-proxy-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("endpoints.toml");
-        std::fs::write(&file, format!("endpoints = [{{ addr = \"{a}\" }}, {{ addr = \"{b}\" }}]\n")).expect("write");
+        std::fs::write(
+            &file,
+            format!("endpoints = [{{ addr = \"{a}\" }}, {{ addr = \"{b}\" }}]\n"),
+        )
+        .expect("write");
         ("127.0.0.1:0".to_string(), file)
     } else {
-        (args[0].clone(), args.get(1).map(Into::into).unwrap_or_else(|| "endpoints.toml".into()))
+        (
+            args[0].clone(),
+            args.get(1).map(Into::into).unwrap_or_else(|| "endpoints.toml".into()),
+        )
     };
 
     // The discovery source: the file, watched; names in it are resolved and refreshed.
-    let updates = lb_discovery_static::EndpointsFile::new(file).watch().expect("read the endpoints file");
+    let updates = lb_discovery_static::EndpointsFile::new(file)
+        .watch()
+        .expect("read the endpoints file");
     // The balanced service.
     let lb: Lb = Balancer::builder(LeastConn::new())
         .name("custom")
@@ -121,7 +132,10 @@ async fn main() {
             .build_http::<http_body_util::Empty<bytes::Bytes>>();
         let mut who = Vec::new();
         for _ in 0..4 {
-            let rsp = client.get(format!("http://{addr}/").parse().expect("uri")).await.expect("request");
+            let rsp = client
+                .get(format!("http://{addr}/").parse().expect("uri"))
+                .await
+                .expect("request");
             let body = rsp.into_body().collect().await.expect("body").to_bytes();
             who.push(String::from_utf8_lossy(&body).into_owned());
         }

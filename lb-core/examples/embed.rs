@@ -23,9 +23,13 @@ async fn backend(name: &'static str) -> std::net::SocketAddr {
         loop {
             let (io, _) = listener.accept().await.unwrap();
             let svc = hyper::service::service_fn(move |_req| async move {
-                Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(name))))
+                Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                    name,
+                ))))
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), svc));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), svc),
+            );
         }
     });
     addr

@@ -38,7 +38,9 @@ pub(crate) async fn backend(name: String) -> std::io::Result<SocketAddr> {
                 }
             });
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
             });
         }
     });
@@ -48,7 +50,11 @@ pub(crate) async fn backend(name: String) -> std::io::Result<SocketAddr> {
 /// The demo's config text.
 pub(crate) fn config_text(listen: SocketAddr, admin: SocketAddr, balance: &str, backends: &[SocketAddr]) -> String {
     let endpoints: Vec<String> = backends.iter().map(|a| format!("{{ addr = \"{a}\" }}")).collect();
-    let hash = if balance == "consistent_hash" { "hash_key = \"header:x-user\"\n" } else { "" };
+    let hash = if balance == "consistent_hash" {
+        "hash_key = \"header:x-user\"\n"
+    } else {
+        ""
+    };
     format!(
         r#"[server]
 listen = ["{listen}"]
@@ -74,7 +80,11 @@ service = "demo"
 pub(crate) async fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) -> Result<(), StackError> {
     let mut backends = Vec::new();
     for i in 1..=3 {
-        backends.push(backend(format!("backend-{i}")).await.map_err(|e| StackError::Other(format!("demo backend: {e}")))?);
+        backends.push(
+            backend(format!("backend-{i}"))
+                .await
+                .map_err(|e| StackError::Other(format!("demo backend: {e}")))?,
+        );
     }
     let text = config_text(listen, admin, balance, &backends);
     let path = std::path::PathBuf::from("<demo>");
@@ -88,10 +98,17 @@ pub(crate) async fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) ->
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
     for _ in 0..6 {
-        let uri: hyper::Uri = format!("http://{listen}/").parse().expect("a socket address makes a URI");
+        let uri: hyper::Uri = format!("http://{listen}/")
+            .parse()
+            .expect("a socket address makes a URI");
         match client.get(uri).await {
             Ok(rsp) => {
-                let body = rsp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = rsp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 print!("  {}", String::from_utf8_lossy(&body));
             }
             Err(e) => println!("  request failed: {e}"),

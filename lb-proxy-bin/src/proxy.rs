@@ -16,18 +16,27 @@ use crate::runtime::Runtime;
 pub(crate) fn plain(status: StatusCode, text: String) -> Response<Body> {
     let mut rsp = Response::new(full(text));
     *rsp.status_mut() = status;
-    rsp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    rsp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     rsp
 }
 
 /// Serves one client request.
-pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: SocketAddr, proto: &'static str) -> Response<Body> {
+pub(crate) async fn handle(
+    rt: Arc<Runtime>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> Response<Body> {
     let start = Instant::now();
     let Some(upstream) = rt.route(forward::request_host(&req), req.uri().path()) else {
         let host = forward::request_host(&req).unwrap_or("");
         tracing::info!(target: "lb_proxy::access", %peer, method = %req.method(), path = %req.uri().path(), status = 404, "no route");
         rt.metrics.unrouted();
-        return plain(StatusCode::NOT_FOUND, format!("404 Not Found: no route for {host}{}\n", req.uri().path()));
+        return plain(
+            StatusCode::NOT_FOUND,
+            format!("404 Not Found: no route for {host}{}\n", req.uri().path()),
+        );
     };
     if let Some(max) = rt.max_body {
         let declared = req
@@ -36,10 +45,17 @@ pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: S
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max) {
-            return plain(StatusCode::PAYLOAD_TOO_LARGE, format!("413 Payload Too Large: the limit is {max} bytes\n"));
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("413 Payload Too Large: the limit is {max} bytes\n"),
+            );
         }
     }
-    let client_upgrade = if forward::is_upgrade(&req) { upgrade::take(&mut req) } else { None };
+    let client_upgrade = if forward::is_upgrade(&req) {
+        upgrade::take(&mut req)
+    } else {
+        None
+    };
     // For the access log: clones of parsed values share their bytes (no copy).
     let method = req.method().clone();
     let uri = req.uri().clone();
@@ -59,7 +75,8 @@ pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: S
         Ok(mut rsp) => {
             let status = rsp.status();
             let endpoint = rsp.body().guard().map(|g| g.endpoint().id().clone());
-            rt.metrics.request(&upstream.name, endpoint.as_ref(), status.as_u16(), elapsed);
+            rt.metrics
+                .request(&upstream.name, endpoint.as_ref(), status.as_u16(), elapsed);
             tracing::info!(target: "lb_proxy::access", %peer, %method, %path, service = %upstream.name, endpoint = %endpoint.as_ref().map(|e| e.as_str()).unwrap_or("-"), status = status.as_u16(), ms = elapsed.as_secs_f64() * 1e3, "request");
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 if let (Some(c), Some(e)) = (client_upgrade, upgrade::take(&mut rsp)) {
@@ -75,7 +92,13 @@ pub(crate) async fn handle(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: S
             tracing::info!(target: "lb_proxy::access", %peer, %method, %path, service = %upstream.name, status = status.as_u16(), error = %f.reason(), "request failed");
             plain(
                 status,
-                format!("{} {}: service {}: {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""), upstream.name, f.reason()),
+                format!(
+                    "{} {}: service {}: {}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or(""),
+                    upstream.name,
+                    f.reason()
+                ),
             )
         }
     }

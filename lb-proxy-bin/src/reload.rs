@@ -25,12 +25,20 @@ pub(crate) async fn watch(
     mut stop: watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     let file_name = path.file_name().map(|n| n.to_os_string());
     let fs_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if ev.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name) {
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+            {
                 let _ = fs_tx.send("file changed");
             }
         }
@@ -53,7 +61,9 @@ pub(crate) async fn watch(
         let hup_tx = tx.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
             while hup.recv().await.is_some() {
                 if hup_tx.send("SIGHUP").is_err() {
                     return;
@@ -95,7 +105,13 @@ pub(crate) async fn watch(
                 crate::stack::settle(&rt, crate::stack::SETTLE_LIMIT).await;
                 state.store(Arc::new(rt));
                 metrics.reload(true);
-                tracing::info!(reason = why, generation, services = next.services.len(), routes = next.routes.len(), "config reloaded");
+                tracing::info!(
+                    reason = why,
+                    generation,
+                    services = next.services.len(),
+                    routes = next.routes.len(),
+                    "config reloaded"
+                );
                 current = next;
             }
             Err(e) => {

@@ -66,7 +66,12 @@ impl Router {
             })
             .collect();
         // Stable: config order breaks ties.
-        routes.sort_by(|a, b| b.host.rank().cmp(&a.host.rank()).then(b.prefix.len().cmp(&a.prefix.len())));
+        routes.sort_by(|a, b| {
+            b.host
+                .rank()
+                .cmp(&a.host.rank())
+                .then(b.prefix.len().cmp(&a.prefix.len()))
+        });
         Self { routes }
     }
 

@@ -32,7 +32,11 @@ impl Runtime {
         generation: u64,
         max_body: Option<u64>,
     ) -> Self {
-        let by_name = upstreams.iter().enumerate().map(|(i, u)| (u.name.to_string(), i)).collect();
+        let by_name = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.to_string(), i))
+            .collect();
         Self {
             upstreams,
             by_name,

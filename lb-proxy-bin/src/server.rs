@@ -41,7 +41,10 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
 /// The next connection, or `None` once `stop` turns true (or its sender is gone).
 /// Accept errors (EMFILE and friends) are logged and retried after a short pause
 /// rather than spun on.
-pub(crate) async fn accept(listener: &TcpListener, stop: &mut watch::Receiver<bool>) -> Option<(TcpStream, SocketAddr)> {
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         if *stop.borrow_and_update() {
             return None;

@@ -112,7 +112,10 @@ pub(crate) fn build_upstream(cfg: &ServiceConfig, metrics: &Arc<Metrics>) -> Res
     }
     let updates = match &cfg.endpoints {
         EndpointSource::Static(list) => {
-            let specs = list.iter().map(|e| EndpointSpec::new(e.addr.clone()).with_weight(e.weight)).collect();
+            let specs = list
+                .iter()
+                .map(|e| EndpointSpec::new(e.addr.clone()).with_weight(e.weight))
+                .collect();
             lb_discovery_static::resolve_stream(specs, cfg.dns_refresh)
         }
         EndpointSource::File(path) => EndpointsFile::new(path.clone())
@@ -167,13 +170,26 @@ pub(crate) fn build_runtime(
             }
         }
     }
-    let index = |name: &str| cfg.services.iter().position(|s| s.name == name).expect("validated: routes name services");
-    let router = Router::new(
-        cfg.routes
+    let index = |name: &str| {
+        cfg.services
             .iter()
-            .map(|r| (r.host.as_ref().map(|h| h.to_string()), r.path_prefix.clone(), index(&r.service))),
-    );
-    Ok(Runtime::new(upstreams, router, metrics.clone(), generation, cfg.server.max_body_bytes))
+            .position(|s| s.name == name)
+            .expect("validated: routes name services")
+    };
+    let router = Router::new(cfg.routes.iter().map(|r| {
+        (
+            r.host.as_ref().map(|h| h.to_string()),
+            r.path_prefix.clone(),
+            index(&r.service),
+        )
+    }));
+    Ok(Runtime::new(
+        upstreams,
+        router,
+        metrics.clone(),
+        generation,
+        cfg.server.max_body_bytes,
+    ))
 }
 
 /// How long [`settle`] waits for new balancers to take their first endpoints.
@@ -224,7 +240,9 @@ impl std::fmt::Debug for Started {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StackError> {
-    TcpListener::bind(addr).await.map_err(|source| StackError::Bind { addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StackError::Bind { addr, source })
 }
 
 /// Binds every listener and starts serving `cfg`. `path` enables reloads.
@@ -282,7 +300,13 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
             .map(|s| s.connect_timeout)
             .unwrap_or(Duration::from_secs(2));
         tracing::info!(listen = ?l.local_addr().ok(), service = %service, "tcp listening");
-        tasks.push(tokio::spawn(tcp::serve_tcp(l, service, state.clone(), connect, stop_rx.clone())));
+        tasks.push(tokio::spawn(tcp::serve_tcp(
+            l,
+            service,
+            state.clone(),
+            connect,
+            stop_rx.clone(),
+        )));
     }
     let admin_addr = admin.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
     tracing::info!(listen = %admin_addr, "admin listening");
@@ -290,9 +314,20 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         token: cfg.admin.token.clone(),
         basic: cfg.admin.basic.as_ref().map(|b| (b.user.clone(), b.password.clone())),
     };
-    tasks.push(tokio::spawn(crate::admin::serve_admin(admin, state.clone(), auth, stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::admin::serve_admin(
+        admin,
+        state.clone(),
+        auth,
+        stop_rx.clone(),
+    )));
     if let Some(path) = path {
-        tasks.push(tokio::spawn(crate::reload::watch(path, cfg, state.clone(), metrics, stop_rx.clone())));
+        tasks.push(tokio::spawn(crate::reload::watch(
+            path,
+            cfg,
+            state.clone(),
+            metrics,
+            stop_rx.clone(),
+        )));
     }
     Ok(Started {
         stop,

@@ -17,7 +17,8 @@ use crate::stack::StackError;
 fn certified_key(ck: &CertKey) -> Result<CertifiedKey, StackError> {
     let certs = load_certs(&ck.cert)?;
     let key = load_key(&ck.key)?;
-    let key = any_supported_type(&key).map_err(|e| StackError::Tls(format!("{}: unsupported key: {e}", ck.key.display())))?;
+    let key =
+        any_supported_type(&key).map_err(|e| StackError::Tls(format!("{}: unsupported key: {e}", ck.key.display())))?;
     Ok(CertifiedKey::new(certs, key))
 }
 
@@ -53,7 +54,11 @@ impl rustls::server::ResolvesServerCert for Resolver {
             if let Some(ck) = self.exact.get(&name) {
                 return Some(ck.clone());
             }
-            if let Some((_, ck)) = self.wildcard.iter().find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str())) {
+            if let Some((_, ck)) = self
+                .wildcard
+                .iter()
+                .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
+            {
                 return Some(ck.clone());
             }
         }

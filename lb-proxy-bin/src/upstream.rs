@@ -113,7 +113,10 @@ impl Failure {
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 impl Upstream {
@@ -129,7 +132,11 @@ impl Upstream {
         // Replayable: an empty body, or a small one we buffer.
         let (replay, mut body) = if body.is_end_stream() {
             (Some(Bytes::new()), None)
-        } else if body.size_hint().exact().is_some_and(|n| n as usize <= self.settings.replay_limit) {
+        } else if body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n as usize <= self.settings.replay_limit)
+        {
             match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
                 Err(e) => return Err(Failure::Upstream(e)),

@@ -51,7 +51,10 @@ fn check_names_file_line_column_and_key() {
 
 #[test]
 fn unknown_key_is_an_error() {
-    let p = temp("unknown.toml", &GOOD.replace("[admin]\n", "[admin]\nlisten_on = \"x\"\n"));
+    let p = temp(
+        "unknown.toml",
+        &GOOD.replace("[admin]\n", "[admin]\nlisten_on = \"x\"\n"),
+    );
     let out = bin().arg("check").arg(&p).output().expect("run lb-proxy");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

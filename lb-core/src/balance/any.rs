@@ -1,8 +1,8 @@
 //! A policy chosen at run time, for proxies that read it from configuration.
 
 use super::{
-    Balance, Candidates, LeastConn, Maglev, MaglevTable, P2c, PeakEwma, PendingRequests, PickContext, Random, RoundRobin,
-    Schedule, Tree, Weighted, WeightedRoundRobin,
+    Balance, Candidates, LeastConn, Maglev, MaglevTable, P2c, PeakEwma, PendingRequests, PickContext, Random,
+    RoundRobin, Schedule, Tree, Weighted, WeightedRoundRobin,
 };
 
 /// Any of the built-in policies, picked at run time (from a config file, say).

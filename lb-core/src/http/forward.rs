@@ -65,7 +65,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in named {
         headers.remove(h);
     }
-    for h in [&CONNECTION, &TE, &TRAILER, &TRANSFER_ENCODING, &UPGRADE, &PROXY_AUTHENTICATE, &PROXY_AUTHORIZATION] {
+    for h in [
+        &CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &PROXY_AUTHENTICATE,
+        &PROXY_AUTHORIZATION,
+    ] {
         headers.remove(h);
     }
     headers.remove(&KEEP_ALIVE);
@@ -88,12 +96,19 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// `Host` (set from the URI authority for HTTP/2 clients). The request goes out as
 /// HTTP/1.1.
 pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static str) {
-    let upgrade = if is_upgrade(req) { req.headers().get(UPGRADE).cloned() } else { None };
+    let upgrade = if is_upgrade(req) {
+        req.headers().get(UPGRADE).cloned()
+    } else {
+        None
+    };
     // The Host header's value is shared, not copied; HTTP/2 clients name the host in
     // the URI instead.
     let host = match req.headers().get(HOST) {
         Some(h) => Some(h.clone()),
-        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
     };
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -104,7 +119,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static 
     // "prev, client" written into a stack buffer: one allocation, inside HeaderValue.
     let mut buf = [0u8; 512];
     let mut w = &mut buf[..];
-    let prev = headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes).filter(|p| !p.is_empty());
+    let prev = headers
+        .get(&X_FORWARDED_FOR)
+        .map(HeaderValue::as_bytes)
+        .filter(|p| !p.is_empty());
     let wrote = match prev {
         Some(p) if p.len() < 400 => {
             use std::io::Write;
@@ -123,7 +141,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static 
         }
         None => {
             // An unusually long chain: the slow way.
-            let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let prev = headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {client}")) {
                 headers.insert(X_FORWARDED_FOR.clone(), v);
             }
@@ -162,7 +183,10 @@ mod tests {
             .unwrap();
         prepare_request(&mut req, "127.0.0.1".parse().unwrap(), "http");
         let h = req.headers();
-        assert!(h.get("x-secret").is_none(), "headers named by Connection are hop-by-hop");
+        assert!(
+            h.get("x-secret").is_none(),
+            "headers named by Connection are hop-by-hop"
+        );
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(CONNECTION).is_none());
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
@@ -187,7 +211,10 @@ mod tests {
 
     #[test]
     fn http2_authority_becomes_host() {
-        let mut req = Request::get("http://api.localhost/x").version(Version::HTTP_2).body(()).unwrap();
+        let mut req = Request::get("http://api.localhost/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
         prepare_request(&mut req, "127.0.0.1".parse().unwrap(), "http");
         assert_eq!(req.headers()[HOST], "api.localhost");
         assert_eq!(req.version(), Version::HTTP_11);

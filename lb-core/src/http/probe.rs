@@ -44,10 +44,16 @@ impl HealthCheck for HttpProbe {
     fn check(&self, endpoint: &Endpoint) -> BoxFuture<Result<(), ProbeError>> {
         use tower_service::Service;
         let mut svc = self.connect.for_endpoint(endpoint);
-        let path = if self.path.starts_with('/') { self.path.clone() } else { format!("/{}", self.path) };
+        let path = if self.path.starts_with('/') {
+            self.path.clone()
+        } else {
+            format!("/{}", self.path)
+        };
         let host = self.host.clone().unwrap_or_else(|| endpoint.addr().to_string());
         Box::pin(async move {
-            let uri: Uri = path.parse().map_err(|e| ProbeError(format!("bad probe path {path:?}: {e}")))?;
+            let uri: Uri = path
+                .parse()
+                .map_err(|e| ProbeError(format!("bad probe path {path:?}: {e}")))?;
             let req = Request::get(uri)
                 .header(http::header::HOST, host)
                 .header(http::header::USER_AGENT, "lb-health-check")

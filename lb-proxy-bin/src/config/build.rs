@@ -75,7 +75,10 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
 
     for (i, (addr, path)) in listeners.iter().enumerate() {
         // Port 0 asks the system for a free port: it never conflicts.
-        if let Some((_, first)) = listeners[..i].iter().find(|(other, _)| other == addr && addr.port() != 0) {
+        if let Some((_, first)) = listeners[..i]
+            .iter()
+            .find(|(other, _)| other == addr && addr.port() != 0)
+        {
             return Err(Invalid::new(path, format!("address {addr} is already used by {first}")));
         }
     }

@@ -20,7 +20,11 @@ fn cert(dir: &TempDir, tag: &str, names: &[&str]) -> (String, String, Certificat
     let key = dir.0.join(format!("{tag}-key.pem"));
     std::fs::write(&cert, ck.cert.pem()).expect("write cert");
     std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write key");
-    (cert.display().to_string(), key.display().to_string(), ck.cert.der().clone())
+    (
+        cert.display().to_string(),
+        key.display().to_string(),
+        ck.cert.der().clone(),
+    )
 }
 
 /// A TLS client that trusts only `root`, offering `alpn`.
@@ -47,7 +51,9 @@ async fn get(
     let stream = tls.connect(server, tcp).await.map_err(|e| format!("handshake: {e}"))?;
     let alpn = stream.get_ref().1.alpn_protocol().map(|p| p.to_vec());
     let io = TokioIo::new(stream);
-    let req = Request::get(format!("https://{name}/tls")).body(Empty::<Bytes>::new()).expect("request");
+    let req = Request::get(format!("https://{name}/tls"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
     let rsp = if alpn.as_deref() == Some(b"h2") {
         let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
@@ -55,10 +61,13 @@ async fn get(
         tokio::spawn(conn);
         send.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let mut req = req;
-        req.headers_mut().insert(http::header::HOST, name.parse().expect("host"));
+        req.headers_mut()
+            .insert(http::header::HOST, name.parse().expect("host"));
         *req.uri_mut() = "/tls".parse().expect("uri");
         send.send_request(req).await.map_err(|e| e.to_string())?
     };
@@ -103,10 +112,15 @@ async fn https_with_alpn_and_sni() {
 
         // SNI: api.localhost gets its own certificate; a client trusting only the
         // default one refuses it, a client trusting the api one accepts.
-        let (_, status, _) = get(addr, &connector(aroot, &[b"h2"]), "api.localhost").await.expect("sni cert");
+        let (_, status, _) = get(addr, &connector(aroot, &[b"h2"]), "api.localhost")
+            .await
+            .expect("sni cert");
         assert_eq!(status, 200);
         let wrong = get(addr, &connector(droot, &[b"h2"]), "api.localhost").await;
-        assert!(wrong.is_err(), "the default certificate must not be served for api.localhost");
+        assert!(
+            wrong.is_err(),
+            "the default certificate must not be served for api.localhost"
+        );
         p.shutdown().await;
     })
     .await;
