@@ -5,4 +5,5 @@ mod balance;
 mod protocol;
 mod resilience;
 mod support;
+mod dns;
 mod tls;
