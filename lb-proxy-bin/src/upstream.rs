@@ -127,7 +127,7 @@ impl Upstream {
         &self,
         req: Request<Body>,
         metrics: &Metrics,
-    ) -> Result<Response<lb_core::TrackedBody<hyper::body::Incoming>>, Failure> {
+    ) -> Result<Response<lb_core::TrackedBody<lb_core::http::ResponseBody>>, Failure> {
         let (parts, body) = req.into_parts();
         // Replayable: an empty body, or a small one we buffer.
         let (replay, mut body) = if body.is_end_stream() {
@@ -190,7 +190,7 @@ impl Upstream {
     }
 }
 
-type Answer = Response<lb_core::TrackedBody<hyper::body::Incoming>>;
+type Answer = Response<lb_core::TrackedBody<lb_core::http::ResponseBody>>;
 
 /// One call through the balancer, as a future with its types spelled out (this keeps
 /// the compiler's `Send` check of the handler from tripping over higher-ranked

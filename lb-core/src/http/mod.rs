@@ -3,7 +3,7 @@
 //!
 //! - [`HttpConnect`] is the connector a [`Balancer`](crate::Balancer) takes: it turns
 //!   each [`Endpoint`](crate::Endpoint) into an [`EndpointService`] that sends requests
-//!   to that endpoint's address over keep-alive connections from one shared pool.
+//!   to that endpoint's address over keep-alive connections from that endpoint's own pool.
 //! - [`forward`] prepares a request for the hop to an endpoint (hop-by-hop headers
 //!   removed, `X-Forwarded-For`/`-Proto`/`-Host` set, `Host` passed through) and the
 //!   response for the hop back.
@@ -15,7 +15,9 @@ pub mod forward;
 mod probe;
 pub mod upgrade;
 
-pub use self::client::{is_connect_error, ClientConfig, EndpointService, HttpConnect};
+pub use self::client::{
+    is_connect_error, ClientConfig, ClientError, EndpointService, HttpConnect, ResponseBody, ResponseFuture,
+};
 pub use self::probe::HttpProbe;
 
 /// The body type [`EndpointService`] sends and [`forward`] works with: any body of
