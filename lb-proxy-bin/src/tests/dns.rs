@@ -17,9 +17,16 @@ async fn endpoints_by_name_are_resolved() {
         ready(&p, "web", 1).await;
         let status = p.state.load().upstream("web").expect("service").balancer.status();
         assert!(
-            status.endpoints.iter().any(|e| e.addr == a.addr && e.id.as_str().starts_with("localhost:")),
+            status
+                .endpoints
+                .iter()
+                .any(|e| e.addr == a.addr && e.id.as_str().starts_with("localhost:")),
             "localhost resolves to the backend's address, with an id naming the host: {:?}",
-            status.endpoints.iter().map(|e| (e.id.to_string(), e.addr)).collect::<Vec<_>>()
+            status
+                .endpoints
+                .iter()
+                .map(|e| (e.id.to_string(), e.addr))
+                .collect::<Vec<_>>()
         );
         let cl = client();
         for _ in 0..5 {

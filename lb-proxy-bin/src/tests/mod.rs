@@ -2,8 +2,8 @@
 //! ([`support::Backend`]), real clients, the stack started from a config text.
 
 mod balance;
+mod dns;
 mod protocol;
 mod resilience;
 mod support;
-mod dns;
 mod tls;
