@@ -18,21 +18,23 @@ use pin_project_lite::pin_project;
 
 use crate::state::EndpointState;
 
-/// What a finished request tells the endpoint's state. Implemented by snapshots.
+/// A policy that keeps derived state per snapshot (least-conn's tree, bounded
+/// Maglev's total) hears about finished requests through the snapshot they came from.
+/// Implemented by snapshots.
 pub(crate) trait Release: Send + Sync + 'static {
-    fn release(&self, index: u32, failed: bool);
-    fn observe(&self, index: u32, start: Instant);
-    fn state(&self, index: u32) -> &EndpointState;
+    fn release(&self, index: u32);
 }
 
 /// Holds one request's place on an endpoint.
 ///
 /// Dropping it ends the request: the endpoint's in-flight count goes down and the
-/// outcome is recorded. It holds the snapshot it was picked from (an `Arc`), not a
-/// copy of anything: taking and dropping one allocates nothing.
+/// outcome is recorded. It holds the endpoint's state (an `Arc`), and for policies that
+/// track releases the snapshot it was picked from, not a copy of anything: taking and
+/// dropping one allocates nothing, and threads picking different endpoints write no
+/// shared cache line for it.
 pub struct InFlight {
-    snap: Arc<dyn Release>,
-    index: u32,
+    state: Arc<EndpointState>,
+    tracker: Option<(Arc<dyn Release>, u32)>,
     start: Option<Instant>,
     failed: bool,
 }
@@ -40,7 +42,7 @@ pub struct InFlight {
 impl fmt::Debug for InFlight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
-            .field("index", &self.index)
+            .field("endpoint", self.state.id())
             .field("failed", &self.failed)
             .finish()
     }
@@ -50,10 +52,14 @@ impl fmt::Debug for InFlight {
 
 impl InFlight {
     #[inline]
-    pub(crate) fn new(snap: Arc<dyn Release>, index: u32, start: Option<Instant>) -> Self {
+    pub(crate) fn new(
+        state: Arc<EndpointState>,
+        tracker: Option<(Arc<dyn Release>, u32)>,
+        start: Option<Instant>,
+    ) -> Self {
         Self {
-            snap,
-            index,
+            state,
+            tracker,
             start,
             failed: false,
         }
@@ -67,7 +73,7 @@ impl InFlight {
 
     /// The endpoint this request went to.
     pub fn endpoint(&self) -> &EndpointState {
-        self.snap.state(self.index)
+        &self.state
     }
 
     /// Whether it was marked failed.
@@ -79,7 +85,7 @@ impl InFlight {
     /// once. Called when the response head arrives.
     pub fn observe_latency(&mut self) {
         if let Some(start) = self.start.take() {
-            self.snap.observe(self.index, start);
+            self.state.observe_since(start);
         }
     }
 }
@@ -87,7 +93,10 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.observe_latency();
-        self.snap.release(self.index, self.failed);
+        self.state.finish(self.failed);
+        if let Some((snap, index)) = self.tracker.take() {
+            snap.release(index);
+        }
     }
 }
 

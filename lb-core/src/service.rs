@@ -283,7 +283,7 @@ impl<P: Balance, C, K> Builder<P, C, K> {
         let (tx, rx) = mpsc::unbounded_channel();
         let timed = config.track_latency || policy.needs_latency();
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(empty_snapshot(&policy, &events, &config)),
+            snapshot: ArcSwap::from_pointee(empty_snapshot(&policy)),
             all: ArcSwap::from_pointee(Vec::new()),
             policy: policy.clone(),
             config: config.clone(),
@@ -519,7 +519,9 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
             key,
             now: start.map_or(0, crate::state::ns_at),
         };
-        let mut snap = self.snapshot.load_full();
+        // A guard, not a clone: the snapshot's reference count is shared by every
+        // thread, and only policies that track releases need to keep the snapshot.
+        let mut snap = self.snapshot.load();
         // A snapshot can go stale while a picker looks at it: if every endpoint in it
         // went out meanwhile (a whole set replaced, or this thread preempted across
         // several updates), a newer snapshot has the endpoints that replaced them.
@@ -528,7 +530,7 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
             match self.find(&snap, &cx) {
                 Ok(i) => break i,
                 Err(overloaded) => {
-                    let current = self.snapshot.load_full();
+                    let current = self.snapshot.load();
                     if reloads == 2 || Arc::ptr_eq(&current, &snap) {
                         return Err(overloaded);
                     }
@@ -542,10 +544,17 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         st.acquire();
         snap.policy.on_acquire(&snap.state, &set, i);
         let service = snap.services[i].clone();
-        let rel: Arc<dyn Release> = snap;
+        let state = snap.endpoints[i].clone();
+        let tracker = if snap.policy.tracks_release() {
+            let full: Arc<crate::table::Snapshot<P, S>> = arc_swap::Guard::into_inner(snap);
+            let rel: Arc<dyn Release> = full;
+            Some((rel, i as u32))
+        } else {
+            None
+        };
         Ok(Picked {
             service,
-            guard: InFlight::new(rel, i as u32, start),
+            guard: InFlight::new(state, tracker, start),
         })
     }
 

@@ -120,6 +120,17 @@ pub struct EndpointState {
     rtt_stamp_ns: AtomicU64,
     health_streak: AtomicU32,
     last_check: Mutex<Option<CheckRecord>>,
+    /// How a finished request reaches the balancer's writer (set when the writer
+    /// creates the state; absent for states made by hand, e.g. in policy tests).
+    link: OnceLock<Link>,
+}
+
+/// What an endpoint's state needs of its balancer when a request ends.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) events: Arc<crate::table::Events>,
+    pub(crate) outlier_threshold: u32,
+    pub(crate) decay_ns: f64,
 }
 
 // === impl EndpointState ===
@@ -141,6 +152,7 @@ impl EndpointState {
             rtt_stamp_ns: AtomicU64::new(now_ns()),
             health_streak: AtomicU32::new(0),
             last_check: Mutex::new(None),
+            link: OnceLock::new(),
         }
     }
 
@@ -247,6 +259,34 @@ impl EndpointState {
             self.flags.fetch_and(!bit, Relaxed)
         };
         (prev & bit != 0) != on
+    }
+
+    pub(crate) fn link(&self, link: Link) {
+        let _ = self.link.set(link);
+    }
+
+    /// Ends one request: in flight goes down, the outcome feeds passive health, and the
+    /// writer is woken if the failure streak reached the outlier threshold.
+    #[inline]
+    pub(crate) fn finish(&self, failed: bool) {
+        if failed {
+            let streak = self.record_failure();
+            if let Some(l) = self.link.get() {
+                if l.outlier_threshold > 0 && streak >= l.outlier_threshold {
+                    l.events.notify.notify_one();
+                }
+            }
+        } else {
+            self.record_success();
+        }
+        self.release();
+    }
+
+    /// Records the time from `start` to now as a latency sample (one clock read).
+    pub(crate) fn observe_since(&self, start: Instant) {
+        let now = Instant::now();
+        let decay = self.link.get().map_or(10e9, |l| l.decay_ns);
+        self.observe_rtt(now.duration_since(start), ns_at(now), decay);
     }
 
     // --- load ---

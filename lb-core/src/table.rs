@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant as StdInstant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
@@ -27,7 +27,7 @@ use crate::endpoint::{Endpoint, EndpointId};
 use crate::error::{BoxError, UnknownEndpoint};
 use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
 use crate::load::Release;
-use crate::state::{ns_at, EndpointState, Flag};
+use crate::state::{EndpointState, Flag, Link};
 
 /// Balancer settings shared by the writer and the pickers.
 #[derive(Clone)]
@@ -75,9 +75,6 @@ pub(crate) struct Snapshot<P: Balance, S> {
     pub(crate) policy: Arc<P>,
     /// Too few endpoints are healthy: health is ignored (draining still counts).
     pub(crate) panic: bool,
-    pub(crate) events: Arc<Events>,
-    pub(crate) outlier_threshold: u32,
-    pub(crate) decay_ns: f64,
 }
 
 impl<P: Balance, S> Snapshot<P, S> {
@@ -102,31 +99,8 @@ impl<P: Balance, S> Snapshot<P, S> {
 
 impl<P: Balance, S: Send + Sync + 'static> Release for Snapshot<P, S> {
     #[inline]
-    fn release(&self, index: u32, failed: bool) {
-        let i = index as usize;
-        let st = &self.endpoints[i];
-        if failed {
-            let streak = st.record_failure();
-            if self.outlier_threshold > 0 && streak >= self.outlier_threshold {
-                self.events.notify.notify_one();
-            }
-        } else {
-            st.record_success();
-        }
-        st.release();
-        if self.policy.tracks_release() {
-            self.policy.on_release(&self.state, &self.candidates(), i);
-        }
-    }
-
-    fn state(&self, index: u32) -> &EndpointState {
-        &self.endpoints[index as usize]
-    }
-
-    fn observe(&self, index: u32, start: StdInstant) {
-        // One clock read gives both the sample and its time stamp.
-        let now = StdInstant::now();
-        self.endpoints[index as usize].observe_rtt(now.duration_since(start), ns_at(now), self.decay_ns);
+    fn release(&self, index: u32) {
+        self.policy.on_release(&self.state, &self.candidates(), index as usize);
     }
 }
 
@@ -166,7 +140,7 @@ impl<P: Balance, S> std::fmt::Debug for Shared<P, S> {
     }
 }
 
-pub(crate) fn empty_snapshot<P: Balance, S>(policy: &Arc<P>, events: &Arc<Events>, cfg: &Config) -> Snapshot<P, S> {
+pub(crate) fn empty_snapshot<P: Balance, S>(policy: &Arc<P>) -> Snapshot<P, S> {
     Snapshot {
         generation: 0,
         endpoints: Box::new([]),
@@ -175,9 +149,6 @@ pub(crate) fn empty_snapshot<P: Balance, S>(policy: &Arc<P>, events: &Arc<Events
         state: policy.build(&Candidates::new(&[], &[])),
         policy: policy.clone(),
         panic: false,
-        events: events.clone(),
-        outlier_threshold: cfg.outlier.map(|o| o.consecutive_failures).unwrap_or(0),
-        decay_ns: cfg.decay_ns,
     }
 }
 
@@ -379,7 +350,13 @@ where
             }
             None => {
                 tracing::info!(balancer = %self.config.name, endpoint = %ep.id(), addr = %ep.addr(), weight = ep.weight(), "endpoint added");
-                Arc::new(EndpointState::new(ep.clone(), self.config.default_rtt))
+                let st = EndpointState::new(ep.clone(), self.config.default_rtt);
+                st.link(Link {
+                    events: self.events.clone(),
+                    outlier_threshold: self.config.outlier.map(|o| o.consecutive_failures).unwrap_or(0),
+                    decay_ns: self.config.decay_ns,
+                });
+                Arc::new(st)
             }
         };
         let ramp_from = (self.seen_first_set && self.config.slow_start.is_some()).then(Instant::now);
@@ -570,9 +547,6 @@ where
             state,
             policy: self.policy.clone(),
             panic,
-            events: self.events.clone(),
-            outlier_threshold: self.config.outlier.map(|o| o.consecutive_failures).unwrap_or(0),
-            decay_ns: self.config.decay_ns,
         };
         tracing::debug!(balancer = %name, generation = self.generation, eligible = snap.endpoints.len(), "snapshot published");
         shared.snapshot.store(Arc::new(snap));
