@@ -25,6 +25,11 @@ mod upstream;
 #[cfg(test)]
 mod tests;
 
+/// mimalloc: malloc and free are about a tenth of the proxy's user time with glibc's
+/// allocator (benches/proxy, docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Load balancing reverse proxy: HTTP and TCP, static files and DNS names.
 #[derive(Debug, Parser)]
 #[command(name = "lb-proxy", version, about)]
