@@ -66,3 +66,29 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+/// A request failed at an endpoint: the endpoint service's error, with the endpoint it
+/// came from, so a retry can go elsewhere (see [`Avoid`](crate::Avoid)).
+#[derive(Debug, thiserror::Error)]
+#[error("endpoint {endpoint}: {source}")]
+pub struct EndpointError {
+    endpoint: crate::EndpointId,
+    #[source]
+    source: BoxError,
+}
+
+impl EndpointError {
+    pub(crate) fn new(endpoint: crate::EndpointId, source: BoxError) -> Self {
+        Self { endpoint, source }
+    }
+
+    /// The endpoint the request failed at.
+    pub fn endpoint(&self) -> &crate::EndpointId {
+        &self.endpoint
+    }
+
+    /// The endpoint service's own error.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}

@@ -17,7 +17,7 @@ use tower_service::Service;
 use crate::balance::{Balance, PickContext, WEIGHT_SCALE};
 use crate::discover::Discover;
 use crate::endpoint::{Endpoint, EndpointId};
-use crate::error::{BoxError, NoEndpoints, UnknownEndpoint};
+use crate::error::{BoxError, EndpointError, NoEndpoints, UnknownEndpoint};
 use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
 use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Release, TrackCompletion};
 use crate::state::Health;
@@ -27,7 +27,19 @@ use crate::table::{empty_snapshot, Command, Config, Events, Shared, Writer};
 pub trait RequestKey<Req>: Clone {
     /// The request's key, if it has one.
     fn key(&self, req: &Req) -> Option<u64>;
+
+    /// An endpoint this request should not go to if another can take it: the one a
+    /// previous attempt failed on, for a retry (HAProxy's `redispatch`).
+    fn avoid<'r>(&self, req: &'r Req) -> Option<&'r EndpointId> {
+        let _ = req;
+        None
+    }
 }
+
+/// Asks, through `http::Request` extensions read by [`ExtensionKey`], that a retry go
+/// to another endpoint than this one (when another is eligible).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Avoid(pub EndpointId);
 
 /// No key: consistent hashing falls back to weighted random.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,7 +56,8 @@ impl<Req> RequestKey<Req> for NoKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HashKey(pub u64);
 
-/// Reads a [`HashKey`] from an `http::Request`'s extensions, where a router put it.
+/// Reads a [`HashKey`] (and an [`Avoid`]) from an `http::Request`'s extensions, where
+/// a router put them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExtensionKey;
 
@@ -52,6 +65,11 @@ impl<B> RequestKey<http::Request<B>> for ExtensionKey {
     #[inline]
     fn key(&self, req: &http::Request<B>) -> Option<u64> {
         req.extensions().get::<HashKey>().map(|k| k.0)
+    }
+
+    #[inline]
+    fn avoid<'r>(&self, req: &'r http::Request<B>) -> Option<&'r EndpointId> {
+        req.extensions().get::<Avoid>().map(|a| &a.0)
     }
 }
 
@@ -495,7 +513,13 @@ impl<P: Balance, S: Clone + Send + Sync + 'static, C, K> Balancer<P, S, C, K> {
     /// endpoint is eligible. The building block of [`call`](Service::call), for
     /// callers that forward requests themselves (a TCP proxy).
     pub fn pick(&self, key: Option<u64>) -> Option<Picked<S>> {
-        self.shared.pick(key).ok()
+        self.shared.pick(key, None).ok()
+    }
+
+    /// [`pick`](Self::pick), but not `avoid` if another endpoint can take the request:
+    /// for a retry after `avoid` failed.
+    pub fn pick_with(&self, key: Option<u64>, avoid: Option<&EndpointId>) -> Option<Picked<S>> {
+        self.shared.pick(key, avoid).ok()
     }
 }
 
@@ -511,7 +535,7 @@ pub struct Picked<S> {
 
 impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
     #[inline]
-    fn pick(&self, key: Option<u64>) -> Result<Picked<S>, bool> {
+    fn pick(&self, key: Option<u64>, avoid: Option<&EndpointId>) -> Result<Picked<S>, bool> {
         // Timed requests read the clock once here: the pick (peak EWMA) and the
         // latency sample share the reading.
         let start = self.timed.then(std::time::Instant::now);
@@ -527,7 +551,7 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         // several updates), a newer snapshot has the endpoints that replaced them.
         let mut reloads = 0;
         let i = loop {
-            match self.find(&snap, &cx) {
+            match self.find(&snap, &cx, avoid) {
                 Ok(i) => break i,
                 Err(overloaded) => {
                     let current = self.snapshot.load();
@@ -560,15 +584,23 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
 
     /// A usable endpoint with room in `snap`, or whether some were full.
     #[inline]
-    fn find(&self, snap: &crate::table::Snapshot<P, S>, cx: &PickContext) -> Result<usize, bool> {
+    fn find(
+        &self,
+        snap: &crate::table::Snapshot<P, S>,
+        cx: &PickContext,
+        avoid: Option<&EndpointId>,
+    ) -> Result<usize, bool> {
         let set = snap.candidates();
         let n = set.len();
         let max = self.config.max_in_flight;
+        // An endpoint to avoid is passed over only when there is another.
+        let avoid = avoid.filter(|_| n > 1);
         let fits = |i: usize| max.map_or(true, |m| set.endpoint(i).in_flight() < m);
+        let allowed = |i: usize| avoid.map_or(true, |a| set.endpoint(i).id() != a);
         let mut overloaded = false;
         for _ in 0..3 {
             match snap.policy.pick(&snap.state, &set, cx) {
-                Some(i) if snap.usable(i) => {
+                Some(i) if snap.usable(i) && allowed(i) => {
                     if fits(i) {
                         return Ok(i);
                     }
@@ -581,9 +613,15 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         // The snapshot is stale (an endpoint just went out) or endpoints are full:
         // the first usable endpoint with room, scanning from a rotating start.
         let start = self.snapshot_scan_start(n);
-        (0..n)
-            .map(|k| (start + k) % n.max(1))
-            .find(|&i| snap.usable(i) && fits(i))
+        let scan = |allowed: &dyn Fn(usize) -> bool| {
+            (0..n)
+                .map(|k| (start + k) % n.max(1))
+                .find(|&i| snap.usable(i) && allowed(i) && fits(i))
+        };
+        // Avoiding an endpoint must not turn a pick into a failure: when no other can
+        // take the request, the avoided one may.
+        scan(&allowed)
+            .or_else(|| avoid.and_then(|_| scan(&|_| true)))
             .ok_or(overloaded)
     }
 
@@ -617,7 +655,7 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let key = self.key.key(&req);
-        let state = match self.shared.pick(key) {
+        let state = match self.shared.pick(key, self.key.avoid(&req)) {
             Ok(p) => State::Ready {
                 service: p.service,
                 req: Some(req),
@@ -651,7 +689,7 @@ async fn wait_for_endpoint<P: Balance, S: Clone + Send + Sync + 'static>(
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let notified = shared.published.notified();
-        match shared.pick(key) {
+        match shared.pick(key, None) {
             Ok(p) => return Ok(p),
             Err(true) => return Err(NoEndpoints::new(Some(wait), true)),
             Err(false) => {}
@@ -715,10 +753,9 @@ where
                 }
                 StateProj::Ready { service, req, guard } => {
                     if let Err(e) = ready!(service.poll_ready(cx)) {
-                        if let Some(g) = guard.as_mut() {
-                            g.fail();
-                        }
-                        return Poll::Ready(Err(e.into()));
+                        let mut g = guard.take().expect("polled after completion");
+                        g.fail();
+                        return Poll::Ready(Err(Box::new(EndpointError::new(g.endpoint().id().clone(), e.into()))));
                     }
                     let fut = service.call(req.take().expect("polled after completion"));
                     let guard = guard.take();
@@ -731,10 +768,9 @@ where
                             Poll::Ready(Ok(this.completion.track(rsp, g)))
                         }
                         Err(e) => {
-                            if let Some(mut g) = guard.take() {
-                                g.fail();
-                            }
-                            Poll::Ready(Err(e.into()))
+                            let mut g = guard.take().expect("polled after completion");
+                            g.fail();
+                            Poll::Ready(Err(Box::new(EndpointError::new(g.endpoint().id().clone(), e.into()))))
                         }
                     };
                 }

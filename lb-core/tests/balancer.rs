@@ -409,8 +409,12 @@ async fn inner_service_errors_count_as_failures() {
     let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), backends(failing.clone()));
     lb.ready_endpoints(1).await;
     let err = lb.clone().oneshot(()).await.unwrap_err();
+    let at = err
+        .downcast_ref::<lb_core::error::EndpointError>()
+        .expect("an endpoint's error comes wrapped with the endpoint's id");
+    assert_eq!(at.endpoint(), ep(0).id(), "the failing endpoint is named");
     assert_eq!(
-        err.downcast_ref::<Down>(),
+        at.inner().downcast_ref::<Down>(),
         Some(&Down(0)),
         "the endpoint's own error comes through"
     );
@@ -584,4 +588,34 @@ async fn replacing_the_whole_set_never_fails_a_request() {
     }
     assert!(switched);
     assert_eq!(ids(&lb), ["ep002", "ep003"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_avoids_the_endpoint_that_failed() {
+    use lb_core::{Avoid, ExtensionKey, RequestKey};
+    // Consistent hashing sends a key to one endpoint; with `Avoid` it goes elsewhere.
+    let lb = Balancer::builder(lb_core::balance::Maglev::new())
+        .spawn(discover::fixed([ep(0), ep(1), ep(2)]), backends(Switches::new()));
+    lb.ready_endpoints(3).await;
+    let first = lb.pick(Some(42)).expect("a pick").guard.endpoint().id().clone();
+    for _ in 0..20 {
+        let again = lb.pick(Some(42)).expect("a pick").guard.endpoint().id().clone();
+        assert_eq!(again, first, "the key stays on its endpoint");
+        let other = lb
+            .pick_with(Some(42), Some(&first))
+            .expect("a pick")
+            .guard
+            .endpoint()
+            .id()
+            .clone();
+        assert_ne!(other, first, "a retry avoiding the failed endpoint goes elsewhere");
+    }
+    // Through requests: ExtensionKey reads Avoid from the extensions.
+    let mut req = http::Request::new(());
+    req.extensions_mut().insert(Avoid(first.clone()));
+    assert_eq!(ExtensionKey.avoid(&req), Some(&first));
+    // With one endpoint, avoiding it still picks it (better than failing).
+    let one = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), backends(Switches::new()));
+    one.ready_endpoints(1).await;
+    assert!(one.pick_with(None, Some(ep(0).id())).is_some());
 }

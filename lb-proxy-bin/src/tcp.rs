@@ -47,8 +47,9 @@ async fn forward(
     });
     let _ = client.set_nodelay(true);
     let mut last = String::from("no eligible endpoint");
+    let mut failed: Option<lb_core::EndpointId> = None;
     for _ in 0..=upstream.settings.retries {
-        let Some(picked) = upstream.balancer.pick(key) else {
+        let Some(picked) = upstream.balancer.pick_with(key, failed.as_ref()) else {
             return Err(last);
         };
         let mut guard = picked.guard;
@@ -68,10 +69,12 @@ async fn forward(
             Ok(Err(e)) => {
                 guard.fail();
                 last = format!("connect {addr}: {e}");
+                failed = Some(guard.endpoint().id().clone());
             }
             Err(_) => {
                 guard.fail();
                 last = format!("connect {addr}: timed out");
+                failed = Some(guard.endpoint().id().clone());
             }
         }
     }

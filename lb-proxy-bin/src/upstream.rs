@@ -10,8 +10,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use lb_core::balance::{hash_key, AnyPolicy};
+use lb_core::error::{is_no_endpoints, EndpointError};
 use lb_core::http::{is_connect_error, Body, EndpointService};
-use lb_core::{error::is_no_endpoints, Balancer, BodyCompletion, BoxError, ExtensionKey, HashKey};
+use lb_core::{Avoid, Balancer, BodyCompletion, BoxError, ExtensionKey, HashKey};
 use tower::ServiceExt;
 
 use crate::metrics::Metrics;
@@ -146,6 +147,7 @@ impl Upstream {
         };
         let attempts = if replay.is_some() { self.settings.retries + 1 } else { 1 };
         let mut last = None;
+        let mut avoid: Option<lb_core::EndpointId> = None;
         for attempt in 0..attempts {
             let b = match &replay {
                 Some(bytes) => lb_core::http::full(bytes.clone()),
@@ -159,6 +161,10 @@ impl Upstream {
             if let Some(k) = parts.extensions.get::<HashKey>() {
                 req.extensions_mut().insert(*k);
             }
+            if let Some(failed) = &avoid {
+                // HAProxy's redispatch: a retry goes to another endpoint if one can take it.
+                req.extensions_mut().insert(Avoid(failed.clone()));
+            }
             let call = call_balancer(self.balancer.clone(), req);
             let res = match self.settings.response_timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
@@ -171,10 +177,15 @@ impl Upstream {
                 Ok(rsp) => return Ok(rsp),
                 Err(e) => {
                     if let Some(ne) = e.downcast_ref::<lb_core::NoEndpoints>() {
-                        return Err(Failure::NoEndpoints {
-                            overloaded: ne.is_overloaded(),
+                        // After a failed attempt, that failure is the answer (502).
+                        return Err(match last {
+                            Some(prev) => Failure::Upstream(prev),
+                            None => Failure::NoEndpoints {
+                                overloaded: ne.is_overloaded(),
+                            },
                         });
                     }
+                    avoid = e.downcast_ref::<EndpointError>().map(|f| f.endpoint().clone());
                     debug_assert!(!is_no_endpoints(&*e));
                     let retryable = is_connect_error(&*e) || idempotent(&parts.method);
                     tracing::debug!(service = %self.name, attempt, error = %e, retryable, "endpoint request failed");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lb_core::Health;
 
 use super::support::{
-    bounded, client, endpoints, get, head, health, one_service, proxy, proxy_at, ready, Backend, TempDir,
+    bounded, client, endpoints, free_port, get, head, health, one_service, proxy, proxy_at, ready, Backend, TempDir,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +212,54 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "still listening after shutdown"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_goes_to_another_endpoint_even_under_consistent_hashing() {
+    bounded(async {
+        let a = Backend::start("a").await;
+        let b = Backend::start("b").await;
+        let dead = format!("127.0.0.1:{}", free_port());
+        // No health checks and no ejection: only the retry's redispatch can save the
+        // keys that hash to the dead endpoint.
+        let text = format!(
+            "{}[[services]]\nname = \"web\"\nbalance = \"consistent_hash\"\nhash_key = \"header:x-user\"\n\
+             endpoints = [\"{}\", \"{}\", \"{dead}\"]\noutlier = {{ consecutive_failures = 0 }}\n\n\
+             [[routes]]\nservice = \"web\"\n",
+            head(),
+            a.addr,
+            b.addr
+        );
+        let p = proxy(&text).await;
+        ready(&p, "web", 3).await;
+        let cl = client();
+        for u in 0..30 {
+            let user = format!("user-{u}");
+            let r = get(&cl, p.http_addrs[0], "/", &[("x-user", user.as_str())])
+                .await
+                .expect("request");
+            assert_eq!(r.status, 200, "{user}: {}", r.body);
+        }
+        let dead_failures: u64 = p
+            .state
+            .load()
+            .upstream("web")
+            .expect("service")
+            .balancer
+            .status()
+            .endpoints
+            .iter()
+            .filter(|e| e.addr.to_string() == dead)
+            .map(|e| e.failures)
+            .sum();
+        assert!(
+            dead_failures > 0,
+            "some users hash to the dead endpoint, and were redispatched"
+        );
+        assert_eq!(a.hits() + b.hits(), 30);
+        p.shutdown().await;
     })
     .await;
 }
