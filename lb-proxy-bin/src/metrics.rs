@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -121,6 +122,11 @@ struct StateLabels {
 
 /// All of the proxy's metrics.
 pub(crate) struct Metrics {
+    /// Status codes answered so far (a bit per code), so the series of an endpoint that
+    /// discovery removed can be dropped code by code.
+    codes_seen: [AtomicU64; 8],
+    /// The (service, endpoint) pairs present at the last scrape.
+    known: Mutex<HashSet<(Arc<str>, EndpointId)>>,
     registry: Registry,
     /// Service names, so a request's labels clone an `Arc` instead of a `String`.
     services: RwLock<HashSet<Arc<str>>>,
@@ -206,6 +212,8 @@ impl Metrics {
             generation,
             scrape,
             encoding: Mutex::new(()),
+            codes_seen: Default::default(),
+            known: Mutex::new(HashSet::new()),
         }
     }
 
@@ -225,6 +233,12 @@ impl Metrics {
 
     /// One answered request.
     pub(crate) fn request(&self, service: &str, endpoint: Option<&EndpointId>, code: u16, latency: Duration) {
+        // Codes 100..=611 map onto the 512 bits.
+        let idx = code.saturating_sub(100).min(511);
+        let (word, bit) = (usize::from(idx / 64), idx % 64);
+        if self.codes_seen[word].load(Relaxed) & (1 << bit) == 0 {
+            self.codes_seen[word].fetch_or(1 << bit, Relaxed);
+        }
         let service = self.service(service);
         let endpoint = Label(endpoint.cloned());
         self.latency
@@ -277,10 +291,11 @@ impl Metrics {
     pub(crate) fn encode(&self, rt: &Runtime) -> String {
         let _one = self.encoding.lock().unwrap_or_else(PoisonError::into_inner);
         self.generation.set(i64::try_from(rt.generation).unwrap_or(i64::MAX));
-        let services = rt
+        let services: Vec<(Label<Arc<str>>, BalancerStatus)> = rt
             .upstreams()
             .map(|u| (Label(u.name.clone()), u.balancer.status()))
             .collect();
+        self.forget_removed(&services);
         self.scrape.lock().unwrap_or_else(PoisonError::into_inner).services = services;
         let mut out = String::with_capacity(16 * 1024);
         let encoded = encode_registry(&mut out, &self.registry).and_then(|()| encode_eof(&mut out));
@@ -298,6 +313,38 @@ impl Metrics {
             let _ = writeln!(out, "# EOF");
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Drops the request and latency series of endpoints that were present at the last
+    /// scrape and are gone now (removed by discovery, or their service by a reload), so
+    /// churning containers do not grow the exposition without bound.
+    fn forget_removed(&self, services: &[(Label<Arc<str>>, BalancerStatus)]) {
+        let now: HashSet<(Arc<str>, EndpointId)> = services
+            .iter()
+            .flat_map(|(svc, st)| st.endpoints.iter().map(move |e| (svc.0.clone(), e.id.clone())))
+            .collect();
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let codes: Vec<u16> = (0..512u16)
+            .filter(|&i| self.codes_seen[usize::from(i / 64)].load(Relaxed) & (1 << (i % 64)) != 0)
+            .map(|i| i + 100)
+            .collect();
+        for (svc, ep) in known.difference(&now) {
+            let (service, endpoint) = (Label(svc.clone()), Label(Some(ep.clone())));
+            self.latency.remove(&LatencyLabels {
+                service: service.clone(),
+                endpoint: endpoint.clone(),
+            });
+            for &code in &codes {
+                self.requests.remove(&RequestLabels {
+                    service: service.clone(),
+                    endpoint: endpoint.clone(),
+                    code,
+                });
+            }
+        }
+        *known = now;
     }
 }
 
@@ -464,5 +511,61 @@ mod tests {
         let a = m.service("web");
         let b = m.service("web");
         assert!(Arc::ptr_eq(&a.0, &b.0), "the same name should give the same Arc");
+    }
+
+    #[tokio::test]
+    async fn series_of_removed_endpoints_are_dropped() {
+        use crate::upstream::{Settings, Upstream};
+        use lb_core::balance::{AnyPolicy, RoundRobin};
+        use lb_core::{discover, Balancer, Endpoint};
+
+        let (publisher, updates) = discover::channel();
+        let a: std::net::SocketAddr = "127.0.0.1:9101".parse().unwrap();
+        let b: std::net::SocketAddr = "127.0.0.1:9102".parse().unwrap();
+        publisher.reset([Endpoint::new(a), Endpoint::new(b)]);
+        let balancer = Balancer::builder(AnyPolicy::from(RoundRobin::new()))
+            .name("web")
+            .http()
+            .spawn(updates, lb_core::http::HttpConnect::new(Default::default()));
+        balancer.ready_endpoints(2).await;
+        let text = format!("[[services]]\nname = \"web\"\nendpoints = [\"{a}\"]\n");
+        let config = crate::config::parse(&text, std::path::Path::new("m.toml"))
+            .unwrap()
+            .services
+            .remove(0);
+        let web = Arc::new(Upstream {
+            name: Arc::from("web"),
+            balancer: balancer.clone(),
+            settings: Settings {
+                key: None,
+                retries: 0,
+                response_timeout: None,
+                replay_limit: 0,
+            },
+            config,
+            _discovery: None,
+        });
+        let metrics = Arc::new(Metrics::new());
+        let router = crate::router::Router::new([(None, None, 0)]);
+        let rt = Runtime::new(vec![web], router, metrics.clone(), 1, None);
+        for ep in [a, b] {
+            metrics.request("web", Some(&EndpointId::from(ep)), 200, Duration::from_millis(2));
+            metrics.request("web", Some(&EndpointId::from(ep)), 502, Duration::from_millis(2));
+        }
+        let before = metrics.encode(&rt);
+        let series = |out: &str, ep: std::net::SocketAddr| {
+            out.lines()
+                .filter(|l| l.starts_with("lb_request") && l.contains(&format!("endpoint=\"{ep}\"")))
+                .count()
+        };
+        assert!(series(&before, a) > 0 && series(&before, b) > 0, "{before}");
+
+        publisher.remove(EndpointId::from(b));
+        while balancer.status().endpoints.iter().any(|e| e.addr == b) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = metrics.encode(&rt);
+        assert_eq!(series(&after, b), 0, "the removed endpoint's series are gone:\n{after}");
+        assert_eq!(series(&after, a), series(&before, a), "the others' stay");
     }
 }

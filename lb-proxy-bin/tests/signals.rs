@@ -7,7 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A tiny HTTP/1.1 backend on its own thread answering every request with `name`.
@@ -62,7 +66,11 @@ fn config(listen: u16, admin: u16, backend: SocketAddr, prefix: &str) -> String 
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().expect("run kill");
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
     assert!(ok.success(), "kill -{sig}");
 }
 
@@ -98,7 +106,9 @@ fn sighup_reloads_and_sigterm_stops() {
         .spawn()
         .expect("start lb-proxy");
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    wait_for("the proxy to serve /old", || get(addr, "/old").is_some_and(|(s, _)| s == 200));
+    wait_for("the proxy to serve /old", || {
+        get(addr, "/old").is_some_and(|(s, _)| s == 200)
+    });
     assert_eq!(get(addr, "/new").map(|r| r.0), Some(404));
 
     // Rewrite in place through the other name: no file event reaches the proxy.
@@ -112,7 +122,9 @@ fn sighup_reloads_and_sigterm_stops() {
     assert_eq!(get(addr, "/new").map(|r| r.0), Some(404), "no reload without a signal");
 
     signal(&child, "HUP");
-    wait_for("SIGHUP to apply the new routes", || get(addr, "/new").is_some_and(|(s, _)| s == 200));
+    wait_for("SIGHUP to apply the new routes", || {
+        get(addr, "/new").is_some_and(|(s, _)| s == 200)
+    });
     assert_eq!(get(addr, "/old").map(|r| r.0), Some(404), "the old route is gone");
 
     signal(&child, "TERM");
