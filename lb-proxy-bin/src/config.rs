@@ -418,13 +418,15 @@ impl EndpointConfig {
 
 // === impl OutlierConfig ===
 
+/// lb-core's defaults, with the share as a percentage.
 impl Default for OutlierConfig {
     fn default() -> Self {
+        let core = lb_core::health::OutlierConfig::default();
         Self {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(10),
-            max_ejection: Duration::from_secs(300),
-            max_ejection_percent: 50,
+            consecutive_failures: core.consecutive_failures,
+            base_ejection: core.base_ejection,
+            max_ejection: core.max_ejection,
+            max_ejection_percent: (core.max_ejection_percent * 100.0).round() as u8,
         }
     }
 }
