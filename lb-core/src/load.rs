@@ -82,7 +82,8 @@ impl InFlight {
     }
 
     /// Records the time from pick to now as the endpoint's latency sample (peak EWMA),
-    /// once. Called when the response head arrives.
+    /// once. Called when the response head arrives; a failed request records none (a
+    /// refused connection is fast, not cheap).
     pub fn observe_latency(&mut self) {
         if let Some(start) = self.start.take() {
             self.state.observe_since(start);
@@ -92,7 +93,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.observe_latency();
+        if !self.failed {
+            self.observe_latency();
+        }
         self.state.finish(self.failed);
         if let Some((snap, index)) = self.tracker.take() {
             snap.release(index);
@@ -134,9 +137,11 @@ impl<B> TrackCompletion<http::Response<B>> for BodyCompletion {
     type Output = http::Response<TrackedBody<B>>;
 
     fn track(&self, response: http::Response<B>, mut guard: InFlight) -> Self::Output {
-        guard.observe_latency();
         if response.status().is_server_error() {
+            // A fast 503 is no sign of a fast endpoint: failures are not latency samples.
             guard.fail();
+        } else {
+            guard.observe_latency();
         }
         response.map(|body| TrackedBody::new(body, guard))
     }

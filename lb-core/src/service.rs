@@ -501,10 +501,9 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
         if self.shared.commands.send(f(id, tx)).is_err() {
             return Err(missing);
         }
-        let res = rx.await.unwrap_or(Err(missing));
-        // The writer has published by the time it answers the next message; wait for
-        // the snapshot so the caller sees the effect.
-        res
+        // The flag is set when this returns (picks re-check it); the snapshot without
+        // the endpoint follows on the writer's next publish.
+        rx.await.unwrap_or(Err(missing))
     }
 }
 
@@ -550,9 +549,27 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         // went out meanwhile (a whole set replaced, or this thread preempted across
         // several updates), a newer snapshot has the endpoints that replaced them.
         let mut reloads = 0;
+        let mut full = 0;
         let i = loop {
             match self.find(&snap, &cx, avoid) {
-                Ok(i) => break i,
+                Ok(i) => {
+                    let st = &snap.endpoints[i];
+                    match self.config.max_in_flight {
+                        None => st.acquire(),
+                        // With a limit, check and count in one step: another thread
+                        // may have taken the last place since `find` looked.
+                        Some(max) => {
+                            if !st.try_acquire(max) {
+                                full += 1;
+                                if full == 4 {
+                                    return Err(true);
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    break i;
+                }
                 Err(overloaded) => {
                     let current = self.snapshot.load();
                     if reloads == 2 || Arc::ptr_eq(&current, &snap) {
@@ -564,8 +581,6 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
             }
         };
         let set = snap.candidates();
-        let st = set.endpoint(i);
-        st.acquire();
         snap.policy.on_acquire(&snap.state, &set, i);
         let service = snap.services[i].clone();
         let state = snap.endpoints[i].clone();

@@ -42,6 +42,8 @@ const EJECTED: u8 = 4;
 const UNHEALTHY: u8 = 8;
 const OUT: u8 = DRAINING | ADMIN_DRAIN | EJECTED | UNHEALTHY;
 const CHECKED: u8 = 16;
+/// Before the first verdict: whether the previous check passed.
+const LAST_OK: u8 = 32;
 
 /// What an endpoint's state is, as the status page shows it.
 ///
@@ -272,7 +274,9 @@ impl EndpointState {
         if failed {
             let streak = self.record_failure();
             if let Some(l) = self.link.get() {
-                if l.outlier_threshold > 0 && streak >= l.outlier_threshold {
+                // Once, when the streak reaches the threshold: the writer rescans every
+                // endpoint on each wake, so one held back by the ejection cap is found later.
+                if l.outlier_threshold > 0 && streak == l.outlier_threshold {
                     l.events.notify.notify_one();
                 }
             }
@@ -295,6 +299,16 @@ impl EndpointState {
     pub(crate) fn acquire(&self) {
         let prev = self.counts.fetch_add(STARTED_ONE | 1, Relaxed);
         debug_assert!(prev & IN_FLIGHT_MASK < IN_FLIGHT_MASK, "in-flight count overflow");
+    }
+
+    /// [`acquire`](Self::acquire), unless `max` requests are in flight already.
+    #[inline]
+    pub(crate) fn try_acquire(&self, max: u32) -> bool {
+        self.counts
+            .fetch_update(Relaxed, Relaxed, |c| {
+                ((c & IN_FLIGHT_MASK) < u64::from(max)).then_some(c + (STARTED_ONE | 1))
+            })
+            .is_ok()
     }
 
     #[inline]
@@ -376,8 +390,21 @@ impl EndpointState {
             ok,
             error,
         });
-        let was_checked = self.flags.load(Relaxed) & CHECKED != 0;
+        let flags = self.flags.load(Relaxed);
+        let was_checked = flags & CHECKED != 0;
         let unhealthy = self.is_unhealthy();
+        if !was_checked {
+            // No verdict yet: a streak is of equal results only (checks of one endpoint
+            // run one after another, on one task).
+            if self.health_streak.load(Relaxed) > 0 && (flags & LAST_OK != 0) != ok {
+                self.health_streak.store(0, Relaxed);
+            }
+            if ok {
+                self.flags.fetch_or(LAST_OK, Relaxed);
+            } else {
+                self.flags.fetch_and(!LAST_OK, Relaxed);
+            }
+        }
         // The streak counts checks that disagree with the current state.
         let disagrees = if !was_checked { true } else { ok == unhealthy };
         if !disagrees {

@@ -41,7 +41,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use lb_core::http::{full, Body};
-use lb_core::{BalancerStatus, CheckRecord, EndpointId};
+use lb_core::{BalancerStatus, EndpointId};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -263,15 +263,6 @@ fn same_origin(headers: &HeaderMap, uri: &http::Uri) -> bool {
     authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
-/// Time since lb-core's clock started, the clock [`CheckRecord::at`] is read on.
-///
-/// lb-core does not expose that clock. It starts at the first endpoint state the
-/// process creates; ours starts at the first admin request or listener start, which in
-/// `lb-proxy` is within milliseconds of it, so ages are right to a few milliseconds.
-fn check_age(rec: &CheckRecord) -> Duration {
-    rec.age()
-}
-
 /// Serves the admin routes on `listener` until `stop` turns true (or its sender goes),
 /// then gives open connections a second to finish.
 pub(crate) async fn serve_admin(
@@ -449,7 +440,7 @@ fn service_json(name: &str, st: &BalancerStatus) -> Value {
                 "last_check": e.last_check.as_ref().map(|c| json!({
                     "ok": c.ok,
                     "error": c.error,
-                    "ago_s": check_age(c).as_secs_f64(),
+                    "ago_s": c.age().as_secs_f64(),
                 })),
                 "metadata": e.metadata,
             })

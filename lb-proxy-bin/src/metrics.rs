@@ -124,7 +124,7 @@ struct StateLabels {
 pub(crate) struct Metrics {
     /// Status codes answered so far (a bit per code), so the series of an endpoint that
     /// discovery removed can be dropped code by code.
-    codes_seen: [AtomicU64; 8],
+    codes_seen: [AtomicU64; 16],
     /// The (service, endpoint) pairs present at the last scrape.
     known: Mutex<HashSet<(Arc<str>, EndpointId)>>,
     registry: Registry,
@@ -233,8 +233,8 @@ impl Metrics {
 
     /// One answered request.
     pub(crate) fn request(&self, service: &str, endpoint: Option<&EndpointId>, code: u16, latency: Duration) {
-        // Codes 100..=611 map onto the 512 bits.
-        let idx = code.saturating_sub(100).min(511);
+        // Codes 100..=999 map onto the 1,024 bits.
+        let idx = code.saturating_sub(100).min(1023);
         let (word, bit) = (usize::from(idx / 64), idx % 64);
         if self.codes_seen[word].load(Relaxed) & (1 << bit) == 0 {
             self.codes_seen[word].fetch_or(1 << bit, Relaxed);
@@ -326,7 +326,7 @@ impl Metrics {
             .flat_map(|(svc, st)| st.endpoints.iter().map(move |e| (svc.0.clone(), e.id.clone())))
             .collect();
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        let codes: Vec<u16> = (0..512u16)
+        let codes: Vec<u16> = (0..1024u16)
             .filter(|&i| self.codes_seen[usize::from(i / 64)].load(Relaxed) & (1 << (i % 64)) != 0)
             .map(|i| i + 100)
             .collect();
@@ -543,7 +543,6 @@ mod tests {
                 replay_limit: 0,
             },
             config,
-            _discovery: None,
         });
         let metrics = Arc::new(Metrics::new());
         let router = crate::router::Router::new([(None, None, 0)]);

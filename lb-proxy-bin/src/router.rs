@@ -87,8 +87,8 @@ impl Router {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        // [::1]:8080
-        return host.split(']').next().map(|h| &host[..h.len() + 1]).unwrap_or(host);
+        // [::1]:8080; a malformed "[x" stays as it is (and matches no route).
+        return host.find(']').map_or(host, |i| &host[..=i]);
     }
     match host.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -141,5 +141,7 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("a:80"), "a");
         assert_eq!(strip_port("a"), "a");
+        assert_eq!(strip_port("[x"), "[x", "a malformed host must not panic");
+        assert_eq!(strip_port("["), "[");
     }
 }

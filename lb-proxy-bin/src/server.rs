@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -83,13 +83,15 @@ pub(crate) async fn serve_http(
         let _ = tcp.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
-        let graceful = graceful.clone();
+        // An owned watcher, not the shutdown handle: shutdown never waits on a
+        // connection that is still being set up (a slow TLS handshake).
+        let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_conn(&builder, graceful, TokioIo::new(tcp), state, peer, proto).await,
+                None => serve_conn(&builder, watcher, TokioIo::new(tcp), state, peer, proto).await,
                 Some(acc) => match tokio::time::timeout(limits.header_read_timeout, acc.accept(tcp)).await {
-                    Ok(Ok(s)) => serve_conn(&builder, graceful, TokioIo::new(s), state, peer, proto).await,
+                    Ok(Ok(s)) => serve_conn(&builder, watcher, TokioIo::new(s), state, peer, proto).await,
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 },
@@ -101,7 +103,7 @@ pub(crate) async fn serve_http(
 
 async fn serve_conn<I>(
     builder: &auto::Builder<TokioExecutor>,
-    graceful: Arc<GracefulShutdown>,
+    watcher: Watcher,
     io: I,
     state: Arc<ArcSwap<Runtime>>,
     peer: SocketAddr,
@@ -114,8 +116,7 @@ async fn serve_conn<I>(
         async move { Ok::<_, Infallible>(proxy::handle(rt, req, peer, proto).await) }
     });
     let conn = builder.serve_connection_with_upgrades(io, svc);
-    let conn = graceful.watch(conn.into_owned());
-    drop(graceful);
+    let conn = watcher.watch(conn.into_owned());
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }

@@ -147,7 +147,6 @@ pub(crate) fn build_upstream(cfg: &ServiceConfig, metrics: &Arc<Metrics>) -> Res
             replay_limit: 64 * 1024,
         },
         config: cfg.clone(),
-        _discovery: None,
     })
 }
 

@@ -39,13 +39,14 @@ async fn forward(
     connect_timeout: Duration,
 ) -> Result<(), String> {
     let upstream = rt.upstream(service).ok_or_else(|| format!("no service {service:?}"))?;
-    let key = upstream.settings.key.as_ref().map(|_| {
-        lb_core::balance::hash_key(&match peer.ip() {
-            std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(ip) => ip.octets(),
-        })
-    });
+    // A TCP connection has no header, cookie or path: any hash key is the client's IP.
+    let key = upstream
+        .settings
+        .key
+        .as_ref()
+        .map(|_| crate::upstream::client_ip_key(peer.ip()));
     let _ = client.set_nodelay(true);
+    keepalive(&client);
     let mut last = String::from("no eligible endpoint");
     let mut failed: Option<lb_core::EndpointId> = None;
     for _ in 0..=upstream.settings.retries {
@@ -57,6 +58,7 @@ async fn forward(
         match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(mut backend)) => {
                 let _ = backend.set_nodelay(true);
+                keepalive(&backend);
                 let start = std::time::Instant::now();
                 // copy_bidirectional shuts the write side down when a side reaches
                 // EOF, so half-close passes through.
@@ -79,4 +81,16 @@ async fn forward(
         }
     }
     Err(last)
+}
+
+/// TCP keepalive on a proxied connection: a peer that vanishes without a FIN is found
+/// within about two minutes, so its connection (and the in-flight guard that keeps its
+/// endpoint loaded, or draining) does not live forever.
+fn keepalive(stream: &TcpStream) {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&params) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
 }

@@ -32,10 +32,7 @@ pub(crate) enum KeySource {
 impl KeySource {
     pub(crate) fn key<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<u64> {
         match self {
-            KeySource::ClientIp => Some(match peer.ip() {
-                std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
-                std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
-            }),
+            KeySource::ClientIp => Some(client_ip_key(peer.ip())),
             KeySource::Header(name) => req.headers().get(name).map(|v| hash_key(v.as_bytes())),
             KeySource::Cookie(name) => req
                 .headers()
@@ -49,6 +46,16 @@ impl KeySource {
             KeySource::Path => Some(hash_key(req.uri().path().as_bytes())),
         }
     }
+}
+
+/// The hash key of a client address, the same for HTTP and TCP services (an IPv4
+/// client and its IPv4-mapped IPv6 form hash alike).
+pub(crate) fn client_ip_key(ip: std::net::IpAddr) -> u64 {
+    let v6 = match ip {
+        std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        std::net::IpAddr::V6(ip) => ip,
+    };
+    hash_key(&v6.octets())
 }
 
 /// Request settings of one service.
@@ -68,21 +75,11 @@ pub(crate) struct Upstream {
     pub(crate) settings: Settings,
     /// The configuration it was built from: a reload keeps the service if it is equal.
     pub(crate) config: crate::config::ServiceConfig,
-    /// Ends the discovery task (file watcher, DNS refresher) when the service goes.
-    pub(crate) _discovery: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream").field("name", &self.name).finish()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(t) = self._discovery.take() {
-            t.abort();
-        }
     }
 }
 

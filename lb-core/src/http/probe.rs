@@ -16,6 +16,8 @@ pub struct HttpProbe {
     path: String,
     host: Option<String>,
     connect: HttpConnect,
+    /// One service (and so one pool, one kept-alive connection) per address probed.
+    services: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, super::EndpointService>>>,
 }
 
 impl HttpProbe {
@@ -30,6 +32,7 @@ impl HttpProbe {
             path: path.into(),
             host: None,
             connect,
+            services: Default::default(),
         }
     }
 
@@ -43,7 +46,17 @@ impl HttpProbe {
 impl HealthCheck for HttpProbe {
     fn check(&self, endpoint: &Endpoint) -> BoxFuture<Result<(), ProbeError>> {
         use tower_service::Service;
-        let mut svc = self.connect.for_endpoint(endpoint);
+        let mut svc = {
+            let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+            if services.len() > 4096 {
+                // Addresses come and go with discovery: start over rather than grow.
+                services.clear();
+            }
+            services
+                .entry(endpoint.addr())
+                .or_insert_with(|| self.connect.for_endpoint(endpoint))
+                .clone()
+        };
         let path = if self.path.starts_with('/') {
             self.path.clone()
         } else {

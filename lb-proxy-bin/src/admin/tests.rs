@@ -45,7 +45,6 @@ fn upstream(name: &str) -> Arc<Upstream> {
             replay_limit: 65536,
         },
         config: service_config(name),
-        _discovery: None,
     })
 }
 
