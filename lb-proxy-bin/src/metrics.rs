@@ -232,14 +232,15 @@ impl Metrics {
     }
 
     /// One answered request.
-    pub(crate) fn request(&self, service: &str, endpoint: Option<&EndpointId>, code: u16, latency: Duration) {
+    pub(crate) fn request(&self, service: &Arc<str>, endpoint: Option<&EndpointId>, code: u16, latency: Duration) {
         // Codes 100..=999 map onto the 1,024 bits.
         let idx = code.saturating_sub(100).min(1023);
         let (word, bit) = (usize::from(idx / 64), idx % 64);
         if self.codes_seen[word].load(Relaxed) & (1 << bit) == 0 {
             self.codes_seen[word].fetch_or(1 << bit, Relaxed);
         }
-        let service = self.service(service);
+        // The service's own name, shared: no lookup, no copy.
+        let service = Label(service.clone());
         let endpoint = Label(endpoint.cloned());
         self.latency
             .get_or_create(&LatencyLabels {
@@ -496,7 +497,12 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let m = Metrics::new();
-        m.request("a\"b", Some(&EndpointId::new("x\\y\nz")), 200, Duration::from_millis(3));
+        m.request(
+            &Arc::from("a\"b"),
+            Some(&EndpointId::new("x\\y\nz")),
+            200,
+            Duration::from_millis(3),
+        );
         let mut out = String::new();
         encode_registry(&mut out, &m.registry).unwrap();
         assert!(
@@ -548,8 +554,18 @@ mod tests {
         let router = crate::router::Router::new([(None, None, 0)]);
         let rt = Runtime::new(vec![web], router, metrics.clone(), 1, None);
         for ep in [a, b] {
-            metrics.request("web", Some(&EndpointId::from(ep)), 200, Duration::from_millis(2));
-            metrics.request("web", Some(&EndpointId::from(ep)), 502, Duration::from_millis(2));
+            metrics.request(
+                &Arc::from("web"),
+                Some(&EndpointId::from(ep)),
+                200,
+                Duration::from_millis(2),
+            );
+            metrics.request(
+                &Arc::from("web"),
+                Some(&EndpointId::from(ep)),
+                502,
+                Duration::from_millis(2),
+            );
         }
         let before = metrics.encode(&rt);
         let series = |out: &str, ep: std::net::SocketAddr| {

@@ -217,6 +217,8 @@ pub(crate) struct Started {
     graceful: Arc<GracefulShutdown>,
     grace: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// One clone per open TCP-service connection (and this one).
+    tcp_open: Arc<()>,
     /// Listen addresses actually bound (port 0 resolved).
     pub(crate) http_addrs: Vec<SocketAddr>,
     /// The admin address actually bound.
@@ -270,6 +272,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
     let state = Arc::new(ArcSwap::from_pointee(runtime));
     let (stop, stop_rx) = watch::channel(false);
     let graceful = Arc::new(GracefulShutdown::new());
+    let tcp_open = Arc::new(());
     let limits = server::Limits {
         max_header_bytes: cfg.server.max_header_bytes,
         header_read_timeout: cfg.server.header_read_timeout,
@@ -305,6 +308,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
             state.clone(),
             connect,
             stop_rx.clone(),
+            tcp_open.clone(),
         )));
     }
     let admin_addr = admin.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
@@ -333,6 +337,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         graceful,
         grace,
         tasks,
+        tcp_open,
         http_addrs,
         admin_addr,
         tcp_addrs,
@@ -355,24 +360,30 @@ impl Started {
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        // Connections being set up hold a handle for a moment; then it is ours alone.
-        let mut graceful = self.graceful;
-        for _ in 0..100 {
-            match Arc::try_unwrap(graceful) {
-                Ok(g) => {
-                    if tokio::time::timeout(self.grace, g.shutdown()).await.is_err() {
-                        tracing::warn!(grace = ?self.grace, "grace period over; closing remaining connections");
-                    }
-                    tracing::info!("stopped");
-                    return;
-                }
-                Err(g) => {
-                    graceful = g;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+        let deadline = tokio::time::Instant::now() + self.grace;
+        // Connection tasks hold owned watchers, not the handle: once the listeners have
+        // stopped, it is ours alone.
+        match Arc::try_unwrap(self.graceful) {
+            Ok(g) => {
+                if tokio::time::timeout_at(deadline, g.shutdown()).await.is_err() {
+                    tracing::warn!(grace = ?self.grace, "grace period over; closing remaining HTTP connections");
                 }
             }
+            Err(_) => tracing::warn!("a listener did not stop; not waiting for its HTTP connections"),
         }
-        tracing::warn!("connections still being set up; stopping without waiting for them");
+        // TCP connections have no protocol-level close: they get what is left of the
+        // grace period to finish on their own.
+        while Arc::strong_count(&self.tcp_open) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    open = Arc::strong_count(&self.tcp_open) - 1,
+                    "grace period over; closing remaining TCP connections"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!("stopped");
     }
 }
 

@@ -19,11 +19,15 @@ pub(crate) async fn serve_tcp(
     state: Arc<ArcSwap<Runtime>>,
     connect_timeout: Duration,
     mut stop: watch::Receiver<bool>,
+    open: Arc<()>,
 ) {
     while let Some((client, peer)) = crate::server::accept(&listener, &mut stop).await {
         let rt = state.load_full();
         let service = service.clone();
+        // Held while the connection lives: graceful shutdown waits for these.
+        let open = open.clone();
         tokio::spawn(async move {
+            let _open = open;
             if let Err(why) = forward(rt, &service, client, peer, connect_timeout).await {
                 tracing::info!(target: "lb_proxy::access", %peer, service = %service, error = %why, "tcp connection refused");
             }

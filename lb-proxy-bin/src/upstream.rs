@@ -126,7 +126,7 @@ impl Upstream {
         req: Request<Body>,
         metrics: &Metrics,
     ) -> Result<Response<lb_core::TrackedBody<lb_core::http::ResponseBody>>, Failure> {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         // Replayable: an empty body, or a small one we buffer.
         let (replay, mut body) = if body.is_end_stream() {
             (Some(Bytes::new()), None)
@@ -154,7 +154,12 @@ impl Upstream {
             *req.method_mut() = parts.method.clone();
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
+            // The last attempt takes the headers; earlier ones copy them for a retry.
+            *req.headers_mut() = if attempt + 1 == attempts {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
             if let Some(k) = parts.extensions.get::<HashKey>() {
                 req.extensions_mut().insert(*k);
             }

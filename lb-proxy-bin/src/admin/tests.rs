@@ -65,8 +65,13 @@ async fn start(auth: AdminAuth) -> Admin {
     let web = upstream("web");
     web.balancer.ready_endpoints(2).await;
     let metrics = Arc::new(Metrics::new());
-    metrics.request("web", Some(&EndpointId::new(EP_A)), 200, Duration::from_millis(4));
-    metrics.request("web", None, 503, Duration::from_millis(1));
+    metrics.request(
+        &Arc::from("web"),
+        Some(&EndpointId::new(EP_A)),
+        200,
+        Duration::from_millis(4),
+    );
+    metrics.request(&Arc::from("web"), None, 503, Duration::from_millis(1));
     metrics.reload(true);
     metrics.discovery_update("web");
     let router = Router::new([(None, Some("/".to_owned()), 0)]);

@@ -425,3 +425,37 @@ async fn tcp_service_copies_both_ways_and_honours_half_close() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_open_tcp_connections() {
+    bounded(async {
+        let echo = tcp_echo().await;
+        let text = format!(
+            "{}[[services]]\nname = \"echo\"\nendpoints = [\"{echo}\"]\n\n[[tcp]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n",
+            head()
+        );
+        let p = proxy(&text).await;
+        let listen = p.tcp_addrs[0];
+        ready(&p, "echo", 1).await;
+        let mut s = TcpStream::connect(listen).await.expect("connect to the TCP listener");
+        s.write_all(b"before").await.expect("write");
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await.expect("echo");
+        // Shut down while the connection is open: it keeps working until it ends.
+        let stopping = tokio::spawn(p.shutdown());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!stopping.is_finished(), "shutdown waits for the open TCP connection");
+        s.write_all(b"during").await.expect("write during shutdown");
+        s.read_exact(&mut buf).await.expect("echo during shutdown");
+        assert_eq!(&buf, b"during");
+        assert!(TcpStream::connect(listen).await.is_err(), "no new connections during shutdown");
+        s.shutdown().await.expect("half-close");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.expect("read to end");
+        tokio::time::timeout(Duration::from_secs(3), stopping)
+            .await
+            .expect("shutdown ends once the connection closed")
+            .expect("join");
+    })
+    .await;
+}
