@@ -167,7 +167,7 @@ impl Upstream {
                 // HAProxy's redispatch: a retry goes to another endpoint if one can take it.
                 req.extensions_mut().insert(Avoid(failed.clone()));
             }
-            let call = call_balancer(self.balancer.clone(), req);
+            let call = self.balancer.clone().oneshot(req);
             let res = match self.settings.response_timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
                     Ok(r) => r,
@@ -201,16 +201,4 @@ impl Upstream {
         }
         Err(Failure::Upstream(last.unwrap_or_else(|| "no attempt made".into())))
     }
-}
-
-type Answer = Response<lb_core::TrackedBody<lb_core::http::ResponseBody>>;
-
-/// One call through the balancer, as a future with its types spelled out (this keeps
-/// the compiler's `Send` check of the handler from tripping over higher-ranked
-/// lifetimes in the body's error type).
-fn call_balancer(
-    balancer: ProxyBalancer,
-    req: Request<Body>,
-) -> impl std::future::Future<Output = Result<Answer, BoxError>> + Send + 'static {
-    balancer.oneshot(req)
 }

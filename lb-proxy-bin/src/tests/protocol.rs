@@ -390,23 +390,32 @@ async fn tcp_echo() -> std::net::SocketAddr {
     addr
 }
 
+/// A proxy with one TCP service in front of an echo backend; its TCP listen address.
+async fn tcp_proxy() -> (crate::stack::Started, std::net::SocketAddr) {
+    let echo = tcp_echo().await;
+    let text = format!(
+        "{}[[services]]\nname = \"echo\"\nendpoints = [\"{echo}\"]\n\n[[tcp]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n",
+        head()
+    );
+    let p = proxy(&text).await;
+    let listen = p.tcp_addrs[0];
+    ready(&p, "echo", 1).await;
+    (p, listen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_service_copies_both_ways_and_honours_half_close() {
     bounded(async {
-        let echo = tcp_echo().await;
-        let text = format!(
-            "{}[[services]]\nname = \"echo\"\nendpoints = [\"{echo}\"]\n\n[[tcp]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n",
-            head()
-        );
-        let p = proxy(&text).await;
-        let listen = p.tcp_addrs[0];
-        ready(&p, "echo", 1).await;
+        let (p, listen) = tcp_proxy().await;
         // Small: write, half-close, still read the echo.
         let mut s = TcpStream::connect(listen).await.expect("connect to the TCP listener");
         s.write_all(b"hello over tcp").await.expect("write");
         s.shutdown().await.expect("half-close");
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got)).await.expect("in time").expect("read");
+        tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
         assert_eq!(got, b"hello over tcp");
         // Large, both directions at once.
         let s = TcpStream::connect(listen).await.expect("connect");
@@ -418,9 +427,17 @@ async fn tcp_service_copies_both_ways_and_honours_half_close() {
             w.shutdown().await.expect("half-close");
         });
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut got)).await.expect("in time").expect("read");
+        tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
         writer.await.expect("join");
-        assert!(got == data, "echoed {} of {} bytes, or changed them", got.len(), data.len());
+        assert!(
+            got == data,
+            "echoed {} of {} bytes, or changed them",
+            got.len(),
+            data.len()
+        );
         p.shutdown().await;
     })
     .await;
@@ -429,14 +446,7 @@ async fn tcp_service_copies_both_ways_and_honours_half_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_open_tcp_connections() {
     bounded(async {
-        let echo = tcp_echo().await;
-        let text = format!(
-            "{}[[services]]\nname = \"echo\"\nendpoints = [\"{echo}\"]\n\n[[tcp]]\nlisten = \"127.0.0.1:0\"\nservice = \"echo\"\n",
-            head()
-        );
-        let p = proxy(&text).await;
-        let listen = p.tcp_addrs[0];
-        ready(&p, "echo", 1).await;
+        let (p, listen) = tcp_proxy().await;
         let mut s = TcpStream::connect(listen).await.expect("connect to the TCP listener");
         s.write_all(b"before").await.expect("write");
         let mut buf = [0u8; 6];
@@ -448,7 +458,10 @@ async fn shutdown_waits_for_open_tcp_connections() {
         s.write_all(b"during").await.expect("write during shutdown");
         s.read_exact(&mut buf).await.expect("echo during shutdown");
         assert_eq!(&buf, b"during");
-        assert!(TcpStream::connect(listen).await.is_err(), "no new connections during shutdown");
+        assert!(
+            TcpStream::connect(listen).await.is_err(),
+            "no new connections during shutdown"
+        );
         s.shutdown().await.expect("half-close");
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).await.expect("read to end");
