@@ -412,12 +412,45 @@ async fn action(method: &Method, headers: &HeaderMap, uri: &http::Uri, rest: &st
 /// The status API document.
 fn status_json(rt: &Runtime) -> Value {
     let services: Vec<Value> = rt
-        .upstreams()
-        .map(|u| service_json(&u.name, &u.balancer.status()))
+        .upstreams_with_routes()
+        .map(|(u, routes)| {
+            let mut v = service_json(&u.name, &u.balancer.status());
+            v["source"] = json!(u.config.origin.as_str());
+            v["routes"] = json!(routes);
+            if let crate::config::EndpointSource::Docker { service } = &u.config.endpoints {
+                v["docker_service"] = json!(service);
+            }
+            v
+        })
         .collect();
+    let mut sources = serde_json::Map::new();
+    if let Some(d) = rt.sources.docker_status() {
+        let since = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        };
+        sources.insert(
+            "docker".into(),
+            json!({
+                "endpoint": d.endpoint,
+                "reachable": d.reachable,
+                "synced": d.synced,
+                "stale": d.stale_since.is_some(),
+                "stale_since_unix": d.stale_since.map(since),
+                "stale_for_s": d.stale_since.and_then(|t| t.elapsed().ok()).map(|e| e.as_secs_f64()),
+                "api_version": d.api_version,
+                "containers": d.containers,
+                "events": d.events,
+                "relists": d.relists,
+                "errors": d.errors,
+                "last_error": d.last_error,
+            }),
+        );
+    }
     json!({
         "generation": rt.generation,
         "services": services,
+        "sources": sources,
     })
 }
 

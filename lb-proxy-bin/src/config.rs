@@ -16,7 +16,7 @@
 //! Relative file paths in the config (`endpoints_file`, TLS `cert` and `key`) are resolved
 //! against the directory of the config file.
 
-mod build;
+pub(crate) mod build;
 mod duration;
 mod error;
 mod raw;
@@ -84,6 +84,8 @@ pub(crate) struct Config {
     pub(crate) routes: Vec<RouteConfig>,
     /// TCP listeners onto services: `[[tcp]]`, in file order.
     pub(crate) tcp: Vec<TcpConfig>,
+    /// Sources of services and routes at run time: `[[providers]]`.
+    pub(crate) providers: Vec<ProviderConfig>,
     /// Faults that do not stop the proxy (such as a `hash_key` that the service's policy
     /// ignores), each a line `file:line:column: key: message` to log as a warning.
     pub(crate) warnings: Vec<String>,
@@ -163,6 +165,8 @@ pub(crate) struct BasicAuth {
 pub(crate) struct ServiceConfig {
     /// Unique name; routes and TCP listeners refer to it. Letters, digits, `-`, `_`, `.`.
     pub(crate) name: String,
+    /// Where the service itself was defined: the file, or a provider.
+    pub(crate) origin: Origin,
     /// The balancing policy. Default [`Balance::RoundRobin`].
     pub(crate) balance: Balance,
     /// The request key hashed by [`Balance::ConsistentHash`]: `Some` exactly when `balance`
@@ -234,6 +238,103 @@ pub(crate) enum EndpointSource {
     /// `endpoints_file = "..."`: a TOML file watched for changes (lb-discovery-static),
     /// resolved against the config file's directory.
     File(PathBuf),
+    /// `docker = { service = "..." }`: the containers whose service (label `lb.service`,
+    /// else the compose service name, else the container name) is this name.
+    Docker {
+        /// The service name the containers carry.
+        service: String,
+    },
+}
+
+/// Where a service was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Origin {
+    /// `[[services]]` in the config file.
+    File,
+    /// A Docker provider, from container labels.
+    Docker,
+}
+
+impl Origin {
+    /// The name shown on the status page and in the API.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Origin::File => "file",
+            Origin::Docker => "docker",
+        }
+    }
+}
+
+/// One `[[providers]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProviderConfig {
+    /// `kind = "docker"`.
+    Docker(DockerProviderConfig),
+}
+
+/// `[[providers]] kind = "docker"`: services and routes from container labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DockerProviderConfig {
+    /// `endpoint`: `unix:///path` or `tcp://host:port`. Default `DOCKER_HOST`, else
+    /// `unix:///var/run/docker.sock`.
+    pub(crate) endpoint: Option<String>,
+    /// `label_prefix`, without the dot. Default `lb`.
+    pub(crate) label_prefix: String,
+    /// `exposed_by_default`: select containers without `lb.enable=true`. Default false.
+    pub(crate) exposed_by_default: bool,
+    /// `network`: the network whose address is dialled, unless a container's label names
+    /// another.
+    pub(crate) network: Option<String>,
+    /// `address = "container"` (default) or `"published"`.
+    pub(crate) published: bool,
+    /// `host_ip`: the address for published ports bound to all interfaces and for
+    /// host-network containers. Default `127.0.0.1`.
+    pub(crate) host_ip: std::net::IpAddr,
+    /// `default_host`: the route host of a service without `lb.host`, with `{service}`
+    /// replaced by its name; `None` for no route.
+    pub(crate) default_host: Option<String>,
+    /// `compat = ["traefik"]`: read Traefik's labels too.
+    pub(crate) traefik: bool,
+    /// `linger`: how long a service whose last container left keeps answering 503 before
+    /// it and its routes go. Default 10 s.
+    pub(crate) linger: Duration,
+    /// `resync`: how often every container is listed again. Default 60 s.
+    pub(crate) resync: Duration,
+}
+
+impl DockerProviderConfig {
+    /// The adapter's options for this provider.
+    pub(crate) fn options(&self) -> lb_discovery_docker::Options {
+        lb_discovery_docker::Options {
+            label_prefix: self.label_prefix.clone(),
+            exposed_by_default: self.exposed_by_default,
+            network: self.network.clone(),
+            address: if self.published {
+                lb_discovery_docker::AddressMode::Published
+            } else {
+                lb_discovery_docker::AddressMode::Container
+            },
+            host_ip: self.host_ip,
+            traefik: self.traefik,
+        }
+    }
+}
+
+impl Default for DockerProviderConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            label_prefix: "lb".to_string(),
+            exposed_by_default: false,
+            network: None,
+            published: false,
+            host_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            default_host: None,
+            traefik: false,
+            linger: Duration::from_secs(10),
+            resync: Duration::from_secs(60),
+        }
+    }
 }
 
 /// One endpoint of `endpoints = [...]`.
@@ -382,7 +483,7 @@ impl Balance {
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|b| b.as_str() == name)
     }
 }

@@ -12,15 +12,19 @@ mod admin;
 mod config;
 mod demo;
 mod metrics;
+mod providers;
 mod proxy;
+mod reconcile;
 mod reload;
 mod router;
 mod runtime;
 mod server;
+mod sources;
 mod stack;
 mod tcp;
 mod tls;
 mod upstream;
+mod whoami;
 
 #[cfg(test)]
 mod tests;
@@ -79,6 +83,25 @@ enum Command {
         /// Policy: round_robin, least_conn, p2c, peak_ewma, random, consistent_hash.
         #[arg(long, default_value = "round_robin")]
         balance: String,
+    },
+    /// A demo backend: answers every request with its hostname and the request it saw
+    /// (like traefik/whoami); `/healthz` answers `ok`. Stops on SIGTERM or SIGINT.
+    Whoami {
+        /// Where to listen (port 0: any free port; the log names it).
+        #[arg(long, default_value = "0.0.0.0:80")]
+        listen: std::net::SocketAddr,
+        /// The `Name:` line of the answers; default: the hostname.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// A health check for scratch images: GET an http://IP:PORT/path URL (no DNS);
+    /// exit 0 on a 2xx or 3xx answer, 1 otherwise, saying why on stderr.
+    Probe {
+        /// The URL, as in http://127.0.0.1:80/healthz.
+        url: String,
+        /// Give up after this long (ms, s or m).
+        #[arg(long, default_value = "2s", value_parser = whoami::parse_timeout)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -153,6 +176,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config } => stack::run_file(config).await,
             Command::Demo { listen, admin, balance } => demo::run(listen, admin, &balance).await,
+            Command::Whoami { listen, name } => whoami::run(listen, name).await,
+            Command::Probe { url, timeout } => whoami::probe(&url, timeout).await,
             Command::Check { .. } => unreachable!("handled above"),
         }
     });

@@ -1,26 +1,24 @@
-//! Hot reload: a changed config file (watched) or SIGHUP applies new services and
-//! routes atomically. An invalid config is refused with a logged error, and the running
-//! one stays.
+//! Hot reload: a changed config file (watched) or SIGHUP is read, checked, and handed to
+//! the reconciler, which applies it. An invalid config is refused with a logged error,
+//! and the running one stays.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
-use crate::runtime::Runtime;
-use crate::stack::build_runtime;
+use crate::reconcile::FileUpdate;
 
 /// Watches `path` (through its directory, as editors replace files) and SIGHUP;
 /// reloads on either, debounced.
 pub(crate) async fn watch(
     path: PathBuf,
     mut current: Config,
-    state: Arc<ArcSwap<Runtime>>,
+    to_reconciler: mpsc::UnboundedSender<FileUpdate>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -72,7 +70,6 @@ pub(crate) async fn watch(
         });
     }
     drop(tx);
-    let mut generation = state.load().generation;
     loop {
         let why = tokio::select! {
             w = rx.recv() => match w { Some(w) => w, None => return },
@@ -93,31 +90,12 @@ pub(crate) async fn watch(
             tracing::debug!(reason = why, "config unchanged");
             continue;
         }
-        if next.server != current.server || next.admin != current.admin || next.tcp != current.tcp {
-            tracing::warn!("listener settings ([server], [admin], [[tcp]]) changed: they apply on restart only");
+        for w in &next.warnings {
+            tracing::warn!("config: {w}");
         }
-        generation += 1;
-        let old = state.load_full();
-        match build_runtime(&next, Some(&old), &metrics, generation) {
-            Ok(rt) => {
-                // New balancers are empty until their discovery runs: swapping one in
-                // at once would answer 503 for a moment.
-                crate::stack::settle(&rt, crate::stack::SETTLE_LIMIT).await;
-                state.store(Arc::new(rt));
-                metrics.reload(true);
-                tracing::info!(
-                    reason = why,
-                    generation,
-                    services = next.services.len(),
-                    routes = next.routes.len(),
-                    "config reloaded"
-                );
-                current = next;
-            }
-            Err(e) => {
-                metrics.reload(false);
-                tracing::error!(reason = why, error = %e, "config reload refused; the running config stays");
-            }
+        current = next.clone();
+        if to_reconciler.send((next, why)).is_err() {
+            return;
         }
     }
 }

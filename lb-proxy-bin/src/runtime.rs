@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 use crate::router::Router;
+use crate::sources::Sources;
 use crate::upstream::Upstream;
 
 /// The services and routes of one configuration generation.
@@ -22,6 +23,10 @@ pub(crate) struct Runtime {
     pub(crate) generation: u64,
     /// Request bodies larger than this are refused with 413.
     pub(crate) max_body: Option<u64>,
+    /// The routes of each service, as text, in `upstreams` order (for the status page).
+    routes: Vec<Vec<String>>,
+    /// The discovery sources (shared by every generation), for status and metrics.
+    pub(crate) sources: Arc<Sources>,
 }
 
 impl Runtime {
@@ -44,7 +49,29 @@ impl Runtime {
             metrics,
             generation,
             max_body,
+            routes: Vec::new(),
+            sources: Arc::default(),
         }
+    }
+
+    /// Sets the routes of each service, in `upstreams` order.
+    pub(crate) fn with_routes(mut self, routes: Vec<Vec<String>>) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// Sets the discovery sources.
+    pub(crate) fn with_sources(mut self, sources: Arc<Sources>) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    /// Every service with its routes, in config order.
+    pub(crate) fn upstreams_with_routes(&self) -> impl Iterator<Item = (&Arc<Upstream>, &[String])> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u, self.routes.get(i).map_or(&[][..], |r| &r[..])))
     }
 
     /// Every service, in config order.

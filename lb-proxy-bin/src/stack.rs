@@ -21,6 +21,7 @@ use crate::config::{self, Balance, Config, ConfigError, EndpointSource, HashKey,
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::runtime::Runtime;
+use crate::sources::Sources;
 use crate::upstream::{KeySource, Settings, Upstream};
 use crate::{server, tcp, EXIT_CONFIG, EXIT_RUNTIME};
 
@@ -77,7 +78,11 @@ fn key_source(cfg: &ServiceConfig) -> Option<KeySource> {
 }
 
 /// Builds one service: its balancer, fed by its discovery source.
-pub(crate) fn build_upstream(cfg: &ServiceConfig, metrics: &Arc<Metrics>) -> Result<Upstream, StackError> {
+pub(crate) fn build_upstream(
+    cfg: &ServiceConfig,
+    metrics: &Arc<Metrics>,
+    sources: &Sources,
+) -> Result<Upstream, StackError> {
     let mut b = Balancer::builder(policy(cfg))
         .name(&cfg.name)
         .http()
@@ -116,12 +121,22 @@ pub(crate) fn build_upstream(cfg: &ServiceConfig, metrics: &Arc<Metrics>) -> Res
                 .iter()
                 .map(|e| EndpointSpec::new(e.addr.clone()).with_weight(e.weight))
                 .collect();
-            lb_discovery_static::resolve_stream(specs, cfg.dns_refresh)
+            lb_discovery_static::resolve_stream(specs, cfg.dns_refresh).boxed()
         }
         EndpointSource::File(path) => EndpointsFile::new(path.clone())
             .dns_refresh(cfg.dns_refresh)
             .watch()
-            .map_err(|e| StackError::Other(format!("service {}: {e}", cfg.name)))?,
+            .map_err(|e| StackError::Other(format!("service {}: {e}", cfg.name)))?
+            .boxed(),
+        EndpointSource::Docker { service } => {
+            let docker = sources
+                .docker()
+                .map_err(|e| StackError::Other(format!("service {}: docker: {e}", cfg.name)))?;
+            docker
+                .service(service.clone())
+                .map(|u| u.map_err(|never| -> lb_discovery_static::Error { match never {} }))
+                .boxed()
+        }
     };
     let counted = {
         let metrics = metrics.clone();
@@ -156,6 +171,7 @@ pub(crate) fn build_runtime(
     old: Option<&Runtime>,
     metrics: &Arc<Metrics>,
     generation: u64,
+    sources: &Arc<Sources>,
 ) -> Result<Runtime, StackError> {
     let mut upstreams = Vec::with_capacity(cfg.services.len());
     for s in &cfg.services {
@@ -165,7 +181,7 @@ pub(crate) fn build_runtime(
                 if old.is_some() {
                     tracing::info!(service = %s.name, "service added or changed; new balancer");
                 }
-                upstreams.push(Arc::new(build_upstream(s, metrics)?));
+                upstreams.push(Arc::new(build_upstream(s, metrics, sources)?));
             }
         }
     }
@@ -182,13 +198,19 @@ pub(crate) fn build_runtime(
             index(&r.service),
         )
     }));
+    let mut routes = vec![Vec::new(); cfg.services.len()];
+    for r in &cfg.routes {
+        routes[index(&r.service)].push(crate::providers::route_text(r));
+    }
     Ok(Runtime::new(
         upstreams,
         router,
         metrics.clone(),
         generation,
         cfg.server.max_body_bytes,
-    ))
+    )
+    .with_routes(routes)
+    .with_sources(sources.clone()))
 }
 
 /// How long [`settle`] waits for new balancers to take their first endpoints.
@@ -267,7 +289,8 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
     for t in &cfg.tcp {
         tcps.push((bind(t.listen).await?, t.service.clone()));
     }
-    let runtime = build_runtime(&cfg, None, &metrics, 1)?;
+    let sources = Arc::new(Sources::new(&cfg));
+    let runtime = build_runtime(&cfg, None, &metrics, 1, &sources)?;
     settle(&runtime, SETTLE_LIMIT).await;
     let state = Arc::new(ArcSwap::from_pointee(runtime));
     let (stop, stop_rx) = watch::channel(false);
@@ -323,15 +346,29 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         auth,
         stop_rx.clone(),
     )));
+    // The reconciler is the one writer of `state`: reloads of the file and providers'
+    // services both go through it.
+    let (files_tx, files_rx) = tokio::sync::mpsc::unbounded_channel();
     if let Some(path) = path {
         tasks.push(tokio::spawn(crate::reload::watch(
             path,
-            cfg,
-            state.clone(),
-            metrics,
+            cfg.clone(),
+            files_tx,
+            metrics.clone(),
             stop_rx.clone(),
         )));
+    } else {
+        // No file to watch: the channel stays open (and empty) while the proxy runs.
+        std::mem::forget(files_tx);
     }
+    tasks.push(tokio::spawn(crate::reconcile::run(
+        cfg,
+        files_rx,
+        sources,
+        state.clone(),
+        metrics,
+        stop_rx.clone(),
+    )));
     Ok(Started {
         stop,
         graceful,

@@ -177,8 +177,14 @@
         "div",
         { class: "svc-head svc-" + health },
         el("span", { class: "svc-name" }, svc.name),
+        el("span", { class: "pill source source-" + (svc.source || "file"), title: "where the service is defined" }, svc.source || "file"),
         el("span", { class: "pill" }, svc.policy),
         el("span", { class: "pill" }, svc.eligible + " / " + svc.total + " eligible"),
+        el(
+          "span",
+          { class: "pill routes", title: "routes to this service" },
+          svc.routes && svc.routes.length ? "routes: " + svc.routes.join(", ") : "no route"
+        ),
         svc.panic ? el("span", { class: "pill panic", title: "too few healthy endpoints: balancing over all" }, "PANIC") : null,
         el(
           "span",
@@ -190,11 +196,23 @@
     );
   }
 
+  function sourceLine(name, s) {
+    const state = !s.synced && !s.reachable ? "not reached yet" : s.stale ? "STALE" : "ok";
+    const cls = s.stale || !s.reachable ? "source-line stale" : "source-line";
+    let text = name + " (" + s.endpoint + "): " + state + " · " + s.containers + " containers · " + s.events + " events · " + s.relists + " listings · " + s.errors + " errors";
+    if (s.stale && s.stale_since_unix) {
+      text += " · unreachable since " + new Date(s.stale_since_unix * 1000).toLocaleTimeString() + ", serving the last known containers";
+    }
+    if (s.last_error && (s.stale || !s.reachable)) text += " · " + s.last_error;
+    return el("p", { class: cls, "data-source": name }, text);
+  }
+
   function render(status, source) {
     if (!status || !Array.isArray(status.services)) return;
     generation.textContent = "config generation " + status.generation;
-    const sections = status.services.map(serviceSection);
-    if (sections.length === 0) sections.push(el("p", { class: "muted" }, "no services configured"));
+    const sections = Object.entries(status.sources || {}).map(([name, s]) => sourceLine(name, s));
+    sections.push(...status.services.map(serviceSection));
+    if (status.services.length === 0) sections.push(el("p", { class: "muted" }, "no services configured"));
     root.replaceChildren(...sections);
     document.body.dataset.source = source;
   }

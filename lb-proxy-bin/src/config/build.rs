@@ -10,12 +10,13 @@ use std::time::Duration;
 use super::duration::parse_duration;
 use super::error::{Invalid, KeyPath};
 use super::raw::{
-    OneOrMany, RawAdmin, RawConfig, RawDuration, RawEndpoint, RawHealth, RawOutlier, RawRoute, RawServer, RawService,
-    RawTcp, RawTls,
+    OneOrMany, RawAdmin, RawConfig, RawDuration, RawEndpoint, RawHealth, RawOutlier, RawProvider, RawRoute, RawServer,
+    RawService, RawTcp, RawTls,
 };
 use super::{
-    AdminConfig, Balance, BasicAuth, CertKey, Config, EndpointConfig, EndpointSource, HashKey, HealthConfig, HostMatch,
-    OutlierConfig, Probe, RouteConfig, ServerConfig, ServiceConfig, SniCert, TcpConfig, TlsConfig,
+    AdminConfig, Balance, BasicAuth, CertKey, Config, DockerProviderConfig, EndpointConfig, EndpointSource, HashKey,
+    HealthConfig, HostMatch, Origin, OutlierConfig, Probe, ProviderConfig, RouteConfig, ServerConfig, ServiceConfig,
+    SniCert, TcpConfig, TlsConfig,
 };
 
 type Result<T> = std::result::Result<T, Invalid>;
@@ -73,6 +74,19 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         tcp.push(entry);
     }
 
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    for (i, raw) in raw.providers.into_iter().enumerate() {
+        let path = root.key("providers").index(i);
+        let provider = provider(raw, &path)?;
+        if providers.iter().any(|p| p == &provider || matches!(p, ProviderConfig::Docker(_))) {
+            return Err(Invalid::new(
+                &path.key("kind"),
+                "a second docker provider: one proxy follows one Docker Engine",
+            ));
+        }
+        providers.push(provider);
+    }
+
     for (i, (addr, path)) in listeners.iter().enumerate() {
         // Port 0 asks the system for a free port: it never conflicts.
         if let Some((_, first)) = listeners[..i]
@@ -89,8 +103,104 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         services,
         routes,
         tcp,
+        providers,
         warnings: Vec::new(),
     })
+}
+
+/// One `[[providers]]` entry.
+fn provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
+    let kind = required(raw.kind, path, "kind")?;
+    if kind != "docker" {
+        return Err(Invalid::new(
+            &path.key("kind"),
+            format!("unknown provider kind {kind:?} (expected \"docker\")"),
+        ));
+    }
+    let defaults = DockerProviderConfig::default();
+    let endpoint = match raw.endpoint {
+        None => None,
+        Some(ep) => {
+            let ok = ["unix://", "tcp://", "http://"]
+                .iter()
+                .any(|scheme| ep.starts_with(scheme) && ep.len() > scheme.len());
+            if !ok {
+                return Err(Invalid::new(
+                    &path.key("endpoint"),
+                    format!("invalid docker endpoint {ep:?} (expected unix:///path/docker.sock or tcp://host:port)"),
+                ));
+            }
+            Some(ep)
+        }
+    };
+    let label_prefix = match raw.label_prefix {
+        None => defaults.label_prefix,
+        Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.ends_with('.') => p,
+        Some(p) => {
+            return Err(Invalid::new(
+                &path.key("label_prefix"),
+                format!("invalid label prefix {p:?} (letters, digits, `-`, `_`, `.`; without the final dot)"),
+            ))
+        }
+    };
+    let network = match raw.network {
+        Some(n) if n.is_empty() => return Err(Invalid::new(&path.key("network"), "empty network name")),
+        other => other,
+    };
+    let published = match raw.address.as_deref() {
+        None | Some("container") => false,
+        Some("published") => true,
+        Some(other) => {
+            return Err(Invalid::new(
+                &path.key("address"),
+                format!("unknown address mode {other:?} (expected \"container\" or \"published\")"),
+            ))
+        }
+    };
+    let host_ip = match raw.host_ip {
+        None => defaults.host_ip,
+        Some(text) => text.parse().map_err(|_| {
+            Invalid::new(
+                &path.key("host_ip"),
+                format!("invalid IP address {text:?}"),
+            )
+        })?,
+    };
+    let default_host = match raw.default_host {
+        None => None,
+        Some(template) => {
+            // Checked with a sample name: what is left must be a host rule.
+            let sample = template.replace("{service}", "svc");
+            host_match(&sample).map_err(|msg| Invalid::new(&path.key("default_host"), msg))?;
+            Some(template)
+        }
+    };
+    let mut traefik = false;
+    for (i, c) in raw.compat.unwrap_or_default().iter().enumerate() {
+        match c.as_str() {
+            "traefik" => traefik = true,
+            other => {
+                return Err(Invalid::new(
+                    &path.key("compat").index(i),
+                    format!("unknown compat {other:?} (expected \"traefik\")"),
+                ))
+            }
+        }
+    }
+    let linger = duration(raw.linger, &path.key("linger"))?.unwrap_or(defaults.linger);
+    let resync = positive_duration(raw.resync, &path.key("resync"), defaults.resync)?;
+    Ok(ProviderConfig::Docker(DockerProviderConfig {
+        endpoint,
+        label_prefix,
+        exposed_by_default: raw.exposed_by_default.unwrap_or(false),
+        network,
+        published,
+        host_ip,
+        default_host,
+        traefik,
+        linger,
+        resync,
+    }))
 }
 
 /// `[server]`, and the key path of each listen address.
@@ -299,21 +409,32 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
         }
     };
 
-    let endpoints = match (raw.endpoints, raw.endpoints_file) {
-        (Some(_), Some(_)) => {
-            return Err(Invalid::new(
-                &path.key("endpoints_file"),
-                "set either `endpoints` or `endpoints_file`, not both",
-            ))
-        }
-        (None, None) => {
+    let endpoints = match (raw.endpoints, raw.endpoints_file, raw.docker) {
+        (None, None, None) => {
             return Err(Invalid::new(
                 path,
-                format!("service {name:?} has no endpoints: set `endpoints` or `endpoints_file`"),
+                format!("service {name:?} has no endpoints: set `endpoints`, `endpoints_file` or `docker`"),
             ))
         }
-        (None, Some(file)) => EndpointSource::File(file_path(&file, &path.key("endpoints_file"), base_dir)?),
-        (Some(list), None) => EndpointSource::Static(endpoints(list, &path.key("endpoints"))?),
+        (None, Some(file), None) => EndpointSource::File(file_path(&file, &path.key("endpoints_file"), base_dir)?),
+        (Some(list), None, None) => EndpointSource::Static(endpoints(list, &path.key("endpoints"))?),
+        (None, None, Some(docker)) => {
+            let service = required(docker.service, &path.key("docker"), "service")?;
+            if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(Invalid::new(
+                    &path.key("docker").key("service"),
+                    format!("invalid service name {service:?} (use letters, digits, `-`, `_` and `.`)"),
+                ));
+            }
+            EndpointSource::Docker { service }
+        }
+        (_, file, docker) => {
+            let second = if docker.is_some() { "docker" } else if file.is_some() { "endpoints_file" } else { "endpoints" };
+            return Err(Invalid::new(
+                &path.key(second),
+                "set one of `endpoints`, `endpoints_file` and `docker`, not several",
+            ));
+        }
     };
 
     let health = raw.health.map(|h| health(h, &path.key("health"))).transpose()?;
@@ -347,6 +468,7 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
 
     Ok(ServiceConfig {
         name,
+        origin: Origin::File,
         balance,
         hash_key,
         endpoints,
@@ -618,7 +740,7 @@ fn is_dns_name(name: &str) -> bool {
 }
 
 /// `example.com` or `*.example.com`.
-fn host_match(text: &str) -> std::result::Result<HostMatch, String> {
+pub(crate) fn host_match(text: &str) -> std::result::Result<HostMatch, String> {
     let lower = text.to_ascii_lowercase();
     let name = lower.strip_suffix('.').unwrap_or(&lower);
     let (wildcard, bare) = match name.strip_prefix("*.") {
@@ -641,7 +763,7 @@ fn host_match(text: &str) -> std::result::Result<HostMatch, String> {
 }
 
 /// `client_ip`, `header:NAME`, `cookie:NAME` or `path`.
-fn hash_key(text: &str) -> std::result::Result<HashKey, String> {
+pub(crate) fn hash_key(text: &str) -> std::result::Result<HashKey, String> {
     let is_token = |s: &str| {
         !s.is_empty()
             && s.chars()

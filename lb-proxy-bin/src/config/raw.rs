@@ -21,6 +21,30 @@ pub(super) struct RawConfig {
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
     pub(super) tcp: Vec<RawTcp>,
+    #[serde(default)]
+    pub(super) providers: Vec<RawProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub(super) kind: Option<String>,
+    pub(super) endpoint: Option<String>,
+    pub(super) label_prefix: Option<String>,
+    pub(super) exposed_by_default: Option<bool>,
+    pub(super) network: Option<String>,
+    pub(super) address: Option<String>,
+    pub(super) host_ip: Option<String>,
+    pub(super) default_host: Option<String>,
+    pub(super) compat: Option<Vec<String>>,
+    pub(super) linger: Option<RawDuration>,
+    pub(super) resync: Option<RawDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDockerRef {
+    pub(super) service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -68,6 +92,7 @@ pub(super) struct RawService {
     pub(super) hash_key: Option<String>,
     pub(super) endpoints: Option<Vec<RawEndpoint>>,
     pub(super) endpoints_file: Option<String>,
+    pub(super) docker: Option<RawDockerRef>,
     pub(super) health: Option<RawHealth>,
     pub(super) connect_timeout: Option<RawDuration>,
     pub(super) response_timeout: Option<RawDuration>,

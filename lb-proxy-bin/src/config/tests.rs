@@ -47,6 +47,7 @@ fn addr(text: &str) -> SocketAddr {
 fn web_service(endpoints: EndpointSource) -> ServiceConfig {
     ServiceConfig {
         name: "web".into(),
+        origin: Origin::File,
         balance: Balance::RoundRobin,
         hash_key: None,
         endpoints,
@@ -103,6 +104,7 @@ fn example_parses_to_expected_values() {
             service: "web".into(),
         }],
         tcp: vec![],
+        providers: vec![],
         warnings: vec![
             "/etc/lb/lb.toml:8:12: services[0].hash_key: ignored: hash_key applies only to balance = \
              \"consistent_hash\" (this service uses \"round_robin\")"
@@ -480,7 +482,7 @@ fn endpoints_and_endpoints_file_both() {
     let err = parse_err(&format!("{WEB}endpoints_file = \"web.toml\"\n"));
     assert_eq!(
         err,
-        "web.toml:4:18: services[0].endpoints_file: set either `endpoints` or `endpoints_file`, not both"
+        "web.toml:4:18: services[0].endpoints_file: set one of `endpoints`, `endpoints_file` and `docker`, not several"
     );
 }
 
@@ -489,7 +491,7 @@ fn endpoints_and_endpoints_file_neither() {
     let err = parse_err("[server]\n\n[[services]]\nname = \"web\"\n");
     assert_eq!(
         err,
-        "web.toml:3:1: services[0]: service \"web\" has no endpoints: set `endpoints` or `endpoints_file`"
+        "web.toml:3:1: services[0]: service \"web\" has no endpoints: set `endpoints`, `endpoints_file` or `docker`"
     );
 }
 
@@ -788,4 +790,80 @@ fn docs_examples_parse() {
         let config = parse_ok(block);
         assert!(config.warnings.len() <= 1, "{:?}", config.warnings);
     }
+}
+
+// --- providers ---
+
+#[test]
+fn the_docker_provider_keys_parse_as_written() {
+    let config = parse_ok(
+        r#"
+[[providers]]
+kind = "docker"
+endpoint = "unix:///var/run/docker.sock"
+label_prefix = "lb"
+exposed_by_default = false
+network = "appnet"
+address = "container"
+default_host = "{service}.docker.localhost"
+compat = ["traefik"]
+
+[[services]]
+name = "whoami"
+docker = { service = "whoami" }
+"#,
+    );
+    let [ProviderConfig::Docker(d)] = &config.providers[..] else {
+        panic!("one docker provider expected: {:?}", config.providers)
+    };
+    assert_eq!(d.endpoint.as_deref(), Some("unix:///var/run/docker.sock"));
+    assert_eq!(d.network.as_deref(), Some("appnet"));
+    assert!(!d.published && d.traefik && !d.exposed_by_default);
+    assert_eq!(d.default_host.as_deref(), Some("{service}.docker.localhost"));
+    assert_eq!(d.linger, Duration::from_secs(10));
+    assert_eq!(
+        config.services[0].endpoints,
+        EndpointSource::Docker {
+            service: "whoami".into()
+        }
+    );
+    let published = parse_ok("[[providers]]\nkind = \"docker\"\naddress = \"published\"\nhost_ip = \"10.1.2.3\"\n");
+    let [ProviderConfig::Docker(d)] = &published.providers[..] else {
+        panic!()
+    };
+    assert!(d.published);
+    assert_eq!(d.host_ip.to_string(), "10.1.2.3");
+}
+
+#[test]
+fn bad_provider_keys_name_the_key() {
+    let cases = [
+        ("kind = \"k8s\"\n", "web.toml:2:8: providers[0].kind: unknown provider kind \"k8s\""),
+        (
+            "kind = \"docker\"\nendpoint = \"ssh://host\"\n",
+            "web.toml:3:12: providers[0].endpoint: invalid docker endpoint \"ssh://host\"",
+        ),
+        (
+            "kind = \"docker\"\naddress = \"host\"\n",
+            "web.toml:3:11: providers[0].address: unknown address mode \"host\"",
+        ),
+        (
+            "kind = \"docker\"\ncompat = [\"nginx\"]\n",
+            "web.toml:3:11: providers[0].compat[0]: unknown compat \"nginx\"",
+        ),
+        (
+            "kind = \"docker\"\ndefault_host = \"{service}:80\"\n",
+            "web.toml:3:16: providers[0].default_host: host \"svc:80\" must not include a port",
+        ),
+        ("kind = \"docker\"\nport = 1\n", "web.toml:3:1: providers[0].port: unknown key `port`"),
+    ];
+    for (body, want) in cases {
+        let err = parse_err(&format!("[[providers]]\n{body}"));
+        assert!(err.starts_with(want), "{body}: got {err}, want {want}");
+    }
+    let err = parse_err("[[providers]]\nkind = \"docker\"\n[[providers]]\nkind = \"docker\"\n");
+    assert!(err.starts_with("web.toml:4:8: providers[1].kind: a second docker provider"), "{err}");
+    let err = parse_err("[[services]]\nname = \"w\"\ndocker = { service = \"a b\" }\n");
+    assert!(err.starts_with("web.toml:3:"), "{err}");
+    assert!(err.contains("services[0].docker.service: invalid service name"), "{err}");
 }

@@ -1,0 +1,250 @@
+//! Providers' services and routes, and how they merge with the file's.
+//!
+//! A provider publishes services and routes, never endpoints: a service's endpoints reach
+//! its balancer through its own discovery stream. So a new container of a known service
+//! changes nothing here, and the balancer keeps its state.
+//!
+//! Merge rules: the file wins a service name (a warning, unless the file's service reads
+//! that very Docker service); a route (host and path prefix) belongs to its first
+//! claimant, the file's routes first, then providers' services in name order.
+
+use std::collections::BTreeMap;
+
+use lb_core::discover::catalog::{Catalog, CatalogService};
+
+use crate::config::build::{hash_key, host_match};
+use crate::config::{
+    Balance, Config, DockerProviderConfig, EndpointSource, HealthConfig, Origin, Probe, RouteConfig, ServiceConfig,
+};
+
+/// A service a provider asks for, with its routes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Provided {
+    pub(crate) service: ServiceConfig,
+    pub(crate) routes: Vec<RouteConfig>,
+}
+
+/// The services and routes the Docker catalog asks for. A service whose hints do not make
+/// a valid service is skipped with a warning (the adapter checks each label, so this is
+/// rare: a default host template that yields an invalid name, say).
+pub(crate) fn from_docker(
+    catalog: &Catalog,
+    provider: &DockerProviderConfig,
+    warn: &mut dyn FnMut(String),
+) -> BTreeMap<String, Provided> {
+    let mut out = BTreeMap::new();
+    for (name, svc) in &catalog.services {
+        match docker_service(name, svc, provider) {
+            Ok(p) => {
+                out.insert(name.clone(), p);
+            }
+            Err(msg) => warn(format!("docker service {name:?} skipped: {msg}")),
+        }
+    }
+    out
+}
+
+fn docker_service(name: &str, svc: &CatalogService, provider: &DockerProviderConfig) -> Result<Provided, String> {
+    let defaults = crate::config::parse(
+        &format!("[[services]]\nname = {name:?}\ndocker = {{ service = {name:?} }}\n"),
+        std::path::Path::new("<docker>"),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut service = defaults.services.into_iter().next().ok_or("no service")?;
+    service.origin = Origin::Docker;
+    let hints = &svc.hints;
+    if let Some(b) = &hints.balance {
+        service.balance = Balance::from_name(b).ok_or_else(|| format!("unknown policy {b:?}"))?;
+    }
+    if service.balance == Balance::ConsistentHash {
+        service.hash_key = Some(match &hints.hash_key {
+            Some(k) => hash_key(k)?,
+            None => crate::config::HashKey::ClientIp,
+        });
+    }
+    if hints.health_path.is_some() || hints.health_interval.is_some() {
+        let path = hints.health_path.clone().unwrap_or_else(|| "/".to_string());
+        service.health = Some(HealthConfig {
+            probe: Probe::Http { path },
+            interval: hints.health_interval.unwrap_or(std::time::Duration::from_secs(5)),
+            timeout: std::time::Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+        });
+    }
+    let mut hosts: Vec<String> = hints.hosts.clone();
+    if hosts.is_empty() {
+        if let Some(template) = &provider.default_host {
+            hosts.push(template.replace("{service}", name));
+        }
+    }
+    let mut routes = Vec::new();
+    for h in &hosts {
+        routes.push(RouteConfig {
+            host: Some(host_match(h)?),
+            path_prefix: hints.path_prefix.clone(),
+            service: name.to_string(),
+        });
+    }
+    if hosts.is_empty() && hints.path_prefix.is_some() {
+        routes.push(RouteConfig {
+            host: None,
+            path_prefix: hints.path_prefix.clone(),
+            service: name.to_string(),
+        });
+    }
+    Ok(Provided { service, routes })
+}
+
+/// The file's config with the providers' services and routes added.
+pub(crate) fn merge<'a>(
+    file: &Config,
+    provided: impl IntoIterator<Item = &'a Provided>,
+    warn: &mut dyn FnMut(String),
+) -> Config {
+    let mut merged = file.clone();
+    for p in provided {
+        let name = &p.service.name;
+        if let Some(own) = file.services.iter().find(|s| &s.name == name) {
+            let reads_it = matches!(&own.endpoints, EndpointSource::Docker { service } if service == name);
+            if !reads_it {
+                warn(format!(
+                    "docker service {name:?} ignored: the config file defines a service of that name"
+                ));
+            }
+            continue;
+        }
+        merged.services.push(p.service.clone());
+        for r in &p.routes {
+            match merged
+                .routes
+                .iter()
+                .find(|o| o.host == r.host && o.path_prefix == r.path_prefix)
+            {
+                Some(owner) => warn(format!(
+                    "route {} of docker service {name:?} ignored: it belongs to service {:?}",
+                    route_text(r),
+                    owner.service
+                )),
+                None => merged.routes.push(r.clone()),
+            }
+        }
+    }
+    merged
+}
+
+/// A route as a person reads it: `host/prefix`, `*` for any host.
+pub(crate) fn route_text(r: &RouteConfig) -> String {
+    let host = r.host.as_ref().map_or_else(|| "*".to_string(), |h| h.to_string());
+    format!("{host}{}", r.path_prefix.as_deref().unwrap_or(""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_core::discover::catalog::Hints;
+    use std::path::Path;
+
+    fn catalog(entries: &[(&str, Hints)]) -> Catalog {
+        Catalog::synced(
+            entries
+                .iter()
+                .map(|(n, h)| {
+                    (
+                        n.to_string(),
+                        CatalogService {
+                            endpoints: vec![],
+                            hints: h.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn file(text: &str) -> Config {
+        crate::config::parse(text, Path::new("lb.toml")).expect("valid")
+    }
+
+    #[test]
+    fn hints_become_services_and_routes() {
+        let provider = DockerProviderConfig {
+            default_host: Some("{service}.docker.localhost".into()),
+            ..Default::default()
+        };
+        let hints = Hints {
+            hosts: vec!["api.example.com".into(), "*.api.example.com".into()],
+            path_prefix: Some("/v1".into()),
+            balance: Some("consistent_hash".into()),
+            hash_key: Some("header:x-user".into()),
+            health_path: Some("/healthz".into()),
+            health_interval: Some(std::time::Duration::from_millis(500)),
+        };
+        let mut warnings = Vec::new();
+        let got = from_docker(
+            &catalog(&[("api", hints), ("web", Hints::default())]),
+            &provider,
+            &mut |w| warnings.push(w),
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let api = &got["api"];
+        assert_eq!(api.service.origin, Origin::Docker);
+        assert_eq!(api.service.balance, Balance::ConsistentHash);
+        assert_eq!(api.service.hash_key, Some(crate::config::HashKey::Header("x-user".into())));
+        assert_eq!(
+            api.service.endpoints,
+            EndpointSource::Docker {
+                service: "api".into()
+            }
+        );
+        let health = api.service.health.as_ref().unwrap();
+        assert_eq!(health.probe, Probe::Http { path: "/healthz".into() });
+        assert_eq!(health.interval, std::time::Duration::from_millis(500));
+        let routes: Vec<String> = api.routes.iter().map(route_text).collect();
+        assert_eq!(routes, ["api.example.com/v1", "*.api.example.com/v1"]);
+        // No host label: the default host.
+        let routes: Vec<String> = got["web"].routes.iter().map(route_text).collect();
+        assert_eq!(routes, ["web.docker.localhost"]);
+        assert_eq!(got["web"].service.balance, Balance::RoundRobin);
+        assert!(got["web"].service.health.is_none());
+    }
+
+    #[test]
+    fn the_file_wins_names_and_the_first_claimant_keeps_a_route() {
+        let f = file(
+            "[[services]]\nname = \"web\"\nendpoints = [\"127.0.0.1:1\"]\n\
+             [[services]]\nname = \"whoami\"\ndocker = { service = \"whoami\" }\n\
+             [[routes]]\nhost = \"shop.example.com\"\nservice = \"web\"\n",
+        );
+        let provider = DockerProviderConfig::default();
+        let shop = Hints {
+            hosts: vec!["shop.example.com".into()],
+            ..Hints::default()
+        };
+        let other = Hints {
+            hosts: vec!["other.example.com".into()],
+            ..Hints::default()
+        };
+        let provided = from_docker(
+            &catalog(&[("web", other.clone()), ("whoami", other), ("shop", shop)]),
+            &provider,
+            &mut |w| panic!("{w}"),
+        );
+        let mut warnings = Vec::new();
+        let merged = merge(&f, provided.values(), &mut |w| warnings.push(w));
+        let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
+        // `web` is the file's; `whoami` is read by the file's own service: no warning for it.
+        assert_eq!(names, ["web", "whoami", "shop"]);
+        assert_eq!(merged.services[0].origin, Origin::File);
+        assert_eq!(merged.services[2].origin, Origin::Docker);
+        assert_eq!(merged.routes.len(), 1, "shop's route is the file's already");
+        warnings.sort();
+        assert_eq!(
+            warnings,
+            [
+                "docker service \"web\" ignored: the config file defines a service of that name",
+                "route shop.example.com of docker service \"shop\" ignored: it belongs to service \"web\"",
+            ]
+        );
+    }
+}

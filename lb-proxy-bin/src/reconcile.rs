@@ -1,0 +1,242 @@
+//! The reconciler: the one writer of the running configuration.
+//!
+//! It merges the file's config (handed over by `reload`) with each provider's latest
+//! desired set of services and routes, builds the next [`Runtime`] through the same path
+//! a reload uses (unchanged services carried over, balancer state and all) and swaps it in.
+//!
+//! - Endpoint changes never come here: a new container of a known service reaches that
+//!   service's balancer through its own discovery stream, and the desired set is unchanged.
+//! - A change of the provider's set is applied after a short debounce, and at most once
+//!   per [`MIN_INTERVAL`], so a burst of containers (50 started at once) costs a handful of
+//!   rebuilds, not 50.
+//! - A provider service whose last container left keeps its routes for the provider's
+//!   `linger` (answering 503, so a restart does not 404), then goes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use lb_core::discover::catalog::Catalog;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::providers::{self, Provided};
+use crate::runtime::Runtime;
+use crate::sources::Sources;
+use crate::stack::build_runtime;
+
+/// Quiet time after a provider change before it is applied, to gather a burst.
+const DEBOUNCE: Duration = Duration::from_millis(25);
+/// Least time between two rebuilds caused by providers.
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(1000);
+
+/// A new file config and why it was read.
+pub(crate) type FileUpdate = (Config, &'static str);
+
+/// Runs until `stop`.
+pub(crate) async fn run(
+    file: Config,
+    mut files: mpsc::UnboundedReceiver<FileUpdate>,
+    sources: Arc<Sources>,
+    state: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut r = Reconciler {
+        file,
+        sources: sources.clone(),
+        state,
+        metrics,
+        present: BTreeMap::new(),
+        lingering: BTreeMap::new(),
+        applied: None,
+        warned: HashSet::new(),
+        last_provider_apply: None,
+    };
+    // The provider's catalog, if there is a Docker provider.
+    let mut catalog: Option<watch::Receiver<Arc<Catalog>>> = match sources.docker_provider() {
+        Some(_) => match sources.docker() {
+            Ok(h) => Some(h.catalog()),
+            Err(e) => {
+                tracing::error!(error = %e, "docker provider not started");
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(rx) = &mut catalog {
+        let cat = rx.borrow_and_update().clone();
+        r.read_catalog(&cat);
+        r.apply("start").await;
+    }
+    let mut due: Option<Instant> = None;
+    loop {
+        let linger_due = r.lingering.values().map(|(_, at)| *at).min();
+        let next = match (due, linger_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            f = files.recv() => match f {
+                Some((cfg, why)) => {
+                    if cfg.providers != r.file.providers {
+                        tracing::warn!("[[providers]] changed: providers apply on restart only");
+                    }
+                    r.file = cfg;
+                    r.apply(why).await;
+                }
+                None => return,
+            },
+            changed = changed(&mut catalog) => {
+                if changed.is_err() {
+                    catalog = None;
+                    continue;
+                }
+                let cat = catalog.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
+                if r.read_catalog(&cat) && due.is_none() {
+                    let earliest = r.last_provider_apply.map_or_else(Instant::now, |t| t + MIN_INTERVAL);
+                    due = Some(earliest.max(Instant::now() + DEBOUNCE));
+                }
+            }
+            _ = sleep_until(next) => {
+                let now = Instant::now();
+                if due.is_some_and(|d| d <= now) {
+                    due = None;
+                }
+                r.expire(now);
+                r.last_provider_apply = Some(now);
+                r.apply("providers").await;
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn changed(rx: &mut Option<watch::Receiver<Arc<Catalog>>>) -> Result<(), watch::error::RecvError> {
+    match rx {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Reconciler {
+    file: Config,
+    sources: Arc<Sources>,
+    state: Arc<ArcSwap<Runtime>>,
+    metrics: Arc<Metrics>,
+    /// What the provider asks for now.
+    present: BTreeMap<String, Provided>,
+    /// Services the provider no longer has, kept until their deadline.
+    lingering: BTreeMap<String, (Provided, Instant)>,
+    /// The merged config last swapped in.
+    applied: Option<Config>,
+    /// Warnings already logged.
+    warned: HashSet<String>,
+    last_provider_apply: Option<Instant>,
+}
+
+impl Reconciler {
+    /// Takes the provider's new catalog; `true` if the desired set changed (more than
+    /// endpoints).
+    fn read_catalog(&mut self, cat: &Catalog) -> bool {
+        if !cat.synced {
+            return false;
+        }
+        let sources = self.sources.clone();
+        let Some(provider) = sources.docker_provider() else {
+            return false;
+        };
+        let mut said = Vec::new();
+        let next = providers::from_docker(cat, provider, &mut |w| said.push(w));
+        self.warn_all(said);
+        if next == self.present {
+            return false;
+        }
+        let now = Instant::now();
+        for (name, p) in &self.present {
+            if !next.contains_key(name) {
+                tracing::info!(service = %name, linger = ?provider.linger, "docker: the service's last container left; its routes stay (503) for the linger time");
+                self.lingering.insert(name.clone(), (p.clone(), now + provider.linger));
+            }
+        }
+        for name in next.keys() {
+            self.lingering.remove(name);
+        }
+        self.present = next;
+        true
+    }
+
+    /// Drops lingering services whose time is up.
+    fn expire(&mut self, now: Instant) {
+        self.lingering.retain(|name, (_, at)| {
+            let keep = *at > now;
+            if !keep {
+                tracing::info!(service = %name, "docker: service removed (no container for the linger time)");
+            }
+            keep
+        });
+    }
+
+    fn warn_all(&mut self, said: Vec<String>) {
+        for w in said {
+            if self.warned.insert(w.clone()) {
+                tracing::warn!("{w}");
+            }
+        }
+    }
+
+    /// Builds and swaps in the merged config, if it differs from the running one.
+    async fn apply(&mut self, why: &'static str) {
+        let mut said = Vec::new();
+        let provided = self.present.values().chain(self.lingering.values().map(|(p, _)| p));
+        let merged = providers::merge(&self.file, provided, &mut |w| said.push(w));
+        self.warn_all(said);
+        if self.applied.as_ref() == Some(&merged) {
+            return;
+        }
+        if let Some(prev) = &self.applied {
+            if merged.server != prev.server || merged.admin != prev.admin || merged.tcp != prev.tcp {
+                tracing::warn!(
+                    "listener settings ([server], [admin], [[tcp]]) changed: they apply on restart only"
+                );
+            }
+        }
+        let old = self.state.load_full();
+        let generation = old.generation + 1;
+        match build_runtime(&merged, Some(&old), &self.metrics, generation, &self.sources) {
+            Ok(rt) => {
+                // New balancers are empty until their discovery runs: swapping one in
+                // at once would answer 503 for a moment.
+                crate::stack::settle(&rt, crate::stack::SETTLE_LIMIT).await;
+                self.state.store(Arc::new(rt));
+                if why != "providers" && why != "start" {
+                    self.metrics.reload(true);
+                }
+                tracing::info!(
+                    reason = why,
+                    generation,
+                    services = merged.services.len(),
+                    routes = merged.routes.len(),
+                    "configuration applied"
+                );
+                self.applied = Some(merged);
+            }
+            Err(e) => {
+                if why != "providers" && why != "start" {
+                    self.metrics.reload(false);
+                }
+                tracing::error!(reason = why, error = %e, "configuration refused; the running one stays");
+            }
+        }
+    }
+}
