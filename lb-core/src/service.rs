@@ -180,6 +180,7 @@ impl<P: Balance> Balancer<P, (), CompleteOnResponse, NoKey> {
                 decay_ns: 10e9,
                 track_latency: false,
                 name: Arc::from("default"),
+                admin_drained: Default::default(),
             },
             completion: CompleteOnResponse,
             key: NoKey,
@@ -198,6 +199,13 @@ impl<P: Balance, C, K> Builder<P, C, K> {
     /// Default: fail at once.
     pub fn wait(mut self, wait: Duration) -> Self {
         self.config.wait = Some(wait);
+        self
+    }
+
+    /// Endpoints to treat as drained by an operator from the start: a proxy that replaces
+    /// a balancer (a changed config) carries its operator's drains over with this.
+    pub fn drained(mut self, ids: impl IntoIterator<Item = EndpointId>) -> Self {
+        self.config.admin_drained.extend(ids);
         self
     }
 
@@ -294,6 +302,10 @@ impl<P: Balance, C, K> Builder<P, C, K> {
         let policy = Arc::new(self.policy);
         let events = Arc::new(Events::default());
         let mut config = self.config;
+        *events
+            .admin_drained
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::mem::take(&mut config.admin_drained);
         if let Some(d) = policy.latency_decay() {
             config.decay_ns = d.as_nanos().max(1) as f64;
         }
@@ -480,6 +492,20 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     /// [`UnknownEndpoint`] if the balancer has no endpoint with that id.
     pub async fn drain(&self, id: impl Into<EndpointId>) -> Result<(), UnknownEndpoint> {
         self.admin(Command::Drain, id.into()).await
+    }
+
+    /// The ids an operator drained (with [`drain`](Self::drain) or
+    /// [`Builder::drained`]) and has not enabled since, whether or not discovery has them
+    /// now.
+    pub fn drained_ids(&self) -> Vec<EndpointId> {
+        self.shared
+            .events
+            .admin_drained
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Undoes [`drain`](Self::drain).

@@ -42,6 +42,9 @@ pub(crate) struct Config {
     pub(crate) decay_ns: f64,
     pub(crate) track_latency: bool,
     pub(crate) name: Arc<str>,
+    /// Endpoints drained by an operator before this balancer existed (carried over from
+    /// a balancer it replaces).
+    pub(crate) admin_drained: std::collections::BTreeSet<EndpointId>,
 }
 
 impl std::fmt::Debug for Config {
@@ -63,6 +66,9 @@ impl std::fmt::Debug for Config {
 pub(crate) struct Events {
     pub(crate) notify: Notify,
     pub(crate) closed: AtomicBool,
+    /// Ids an operator drained: the drain outlives the endpoint's state, so an endpoint
+    /// that discovery removes and adds back stays drained until enabled.
+    pub(crate) admin_drained: std::sync::Mutex<std::collections::BTreeSet<EndpointId>>,
 }
 
 /// One published view of the eligible endpoints.
@@ -351,6 +357,16 @@ where
             None => {
                 tracing::info!(balancer = %self.config.name, endpoint = %ep.id(), addr = %ep.addr(), weight = ep.weight(), "endpoint added");
                 let st = EndpointState::new(ep.clone(), self.config.default_rtt);
+                let drained = self
+                    .events
+                    .admin_drained
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(ep.id());
+                if drained {
+                    st.set_flag(Flag::AdminDrain, true);
+                    tracing::info!(balancer = %self.config.name, endpoint = %ep.id(), "endpoint back; still drained by operator");
+                }
                 st.link(Link {
                     events: self.events.clone(),
                     outlier_threshold: self.config.outlier.map(|o| o.consecutive_failures).unwrap_or(0),
@@ -403,6 +419,18 @@ where
         };
         let res = match self.table.get(&id) {
             Some(e) => {
+                {
+                    let mut ids = self
+                        .events
+                        .admin_drained
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if drain {
+                        ids.insert(id.clone());
+                    } else {
+                        ids.remove(&id);
+                    }
+                }
                 if e.state.set_flag(Flag::AdminDrain, drain) {
                     tracing::info!(balancer = %self.config.name, endpoint = %id, "endpoint {} by operator", if drain { "drained" } else { "enabled" });
                 }

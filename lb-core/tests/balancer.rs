@@ -215,6 +215,39 @@ async fn operator_drain_holds_until_enabled() {
     assert!((0..4).any(|_| lb.pick(None).unwrap().service.idx == 0));
 }
 
+#[tokio::test(start_paused = true)]
+async fn operator_drain_survives_the_endpoint_leaving_and_coming_back() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    lb.drain(id(0)).await.unwrap();
+    eventually("drained", STEP, 10, || lb.eligible() == 1).await;
+    // Discovery removes it (a container stops) and adds it back (the container restarts).
+    publisher.reset([ep(1)]);
+    eventually("removed", STEP, 10, || ids(&lb) == ["ep001"]).await;
+    publisher.reset([ep(0), ep(1)]);
+    eventually("back", STEP, 10, || ids(&lb).len() == 2).await;
+    assert_eq!(health_of(&lb, 0), Some(Health::Draining), "still drained by the operator");
+    assert!((0..20).all(|_| lb.pick(None).unwrap().service.idx == 1));
+    assert_eq!(lb.drained_ids(), [id(0)]);
+    lb.enable(id(0)).await.unwrap();
+    assert!(lb.drained_ids().is_empty());
+    lb.ready_endpoints(2).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drains_carry_over_to_a_balancer_that_replaces_another() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new())
+        .drained([id(1)])
+        .spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    eventually("both in", STEP, 10, || ids(&lb).len() == 2).await;
+    assert_eq!(health_of(&lb, 1), Some(Health::Draining));
+    assert_eq!(lb.eligible(), 1);
+}
+
 // === fail fast, or a bounded wait ===
 
 #[tokio::test(start_paused = true)]

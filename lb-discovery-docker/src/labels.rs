@@ -98,6 +98,9 @@ pub struct Member {
 }
 
 /// The verdict on one container.
+// Most verdicts on selected containers are members, consumed right away: boxing the
+// large variant would only add an allocation to the common case.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Not selected (no enable label, or disabled): silently ignored.
@@ -130,8 +133,9 @@ pub fn evaluate(container: &ContainerInspectResponse, opts: &Options) -> Verdict
     }
 }
 
-/// The compose labels read for the default service name and the metadata.
+/// Compose's project label, copied into the metadata.
 const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+/// Compose's service label: the default service name, and copied into the metadata.
 const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 
 /// The keys (after the prefix) that are ours rather than hints.
@@ -178,9 +182,7 @@ impl<'a> Labels<'a> {
     }
 
     fn get(&self, name: &str) -> Option<Label<'a>> {
-        self.all
-            .get_key_value(name)
-            .map(|(name, value)| Label { name, value })
+        self.all.get_key_value(name).map(|(name, value)| Label { name, value })
     }
 
     /// `<prefix>.<key>`.
@@ -223,13 +225,19 @@ fn judge(container: &ContainerInspectResponse, opts: &Options) -> Result<Member,
     let port_label = labels
         .own("port")
         .or_else(|| traefik_label(&labels, opts, "traefik.port", traefik_service, "port"));
-    let port_label = port_label.map(|label| parse_port(label).map(|port| (label, port))).transpose()?;
+    let port_label = port_label
+        .map(|label| parse_port(label).map(|port| (label, port)))
+        .transpose()?;
     let weight_label = labels
         .own("weight")
         .or_else(|| traefik_label(&labels, opts, "traefik.weight", traefik_service, "weight"));
     let weight = match weight_label {
-        Some(label) => parse_number(label.value, 65_535)
-            .ok_or_else(|| invalid(label.name, format!("invalid weight {:?} (expected 0 to 65535)", label.value)))?,
+        Some(label) => parse_number(label.value, 65_535).ok_or_else(|| {
+            invalid(
+                label.name,
+                format!("invalid weight {:?} (expected 0 to 65535)", label.value),
+            )
+        })?,
         None => lb_core::DEFAULT_WEIGHT,
     };
     let network = labels
@@ -393,7 +401,12 @@ fn parse_port(label: Label<'_>) -> Result<u16, Skip> {
     parse_number(label.value, u32::from(u16::MAX))
         .and_then(|port| u16::try_from(port).ok())
         .filter(|port| *port > 0)
-        .ok_or_else(|| invalid(label.name, format!("invalid port {:?} (expected 1 to 65535)", label.value)))
+        .ok_or_else(|| {
+            invalid(
+                label.name,
+                format!("invalid port {:?} (expected 1 to 65535)", label.value),
+            )
+        })
 }
 
 /// Applies every `<prefix>.<key>` hint label, then (Traefik compat, when no
@@ -427,10 +440,15 @@ struct Route<'a> {
 /// `traefik.http.routers.<r>.rule` (v2): all hosts are taken; the path prefixes must be
 /// the same.
 fn traefik_routes(labels: &Labels<'_>, hints: &mut Hints) -> Result<(), Skip> {
-    let v1 = labels.get("traefik.frontend.rule").map(|label| (label, v1_rule(label.value)));
+    let v1 = labels
+        .get("traefik.frontend.rule")
+        .map(|label| (label, v1_rule(label.value)));
     let v2 = labels
         .starting_with("traefik.http.routers.")
-        .filter(|(rest, _)| rest.split_once('.').is_some_and(|(router, key)| !router.is_empty() && key == "rule"))
+        .filter(|(rest, _)| {
+            rest.split_once('.')
+                .is_some_and(|(router, key)| !router.is_empty() && key == "rule")
+        })
         .map(|(_, label)| (label, v2_rule(label.value)));
     let mut first_path: Option<(Label<'_>, Option<&str>)> = None;
     for (label, route) in v1.into_iter().chain(v2) {
@@ -467,9 +485,8 @@ fn traefik_routes(labels: &Labels<'_>, hints: &mut Hints) -> Result<(), Skip> {
 
 /// A Traefik v1 frontend rule: `Host:a,b`, `PathPrefix:/p`, or both joined by `;`.
 fn v1_rule(rule: &str) -> Result<Route<'_>, String> {
-    let unsupported = || {
-        format!("unsupported rule {rule:?}: only Host:NAMES and PathPrefix:PATH, joined by `;`, are understood")
-    };
+    let unsupported =
+        || format!("unsupported rule {rule:?}: only Host:NAMES and PathPrefix:PATH, joined by `;`, are understood");
     let mut route = Route::default();
     let mut seen_host = false;
     for part in rule.split(';') {
@@ -490,11 +507,8 @@ fn v1_rule(rule: &str) -> Result<Route<'_>, String> {
 /// A Traefik v2/v3 router rule: ``Host(`a`)``, ``Host(`a`, `b`)``, ``PathPrefix(`/p`)``,
 /// or one of each joined by `&&`. Strings are quoted with backticks or double quotes.
 fn v2_rule(rule: &str) -> Result<Route<'_>, String> {
-    let unsupported = || {
-        format!(
-            "unsupported rule {rule:?}: only Host(...) and PathPrefix(...), joined by &&, are understood"
-        )
-    };
+    let unsupported =
+        || format!("unsupported rule {rule:?}: only Host(...) and PathPrefix(...), joined by &&, are understood");
     let mut route = Route::default();
     let mut seen_host = false;
     let mut rest = rule.trim_start();
@@ -637,7 +651,11 @@ fn address(
                 [] => return Err(Skip::Ineligible("not attached to any network".into())),
                 [only] => *only,
                 [first, ..] => {
-                    let list = sorted.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
+                    let list = sorted
+                        .iter()
+                        .map(|(name, _)| name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     warnings.push(format!(
                         "attached to several networks ({list}) and none chosen: using {}; set {prefix}network",
                         first.0
@@ -673,25 +691,30 @@ fn find_network<'n>(
         [] => Err(Skip::Ineligible(format!("not attached to network {wanted}"))),
         [only] => Ok(*only),
         several => {
-            let list = several.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ");
-            Err(Skip::Ineligible(format!("network {wanted} is ambiguous: attached to {list}")))
+            let list = several
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(Skip::Ineligible(format!(
+                "network {wanted} is ambiguous: attached to {list}"
+            )))
         }
     }
 }
 
 /// The first host binding of `<port>/tcp`; an unspecified host IP becomes `host_ip`.
-fn published(
-    ports: Option<&PortMap>,
-    host_ip: IpAddr,
-    port: u16,
-) -> Result<SocketAddr, Skip> {
+fn published(ports: Option<&PortMap>, host_ip: IpAddr, port: u16) -> Result<SocketAddr, Skip> {
     let key = format!("{port}/tcp");
     let bindings = ports.and_then(|p| p.get(&key)).and_then(Option::as_ref);
     bindings
         .into_iter()
         .flatten()
         .find_map(|binding| {
-            let host_port = binding.host_port.as_deref().and_then(|p| parse_number(p, u32::from(u16::MAX)))?;
+            let host_port = binding
+                .host_port
+                .as_deref()
+                .and_then(|p| parse_number(p, u32::from(u16::MAX)))?;
             let host_port = u16::try_from(host_port).ok().filter(|p| *p > 0)?;
             let ip = match binding.host_ip.as_deref().unwrap_or_default() {
                 "" => host_ip,

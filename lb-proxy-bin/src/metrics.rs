@@ -127,6 +127,8 @@ pub(crate) struct Metrics {
     codes_seen: [AtomicU64; 16],
     /// The (service, endpoint) pairs present at the last scrape.
     known: Mutex<HashSet<(Arc<str>, EndpointId)>>,
+    /// The services present at the last scrape.
+    known_services: Mutex<HashSet<Arc<str>>>,
     registry: Registry,
     /// Service names, so a request's labels clone an `Arc` instead of a `String`.
     services: RwLock<HashSet<Arc<str>>>,
@@ -214,6 +216,7 @@ impl Metrics {
             encoding: Mutex::new(()),
             codes_seen: Default::default(),
             known: Mutex::new(HashSet::new()),
+            known_services: Mutex::new(HashSet::new()),
         }
     }
 
@@ -297,7 +300,11 @@ impl Metrics {
             .map(|u| (Label(u.name.clone()), u.balancer.status()))
             .collect();
         self.forget_removed(&services);
-        self.scrape.lock().unwrap_or_else(PoisonError::into_inner).services = services;
+        {
+            let mut scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+            scrape.services = services;
+            scrape.docker = rt.sources.docker_status();
+        }
         let mut out = String::with_capacity(16 * 1024);
         let encoded = encode_registry(&mut out, &self.registry).and_then(|()| encode_eof(&mut out));
         self.scrape
@@ -319,18 +326,18 @@ impl Metrics {
 
 impl Metrics {
     /// Drops the request and latency series of endpoints that were present at the last
-    /// scrape and are gone now (removed by discovery, or their service by a reload), so
-    /// churning containers do not grow the exposition without bound.
+    /// scrape and are gone now (removed by discovery, or their service by a reload), and
+    /// every series of services that are gone (removed by a reload, or a provider's service
+    /// whose containers left), so churning containers do not grow the exposition without
+    /// bound.
     fn forget_removed(&self, services: &[(Label<Arc<str>>, BalancerStatus)]) {
+        self.forget_removed_services(services);
         let now: HashSet<(Arc<str>, EndpointId)> = services
             .iter()
             .flat_map(|(svc, st)| st.endpoints.iter().map(move |e| (svc.0.clone(), e.id.clone())))
             .collect();
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-        let codes: Vec<u16> = (0..1024u16)
-            .filter(|&i| self.codes_seen[usize::from(i / 64)].load(Relaxed) & (1 << (i % 64)) != 0)
-            .map(|i| i + 100)
-            .collect();
+        let codes = self.codes();
         for (svc, ep) in known.difference(&now) {
             let (service, endpoint) = (Label(svc.clone()), Label(Some(ep.clone())));
             self.latency.remove(&LatencyLabels {
@@ -347,12 +354,55 @@ impl Metrics {
         }
         *known = now;
     }
+
+    fn forget_removed_services(&self, services: &[(Label<Arc<str>>, BalancerStatus)]) {
+        let now: HashSet<Arc<str>> = services.iter().map(|(s, _)| s.0.clone()).collect();
+        let mut known = self.known_services.lock().unwrap_or_else(PoisonError::into_inner);
+        // Services seen by a request or a discovery update but never at a scrape count too.
+        known.extend(self.services.read().unwrap_or_else(PoisonError::into_inner).iter().cloned());
+        let gone: Vec<Arc<str>> = known.difference(&now).cloned().collect();
+        if !gone.is_empty() {
+            let codes = self.codes();
+            let mut interned = self.services.write().unwrap_or_else(PoisonError::into_inner);
+            for svc in &gone {
+                let service = Label(svc.clone());
+                self.retries.remove(&ServiceLabels {
+                    service: service.clone(),
+                });
+                self.discovery_updates.remove(&ServiceLabels {
+                    service: service.clone(),
+                });
+                self.latency.remove(&LatencyLabels {
+                    service: service.clone(),
+                    endpoint: Label(None),
+                });
+                for &code in &codes {
+                    self.requests.remove(&RequestLabels {
+                        service: service.clone(),
+                        endpoint: Label(None),
+                        code,
+                    });
+                }
+                interned.remove(svc);
+            }
+        }
+        *known = now;
+    }
+
+    /// The status codes answered so far.
+    fn codes(&self) -> Vec<u16> {
+        (0..1024u16)
+            .filter(|&i| self.codes_seen[usize::from(i / 64)].load(Relaxed) & (1 << (i % 64)) != 0)
+            .map(|i| i + 100)
+            .collect()
+    }
 }
 
 /// The input of [`EndpointCollector`] during one scrape.
 #[derive(Debug, Default)]
 struct Scrape {
     services: Vec<(Label<Arc<str>>, BalancerStatus)>,
+    docker: Option<lb_discovery_docker::SourceStatus>,
 }
 
 /// Encodes endpoint and service state from the runtime being scraped.
@@ -360,6 +410,43 @@ struct Scrape {
 struct EndpointCollector(Arc<Mutex<Scrape>>);
 
 impl EndpointCollector {
+    /// A discovery source's own health: reachable, stale, events, listings, errors.
+    fn source(
+        encoder: &mut DescriptorEncoder<'_>,
+        name: &'static str,
+        st: &lb_discovery_docker::SourceStatus,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let labels = [("source", name)];
+        let stale = st
+            .stale_since
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        let gauges: [(&str, &str, f64); 3] = [
+            ("discovery_source_up", "1 while the discovery source answers.", f64::from(u8::from(st.reachable))),
+            (
+                "discovery_source_stale_seconds",
+                "How long the source has not answered (its last known set is served); 0 while it answers.",
+                stale,
+            ),
+            ("discovery_source_containers", "Containers selected and eligible.", st.containers as f64),
+        ];
+        for (metric, help, v) in gauges {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            ConstGauge::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        let counters: [(&str, &str, u64); 3] = [
+            ("discovery_source_events", "Events received from the source.", st.events),
+            ("discovery_source_relists", "Full listings of the source.", st.relists),
+            ("discovery_source_errors", "Failed attempts to read the source.", st.errors),
+        ];
+        for (metric, help, v) in counters {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
     /// Encodes one family with a value per endpoint.
     fn per_endpoint<M: EncodeMetric>(
         encoder: &mut DescriptorEncoder<'_>,
@@ -409,6 +496,9 @@ impl Collector for EndpointCollector {
         let scrape = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let enc = &mut encoder;
         let s = &*scrape;
+        if let Some(d) = &s.docker {
+            Self::source(enc, "docker", d)?;
+        }
         Self::per_service(
             enc,
             s,
@@ -582,5 +672,31 @@ mod tests {
         let after = metrics.encode(&rt);
         assert_eq!(series(&after, b), 0, "the removed endpoint's series are gone:\n{after}");
         assert_eq!(series(&after, a), series(&before, a), "the others' stay");
+    }
+
+    #[tokio::test]
+    async fn series_of_removed_services_are_dropped() {
+        let metrics = Arc::new(Metrics::new());
+        let empty = Runtime::new(vec![], crate::router::Router::new([]), metrics.clone(), 1, None);
+        // A service that was there (a provider's, whose containers left): requests without
+        // an endpoint, retries, discovery updates.
+        metrics.request(&Arc::from("gone"), None, 503, Duration::from_millis(1));
+        metrics.retry("gone", true);
+        metrics.discovery_update("gone");
+        let lines = |out: &str| out.lines().filter(|l| l.contains("service=\"gone\"")).count();
+        let first = metrics.encode(&empty);
+        assert_eq!(lines(&first), 0, "a service in no runtime is dropped at the scrape:\n{first}");
+        assert!(
+            metrics.services.read().unwrap().is_empty(),
+            "and its interned name is freed"
+        );
+        // Churn: a thousand services come and go; the exposition does not grow.
+        for i in 0..1000 {
+            let name = format!("svc-{i}");
+            metrics.request(&Arc::from(name.as_str()), None, 503, Duration::from_millis(1));
+            metrics.discovery_update(&name);
+        }
+        let after = metrics.encode(&empty);
+        assert_eq!(after.len(), first.len(), "{after}");
     }
 }

@@ -82,8 +82,10 @@ pub(crate) fn build_upstream(
     cfg: &ServiceConfig,
     metrics: &Arc<Metrics>,
     sources: &Sources,
+    drained: Vec<lb_core::EndpointId>,
 ) -> Result<Upstream, StackError> {
     let mut b = Balancer::builder(policy(cfg))
+        .drained(drained)
         .name(&cfg.name)
         .http()
         .track_latency(true)
@@ -181,7 +183,12 @@ pub(crate) fn build_runtime(
                 if old.is_some() {
                     tracing::info!(service = %s.name, "service added or changed; new balancer");
                 }
-                upstreams.push(Arc::new(build_upstream(s, metrics, sources)?));
+                // An operator's drains outlive the balancer they were made on.
+                let drained = old
+                    .and_then(|o| o.upstream(&s.name))
+                    .map(|u| u.balancer.drained_ids())
+                    .unwrap_or_default();
+                upstreams.push(Arc::new(build_upstream(s, metrics, sources, drained)?));
             }
         }
     }

@@ -176,8 +176,9 @@ const UNITS: [(&str, u128); 4] = [
 /// where the number may have a fraction (`1.5s`, cut to nanoseconds) and the unit is `ms`,
 /// `s`, `m` or `h`.
 fn parse_interval(value: &str) -> Result<Duration, String> {
-    let invalid =
-        || "invalid duration (expected a number and a unit: ms, s, m or h, as in \"500ms\", \"5s\", \"1m30s\")".to_owned();
+    let invalid = || {
+        "invalid duration (expected a number and a unit: ms, s, m or h, as in \"500ms\", \"5s\", \"1m30s\")".to_owned()
+    };
     let too_large = || "duration too large".to_owned();
     if value.is_empty() {
         return Err(invalid());
@@ -202,7 +203,11 @@ fn parse_interval(value: &str) -> Result<Duration, String> {
             .iter()
             .find_map(|(name, scale)| (*name == unit).then_some(*scale))
             .ok_or_else(invalid)?;
-        let int: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| too_large())? };
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| too_large())?
+        };
         // Digit by digit, each place a tenth of the one before; beyond nanoseconds it is 0.
         let (frac_nanos, _) = frac.bytes().fold((0u128, scale), |(acc, place), digit| {
             let place = place / 10;
@@ -260,7 +265,10 @@ mod tests {
         let mut hints = applied("host", "Example.COM.,*.Api.example.com , 10.0.0.1,example.com");
         assert_eq!(hints.hosts, ["example.com", "*.api.example.com", "10.0.0.1"]);
         assert_eq!(hints.apply("host", "other.org,EXAMPLE.com"), Ok(true));
-        assert_eq!(hints.hosts, ["example.com", "*.api.example.com", "10.0.0.1", "other.org"]);
+        assert_eq!(
+            hints.hosts,
+            ["example.com", "*.api.example.com", "10.0.0.1", "other.org"]
+        );
         assert_eq!(applied("host", "*.com").hosts, ["*.com"]);
         assert_eq!(applied("host", "a-b.c-d").hosts, ["a-b.c-d"]);
     }
@@ -268,13 +276,31 @@ mod tests {
     #[test]
     fn invalid_hosts_are_errors() {
         for value in [
-            "", " ", "a.com,", ",a.com", "a.com,,b.com", "*", "*.", "a.*.com", "**.a.com", "*a.com", "a..com", ".a.com",
-            "a.com..", "a_b.com", "a b.com", "é.com", "a/b",
+            "",
+            " ",
+            "a.com,",
+            ",a.com",
+            "a.com,,b.com",
+            "*",
+            "*.",
+            "a.*.com",
+            "**.a.com",
+            "*a.com",
+            "a..com",
+            ".a.com",
+            "a.com..",
+            "a_b.com",
+            "a b.com",
+            "é.com",
+            "a/b",
         ] {
             let message = message("host", value);
             assert!(message.contains("host"), "{value:?}: {message}");
         }
-        assert_eq!(message("host", "a.com:8080"), "host \"a.com:8080\" must not include a port");
+        assert_eq!(
+            message("host", "a.com:8080"),
+            "host \"a.com:8080\" must not include a port"
+        );
         assert_eq!(
             message("host", "a.com,x y"),
             "invalid host \"x y\" (expected a name of letters, digits, `-` and `.`, as in \"example.com\", \
@@ -288,16 +314,31 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(applied("path_prefix", "/api/v1").path_prefix.as_deref(), Some("/api/v1"));
+        assert_eq!(
+            applied("path_prefix", "/api/v1").path_prefix.as_deref(),
+            Some("/api/v1")
+        );
         assert_eq!(applied("path_prefix", "/").path_prefix.as_deref(), Some("/"));
-        assert_eq!(applied("health.path", "/healthz?full=1").health_path.as_deref(), Some("/healthz?full=1"));
+        assert_eq!(
+            applied("health.path", "/healthz?full=1").health_path.as_deref(),
+            Some("/healthz?full=1")
+        );
         for key in ["path_prefix", "health.path"] {
             assert_eq!(message(key, "api"), "must start with `/`");
             assert_eq!(message(key, ""), "must start with `/`");
             assert_eq!(message(key, " /api"), "must start with `/`");
-            assert_eq!(message(key, "/a b"), "must not contain whitespace or control characters");
-            assert_eq!(message(key, "/a\t"), "must not contain whitespace or control characters");
-            assert_eq!(message(key, "/a\u{7f}"), "must not contain whitespace or control characters");
+            assert_eq!(
+                message(key, "/a b"),
+                "must not contain whitespace or control characters"
+            );
+            assert_eq!(
+                message(key, "/a\t"),
+                "must not contain whitespace or control characters"
+            );
+            assert_eq!(
+                message(key, "/a\u{7f}"),
+                "must not contain whitespace or control characters"
+            );
         }
         let mut hints = applied("path_prefix", "/a");
         assert_eq!(hints.apply("path_prefix", "/b"), Ok(true));
@@ -309,7 +350,8 @@ mod tests {
         for name in POLICY_NAMES {
             assert_eq!(applied("balance", name).balance.as_deref(), Some(name));
         }
-        let expected = "unknown policy (expected one of round_robin, least_conn, p2c, peak_ewma, random, consistent_hash)";
+        let expected =
+            "unknown policy (expected one of round_robin, least_conn, p2c, peak_ewma, random, consistent_hash)";
         for value in ["", "Round_Robin", "roundrobin", " p2c"] {
             assert_eq!(message("balance", value), expected, "{value:?}");
         }
@@ -317,11 +359,26 @@ mod tests {
 
     #[test]
     fn hash_key() {
-        for value in ["client_ip", "path", "header:X-User-Id", "header:x_tenant.id", "cookie:SESSION", "cookie:a!b~c"] {
+        for value in [
+            "client_ip",
+            "path",
+            "header:X-User-Id",
+            "header:x_tenant.id",
+            "cookie:SESSION",
+            "cookie:a!b~c",
+        ] {
             assert_eq!(applied("hash_key", value).hash_key.as_deref(), Some(value));
         }
         let bad_name = "invalid header or cookie name (expected letters, digits and !#$%&'*+-.^_`|~)";
-        for value in ["header:", "cookie:", "header:X User", "header:a:b", "cookie:a=b", "header:é", "cookie:a;b"] {
+        for value in [
+            "header:",
+            "cookie:",
+            "header:X User",
+            "header:a:b",
+            "cookie:a=b",
+            "header:é",
+            "cookie:a;b",
+        ] {
             assert_eq!(message("hash_key", value), bad_name, "{value:?}");
         }
         let bad = "expected client_ip, path, header:NAME or cookie:NAME";
@@ -345,10 +402,17 @@ mod tests {
             ("1.0000000001s", Duration::from_secs(1)),
         ];
         for (value, expected) in ok {
-            assert_eq!(applied("health.interval", value).health_interval, Some(expected), "{value}");
+            assert_eq!(
+                applied("health.interval", value).health_interval,
+                Some(expected),
+                "{value}"
+            );
         }
-        let invalid = "invalid duration (expected a number and a unit: ms, s, m or h, as in \"500ms\", \"5s\", \"1m30s\")";
-        for value in ["", "5", "s", "5 s", "5sec", "-1s", "1.s", "1..5s", "5S", "5s ", " 5s", "ms", "1d", "1s5"] {
+        let invalid =
+            "invalid duration (expected a number and a unit: ms, s, m or h, as in \"500ms\", \"5s\", \"1m30s\")";
+        for value in [
+            "", "5", "s", "5 s", "5sec", "-1s", "1.s", "1..5s", "5S", "5s ", " 5s", "ms", "1d", "1s5",
+        ] {
             assert_eq!(message("health.interval", value), invalid, "{value:?}");
         }
         for value in ["0s", "0ms", "0.0000000001s", "0h0m"] {
