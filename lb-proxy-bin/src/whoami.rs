@@ -72,9 +72,18 @@ fn text(status: hyper::StatusCode, body: String) -> Response<Full<Bytes>> {
     rsp
 }
 
+/// `/healthz` fails while this file says `down`.
+const HEALTH_FILE: &str = "/health";
+
 /// The answer to one request.
 fn respond(me: &Identity, req: &Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
     if req.uri().path() == "/healthz" {
+        // A file `/health` whose first word is `down` fails the check: a way to make a
+        // container unhealthy from outside (`docker cp`) without a shell in the image.
+        let down = std::fs::read_to_string(HEALTH_FILE).is_ok_and(|s| s.trim_start().starts_with("down"));
+        if down {
+            return text(hyper::StatusCode::SERVICE_UNAVAILABLE, "down\n".to_string());
+        }
         return text(hyper::StatusCode::OK, "ok\n".to_string());
     }
     let mut body = String::new();
@@ -92,7 +101,12 @@ fn respond(me: &Identity, req: &Request<Incoming>, peer: SocketAddr, local: Sock
         }
     }
     for (name, value) in req.headers() {
-        let _ = writeln!(body, "{}: {}", title_case(name.as_str()), String::from_utf8_lossy(value.as_bytes()));
+        let _ = writeln!(
+            body,
+            "{}: {}",
+            title_case(name.as_str()),
+            String::from_utf8_lossy(value.as_bytes())
+        );
     }
     text(hyper::StatusCode::OK, body)
 }
@@ -175,8 +189,11 @@ async fn shutdown_signal() {
 
 /// `--timeout` of `probe`: a number with `ms`, `s` or `m`, as in `500ms`, `2s`, `1.5s`.
 pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?} (expected a number and a unit: ms, s or m, as in \"500ms\", \"2s\")");
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
+    let invalid =
+        || format!("invalid duration {text:?} (expected a number and a unit: ms, s or m, as in \"500ms\", \"2s\")");
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(invalid)?;
     let (number, unit) = text.split_at(split);
     let number: f64 = number.parse().map_err(|_| invalid())?;
     let scale = match unit {
@@ -207,7 +224,10 @@ fn parse_probe_url(url: &str) -> Result<(SocketAddr, String, String), String> {
         t => t.to_string(),
     };
     let addr = authority.parse::<SocketAddr>().ok().or_else(|| {
-        let ip = authority.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(authority);
+        let ip = authority
+            .strip_prefix('[')
+            .and_then(|a| a.strip_suffix(']'))
+            .unwrap_or(authority);
         ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 80))
     });
     let addr = addr.ok_or_else(|| {
@@ -233,7 +253,10 @@ pub(crate) async fn probe(url: &str, timeout: Duration) -> Result<(), StackError
         });
         let req = Request::get(target)
             .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, concat!("lb-proxy-probe/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("lb-proxy-probe/", env!("CARGO_PKG_VERSION")),
+            )
             .header(http::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
