@@ -228,7 +228,11 @@ async fn operator_drain_survives_the_endpoint_leaving_and_coming_back() {
     eventually("removed", STEP, 10, || ids(&lb) == ["ep001"]).await;
     publisher.reset([ep(0), ep(1)]);
     eventually("back", STEP, 10, || ids(&lb).len() == 2).await;
-    assert_eq!(health_of(&lb, 0), Some(Health::Draining), "still drained by the operator");
+    assert_eq!(
+        health_of(&lb, 0),
+        Some(Health::Draining),
+        "still drained by the operator"
+    );
     assert!((0..20).all(|_| lb.pick(None).unwrap().service.idx == 1));
     assert_eq!(lb.drained_ids(), [id(0)]);
     lb.enable(id(0)).await.unwrap();

@@ -601,7 +601,10 @@ mod tests {
     #[test]
     fn rfc3339_times_parse_as_the_daemon_writes_them() {
         assert_eq!(parse_rfc3339_unix("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_unix("2026-12-01T11:58:03.123456789Z"), Some(1_796_126_283));
+        assert_eq!(
+            parse_rfc3339_unix("2026-12-01T11:58:03.123456789Z"),
+            Some(1_796_126_283)
+        );
         assert_eq!(parse_rfc3339_unix("2026-12-01T12:58:03.5+01:00"), Some(1_796_126_283));
         assert_eq!(parse_rfc3339_unix("2000-02-29T00:00:00Z"), Some(951_782_400));
         assert_eq!(parse_rfc3339_unix("yesterday"), None);

@@ -425,10 +425,7 @@ fn status_json(rt: &Runtime) -> Value {
         .collect();
     let mut sources = serde_json::Map::new();
     if let Some(d) = rt.sources.docker_status() {
-        let since = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64())
-        };
+        let since = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         sources.insert(
             "docker".into(),
             json!({

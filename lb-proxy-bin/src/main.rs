@@ -137,11 +137,12 @@ fn main() -> ExitCode {
         return match config::load(file) {
             Ok(cfg) => {
                 println!(
-                    "{}: ok ({} services, {} routes, {} tcp listeners)",
+                    "{}: ok ({} services, {} routes, {} tcp listeners, {} providers)",
                     file.display(),
                     cfg.services.len(),
                     cfg.routes.len(),
-                    cfg.tcp.len()
+                    cfg.tcp.len(),
+                    cfg.providers.len()
                 );
                 ExitCode::SUCCESS
             }

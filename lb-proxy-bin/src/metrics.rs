@@ -359,7 +359,13 @@ impl Metrics {
         let now: HashSet<Arc<str>> = services.iter().map(|(s, _)| s.0.clone()).collect();
         let mut known = self.known_services.lock().unwrap_or_else(PoisonError::into_inner);
         // Services seen by a request or a discovery update but never at a scrape count too.
-        known.extend(self.services.read().unwrap_or_else(PoisonError::into_inner).iter().cloned());
+        known.extend(
+            self.services
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
         let gone: Vec<Arc<str>> = known.difference(&now).cloned().collect();
         if !gone.is_empty() {
             let codes = self.codes();
@@ -423,13 +429,21 @@ impl EndpointCollector {
             .and_then(|t| t.elapsed().ok())
             .map_or(0.0, |d| d.as_secs_f64());
         let gauges: [(&str, &str, f64); 3] = [
-            ("discovery_source_up", "1 while the discovery source answers.", f64::from(u8::from(st.reachable))),
+            (
+                "discovery_source_up",
+                "1 while the discovery source answers.",
+                f64::from(u8::from(st.reachable)),
+            ),
             (
                 "discovery_source_stale_seconds",
                 "How long the source has not answered (its last known set is served); 0 while it answers.",
                 stale,
             ),
-            ("discovery_source_containers", "Containers selected and eligible.", st.containers as f64),
+            (
+                "discovery_source_containers",
+                "Containers selected and eligible.",
+                st.containers as f64,
+            ),
         ];
         for (metric, help, v) in gauges {
             let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
@@ -438,7 +452,11 @@ impl EndpointCollector {
         let counters: [(&str, &str, u64); 3] = [
             ("discovery_source_events", "Events received from the source.", st.events),
             ("discovery_source_relists", "Full listings of the source.", st.relists),
-            ("discovery_source_errors", "Failed attempts to read the source.", st.errors),
+            (
+                "discovery_source_errors",
+                "Failed attempts to read the source.",
+                st.errors,
+            ),
         ];
         for (metric, help, v) in counters {
             let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
@@ -685,7 +703,11 @@ mod tests {
         metrics.discovery_update("gone");
         let lines = |out: &str| out.lines().filter(|l| l.contains("service=\"gone\"")).count();
         let first = metrics.encode(&empty);
-        assert_eq!(lines(&first), 0, "a service in no runtime is dropped at the scrape:\n{first}");
+        assert_eq!(
+            lines(&first),
+            0,
+            "a service in no runtime is dropped at the scrape:\n{first}"
+        );
         assert!(
             metrics.services.read().unwrap().is_empty(),
             "and its interned name is freed"

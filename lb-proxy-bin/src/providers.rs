@@ -190,15 +190,18 @@ mod tests {
         let api = &got["api"];
         assert_eq!(api.service.origin, Origin::Docker);
         assert_eq!(api.service.balance, Balance::ConsistentHash);
-        assert_eq!(api.service.hash_key, Some(crate::config::HashKey::Header("x-user".into())));
         assert_eq!(
-            api.service.endpoints,
-            EndpointSource::Docker {
-                service: "api".into()
+            api.service.hash_key,
+            Some(crate::config::HashKey::Header("x-user".into()))
+        );
+        assert_eq!(api.service.endpoints, EndpointSource::Docker { service: "api".into() });
+        let health = api.service.health.as_ref().unwrap();
+        assert_eq!(
+            health.probe,
+            Probe::Http {
+                path: "/healthz".into()
             }
         );
-        let health = api.service.health.as_ref().unwrap();
-        assert_eq!(health.probe, Probe::Http { path: "/healthz".into() });
         assert_eq!(health.interval, std::time::Duration::from_millis(500));
         let routes: Vec<String> = api.routes.iter().map(route_text).collect();
         assert_eq!(routes, ["api.example.com/v1", "*.api.example.com/v1"]);

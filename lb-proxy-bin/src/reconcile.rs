@@ -206,9 +206,7 @@ impl Reconciler {
         }
         if let Some(prev) = &self.applied {
             if merged.server != prev.server || merged.admin != prev.admin || merged.tcp != prev.tcp {
-                tracing::warn!(
-                    "listener settings ([server], [admin], [[tcp]]) changed: they apply on restart only"
-                );
+                tracing::warn!("listener settings ([server], [admin], [[tcp]]) changed: they apply on restart only");
             }
         }
         let old = self.state.load_full();

@@ -24,9 +24,13 @@ impl Sources {
     /// Sources for `cfg`. The Docker watcher starts at once if the config has a Docker
     /// provider or a service reading Docker, else the first time a service asks for it.
     pub(crate) fn new(cfg: &Config) -> Self {
-        let docker_cfg = cfg.providers.iter().find_map(|p| match p {
-            ProviderConfig::Docker(d) => Some(d.clone()),
-        });
+        let docker_cfg = cfg
+            .providers
+            .iter()
+            .map(|p| match p {
+                ProviderConfig::Docker(d) => d.clone(),
+            })
+            .next();
         let sources = Self {
             docker_cfg,
             docker: OnceLock::new(),

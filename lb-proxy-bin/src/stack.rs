@@ -325,18 +325,11 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
     let mut tcp_addrs = Vec::new();
     for (l, service) in tcps {
         tcp_addrs.push(l.local_addr().map_err(|e| StackError::Other(e.to_string()))?);
-        let connect = cfg
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .map(|s| s.connect_timeout)
-            .unwrap_or(Duration::from_secs(2));
         tracing::info!(listen = ?l.local_addr().ok(), service = %service, "tcp listening");
         tasks.push(tokio::spawn(tcp::serve_tcp(
             l,
             service,
             state.clone(),
-            connect,
             stop_rx.clone(),
             tcp_open.clone(),
         )));

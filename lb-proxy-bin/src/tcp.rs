@@ -17,7 +17,6 @@ pub(crate) async fn serve_tcp(
     listener: TcpListener,
     service: String,
     state: Arc<ArcSwap<Runtime>>,
-    connect_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     open: Arc<()>,
 ) {
@@ -28,21 +27,17 @@ pub(crate) async fn serve_tcp(
         let open = open.clone();
         tokio::spawn(async move {
             let _open = open;
-            if let Err(why) = forward(rt, &service, client, peer, connect_timeout).await {
+            if let Err(why) = forward(rt, &service, client, peer).await {
                 tracing::info!(target: "lb_proxy::access", %peer, service = %service, error = %why, "tcp connection refused");
             }
         });
     }
 }
 
-async fn forward(
-    rt: Arc<Runtime>,
-    service: &str,
-    mut client: TcpStream,
-    peer: SocketAddr,
-    connect_timeout: Duration,
-) -> Result<(), String> {
+async fn forward(rt: Arc<Runtime>, service: &str, mut client: TcpStream, peer: SocketAddr) -> Result<(), String> {
     let upstream = rt.upstream(service).ok_or_else(|| format!("no service {service:?}"))?;
+    // The service's current setting: a reload that changes it applies to new connections.
+    let connect_timeout = upstream.config.connect_timeout;
     // A TCP connection has no header, cookie or path: any hash key is the client's IP.
     let key = upstream
         .settings

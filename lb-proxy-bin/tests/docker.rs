@@ -129,8 +129,13 @@ fn kill_and_stop_under_load_fail_no_request() {
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
     let load: Vec<_> = (0..4)
         .map(|_| {
-            let (proxy, stop, ok, failed, failures) =
-                (proxy.clone(), stop.clone(), ok.clone(), failed.clone(), failures.clone());
+            let (proxy, stop, ok, failed, failures) = (
+                proxy.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                failures.clone(),
+            );
             std::thread::spawn(move || {
                 // Bounded in count and time.
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -233,9 +238,9 @@ fn the_network_label_chooses_the_address() {
     assert!(!back_ip.is_empty());
     let proxy = Proxy::start(&run, PROVIDER);
     wait_for("the endpoint on the back network", LIMIT, || {
-        proxy.service("web").is_some_and(|s| {
-            s["endpoints"][0]["addr"].as_str() == Some(format!("{back_ip}:80").as_str())
-        })
+        proxy
+            .service("web")
+            .is_some_and(|s| s["endpoints"][0]["addr"].as_str() == Some(format!("{back_ip}:80").as_str()))
     });
     assert_eq!(hostnames(&proxy, "web.docker.test", 2)[0], container_hostname(&c));
 }
@@ -252,12 +257,17 @@ fn published_mode_dials_the_host_binding() {
     args.extend(["-p", "127.0.0.1::80"]);
     let c = run.run("web", &args, &[]);
     let binding = docker(&["port", &c, "80/tcp"]);
-    let port = binding.lines().next().and_then(|l| l.rsplit(':').next()).unwrap().to_string();
+    let port = binding
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .unwrap()
+        .to_string();
     let proxy = Proxy::start(&run, &format!("{PROVIDER}address = \"published\"\n"));
     wait_for("the published endpoint", LIMIT, || {
-        proxy.service("web").is_some_and(|s| {
-            s["endpoints"][0]["addr"].as_str() == Some(format!("127.0.0.1:{port}").as_str())
-        })
+        proxy
+            .service("web")
+            .is_some_and(|s| s["endpoints"][0]["addr"].as_str() == Some(format!("127.0.0.1:{port}").as_str()))
     });
     assert_eq!(hostnames(&proxy, "web.docker.test", 2)[0], container_hostname(&c));
 }
@@ -293,10 +303,7 @@ fn traefik_labels_work_unchanged() {
     let proxy = Proxy::start(&run, &format!("{PROVIDER}compat = [\"traefik\"]\n"));
     wait_endpoints(&proxy, "legacy", 1);
     wait_endpoints(&proxy, "modern", 1);
-    assert_eq!(
-        hostnames(&proxy, "legacy.example.test", 1)[0],
-        container_hostname(&v1)
-    );
+    assert_eq!(hostnames(&proxy, "legacy.example.test", 1)[0], container_hostname(&v1));
     let (code, body) = proxy.get_host("modern.example.test", "/api/x").unwrap();
     assert_eq!((code, hostname(&body)), (200, Some(container_hostname(&v2))));
     let (code, _) = proxy.get_host("modern.example.test", "/other").unwrap();
@@ -345,10 +352,14 @@ fn a_service_whose_last_container_left_lingers_then_goes() {
     assert_eq!(proxy.get_host("web.docker.test", "/").unwrap().0, 200);
     docker(&["rm", "-f", &c]);
     wait_for("503 while the service lingers", LIMIT, || {
-        proxy.get_host("web.docker.test", "/").is_some_and(|(code, _)| code == 503)
+        proxy
+            .get_host("web.docker.test", "/")
+            .is_some_and(|(code, _)| code == 503)
     });
     wait_for("404 once it is gone", LIMIT, || {
-        proxy.get_host("web.docker.test", "/").is_some_and(|(code, _)| code == 404)
+        proxy
+            .get_host("web.docker.test", "/")
+            .is_some_and(|(code, _)| code == 404)
     });
     assert!(proxy.service("web").is_none());
 }
@@ -372,7 +383,10 @@ fn a_file_service_reads_docker_by_service_name() {
     );
     wait_endpoints(&proxy, "app", 1);
     let s = proxy.service("app").unwrap();
-    assert_eq!((s["source"].as_str(), s["policy"].as_str()), (Some("file"), Some("least_conn")));
+    assert_eq!(
+        (s["source"].as_str(), s["policy"].as_str()),
+        (Some("file"), Some("least_conn"))
+    );
     assert_eq!(hostnames(&proxy, "anything", 1)[0], container_hostname(&c));
     assert!(proxy.service(&svc).is_none(), "no provider: no service of its own");
 }
@@ -402,7 +416,9 @@ fn churn_leaves_metrics_at_their_size() {
         };
         let c = start(&run, &format!("c{i}"), &labels(&service, &[]), false);
         let want = format!("{c}:80");
-        wait_for("the new container", LIMIT, || proxy.endpoint_ids(&service).contains(&want));
+        wait_for("the new container", LIMIT, || {
+            proxy.endpoint_ids(&service).contains(&want)
+        });
         let hn = container_hostname(&c);
         wait_for("a request served by it", LIMIT, || {
             proxy
@@ -412,7 +428,9 @@ fn churn_leaves_metrics_at_their_size() {
         // A scrape while it is there, so its series exist.
         let _ = metrics();
         docker(&["rm", "-f", &c]);
-        wait_for("the container gone", LIMIT, || !proxy.endpoint_ids(&service).contains(&want));
+        wait_for("the container gone", LIMIT, || {
+            !proxy.endpoint_ids(&service).contains(&want)
+        });
     }
     wait_for("only the kept container's service", LIMIT, || {
         proxy.status()["services"].as_array().map(Vec::len) == Some(1)
@@ -463,7 +481,9 @@ impl Gate {
                     drop(client);
                     continue;
                 }
-                let Ok(upstream) = UnixStream::connect(&engine) else { continue };
+                let Ok(upstream) = UnixStream::connect(&engine) else {
+                    continue;
+                };
                 let mut list = conns.lock().unwrap();
                 list.push(client.try_clone().unwrap());
                 list.push(upstream.try_clone().unwrap());
@@ -524,12 +544,18 @@ fn a_cut_events_stream_resyncs_and_keeps_the_last_set_meanwhile() {
     let relists = docker_source(&proxy)["relists"].as_u64().unwrap();
 
     gate.cut();
-    wait_for("the source marked stale", LIMIT, || docker_source(&proxy)["stale"] == true);
+    wait_for("the source marked stale", LIMIT, || {
+        docker_source(&proxy)["stale"] == true
+    });
     // While the daemon is unreachable, a container stops: nobody can tell the proxy, and it
     // keeps serving the last known set rather than emptying anything.
     docker(&["stop", "-t", "1", &a]);
     assert_eq!(proxy.endpoint_ids("web").len(), 2, "the last known set is kept");
-    assert_eq!(hostnames(&proxy, "web.docker.test", 4).len(), 4, "and served (retries skip the dead one)");
+    assert_eq!(
+        hostnames(&proxy, "web.docker.test", 4).len(),
+        4,
+        "and served (retries skip the dead one)"
+    );
 
     gate.restore();
     wait_for("the resync dropping the stopped container", LIMIT, || {
@@ -571,9 +597,54 @@ fn docker_down_at_start_serves_file_services_and_docker_services_appear_later() 
         container_hostname(&file_backend)
     );
     let src = docker_source(&proxy);
-    assert_eq!((src["reachable"].as_bool(), src["synced"].as_bool()), (Some(false), Some(false)), "{src}");
+    assert_eq!(
+        (src["reachable"].as_bool(), src["synced"].as_bool()),
+        (Some(false), Some(false)),
+        "{src}"
+    );
     assert!(proxy.service("web").is_none());
     gate.restore();
     wait_endpoints(&proxy, "web", 1);
     assert_eq!(hostnames(&proxy, "web.docker.test", 1)[0], container_hostname(&c));
+}
+
+#[test]
+fn fifty_new_services_at_once_cost_a_handful_of_rebuilds() {
+    if !engine() {
+        return;
+    }
+    let _one = serial();
+    let run = Run::new("burst");
+    let proxy = Proxy::start(&run, PROVIDER);
+    wait_for("the docker source synced", LIMIT, || {
+        proxy.status()["sources"]["docker"]["synced"] == true
+    });
+    let before = proxy.status()["generation"].as_u64().unwrap();
+    let started = Instant::now();
+    let run = Arc::new(run);
+    let workers: Vec<_> = (0..5)
+        .map(|w| {
+            let run = run.clone();
+            std::thread::spawn(move || {
+                for i in (0..50).filter(|i| i % 5 == w) {
+                    start(&run, &format!("s{i}"), &labels(&format!("burst{i}"), &[]), false);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    wait_for("all 50 services", Duration::from_secs(60), || {
+        proxy.status()["services"].as_array().map(Vec::len) == Some(50)
+    });
+    let elapsed = started.elapsed();
+    let rebuilds = proxy.status()["generation"].as_u64().unwrap() - before;
+    // At most one rebuild per second of burst (plus the first and the last).
+    assert!(
+        rebuilds <= elapsed.as_secs() + 2 && rebuilds < 25,
+        "{rebuilds} rebuilds for 50 new services over {elapsed:?}"
+    );
+    let (code, body) = proxy.get_host("burst49.docker.test", "/").unwrap();
+    assert_eq!(code, 200, "{body}");
 }

@@ -63,7 +63,14 @@ pub struct Hints {
 }
 
 /// The policy names [`Hints::balance`] accepts.
-pub const POLICY_NAMES: [&str; 6] = ["round_robin", "least_conn", "p2c", "peak_ewma", "random", "consistent_hash"];
+pub const POLICY_NAMES: [&str; 6] = [
+    "round_robin",
+    "least_conn",
+    "p2c",
+    "peak_ewma",
+    "random",
+    "consistent_hash",
+];
 
 impl Catalog {
     /// A synced catalog of `services`.
@@ -124,7 +131,10 @@ pub fn service_updates(
                 if !cat.synced {
                     continue;
                 }
-                cat.services.get(&st.name).map(|s| s.endpoints.clone()).unwrap_or_default()
+                cat.services
+                    .get(&st.name)
+                    .map(|s| s.endpoints.clone())
+                    .unwrap_or_default()
             };
             if st.last.as_ref() != Some(&set) {
                 st.last = Some(set.clone());

@@ -78,7 +78,10 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
     for (i, raw) in raw.providers.into_iter().enumerate() {
         let path = root.key("providers").index(i);
         let provider = provider(raw, &path)?;
-        if providers.iter().any(|p| p == &provider || matches!(p, ProviderConfig::Docker(_))) {
+        if providers
+            .iter()
+            .any(|p| p == &provider || matches!(p, ProviderConfig::Docker(_)))
+        {
             return Err(Invalid::new(
                 &path.key("kind"),
                 "a second docker provider: one proxy follows one Docker Engine",
@@ -135,7 +138,13 @@ fn provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
     };
     let label_prefix = match raw.label_prefix {
         None => defaults.label_prefix,
-        Some(p) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !p.ends_with('.') => p,
+        Some(p)
+            if !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !p.ends_with('.') =>
+        {
+            p
+        }
         Some(p) => {
             return Err(Invalid::new(
                 &path.key("label_prefix"),
@@ -159,12 +168,9 @@ fn provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
     };
     let host_ip = match raw.host_ip {
         None => defaults.host_ip,
-        Some(text) => text.parse().map_err(|_| {
-            Invalid::new(
-                &path.key("host_ip"),
-                format!("invalid IP address {text:?}"),
-            )
-        })?,
+        Some(text) => text
+            .parse()
+            .map_err(|_| Invalid::new(&path.key("host_ip"), format!("invalid IP address {text:?}")))?,
     };
     let default_host = match raw.default_host {
         None => None,
@@ -429,7 +435,13 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
             EndpointSource::Docker { service }
         }
         (_, file, docker) => {
-            let second = if docker.is_some() { "docker" } else if file.is_some() { "endpoints_file" } else { "endpoints" };
+            let second = if docker.is_some() {
+                "docker"
+            } else if file.is_some() {
+                "endpoints_file"
+            } else {
+                "endpoints"
+            };
             return Err(Invalid::new(
                 &path.key(second),
                 "set one of `endpoints`, `endpoints_file` and `docker`, not several",

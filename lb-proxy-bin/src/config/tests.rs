@@ -784,11 +784,33 @@ fn docs_examples_parse() {
         .skip(1)
         .map(|rest| rest.split("```").next().unwrap_or_default())
         .collect();
-    assert_eq!(blocks.len(), 2, "docs/config.md has two toml examples");
+    assert_eq!(blocks.len(), 3, "docs/config.md has three toml examples");
     assert_eq!(blocks[0], EXAMPLE, "the first docs example is the one tested above");
     for block in blocks {
         let config = parse_ok(block);
         assert!(config.warnings.len() <= 1, "{:?}", config.warnings);
+    }
+}
+
+#[test]
+fn docker_docs_and_the_compose_example_parse() {
+    for doc in [
+        include_str!("../../../docs/docker.md"),
+        include_str!("../../../examples/compose/lb.toml"),
+    ] {
+        let blocks: Vec<&str> = if doc.contains("```toml") {
+            doc.split("```toml\n")
+                .skip(1)
+                .map(|rest| rest.split("```").next().unwrap_or_default())
+                .collect()
+        } else {
+            vec![doc]
+        };
+        assert!(!blocks.is_empty());
+        for block in blocks {
+            let config = parse_ok(block);
+            assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        }
     }
 }
 
@@ -838,7 +860,10 @@ docker = { service = "whoami" }
 #[test]
 fn bad_provider_keys_name_the_key() {
     let cases = [
-        ("kind = \"k8s\"\n", "web.toml:2:8: providers[0].kind: unknown provider kind \"k8s\""),
+        (
+            "kind = \"k8s\"\n",
+            "web.toml:2:8: providers[0].kind: unknown provider kind \"k8s\"",
+        ),
         (
             "kind = \"docker\"\nendpoint = \"ssh://host\"\n",
             "web.toml:3:12: providers[0].endpoint: invalid docker endpoint \"ssh://host\"",
@@ -855,15 +880,24 @@ fn bad_provider_keys_name_the_key() {
             "kind = \"docker\"\ndefault_host = \"{service}:80\"\n",
             "web.toml:3:16: providers[0].default_host: host \"svc:80\" must not include a port",
         ),
-        ("kind = \"docker\"\nport = 1\n", "web.toml:3:1: providers[0].port: unknown key `port`"),
+        (
+            "kind = \"docker\"\nport = 1\n",
+            "web.toml:3:1: providers[0].port: unknown key `port`",
+        ),
     ];
     for (body, want) in cases {
         let err = parse_err(&format!("[[providers]]\n{body}"));
         assert!(err.starts_with(want), "{body}: got {err}, want {want}");
     }
     let err = parse_err("[[providers]]\nkind = \"docker\"\n[[providers]]\nkind = \"docker\"\n");
-    assert!(err.starts_with("web.toml:4:8: providers[1].kind: a second docker provider"), "{err}");
+    assert!(
+        err.starts_with("web.toml:4:8: providers[1].kind: a second docker provider"),
+        "{err}"
+    );
     let err = parse_err("[[services]]\nname = \"w\"\ndocker = { service = \"a b\" }\n");
     assert!(err.starts_with("web.toml:3:"), "{err}");
-    assert!(err.contains("services[0].docker.service: invalid service name"), "{err}");
+    assert!(
+        err.contains("services[0].docker.service: invalid service name"),
+        "{err}"
+    );
 }

@@ -108,7 +108,7 @@ fn build_image(bin: &Path, tag: &str) {
             std::fs::copy(word, &target).unwrap_or_else(|e| panic!("copy {word}: {e}"));
         }
     }
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&dir)
         .args(["-cf", "-", "."])
@@ -129,11 +129,15 @@ fn build_image(bin: &Path, tag: &str) {
             "-",
             tag,
         ])
-        .stdin(tar.stdout.expect("tar's stdout"))
+        .stdin(tar.stdout.take().expect("tar's stdout"))
         .stdout(Stdio::null())
         .status()
         .expect("run docker import");
-    assert!(status.success(), "docker import of the test image failed");
+    let packed = tar.wait().expect("wait for tar");
+    assert!(
+        packed.success() && status.success(),
+        "packing or importing the test image failed"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -232,9 +236,8 @@ impl Proxy {
     /// appended; waits until the admin API answers.
     pub fn start(run: &Run, rest: &str) -> Self {
         let (listen, admin) = (free_port(), free_port());
-        let text = format!(
-            "[server]\nlisten = [\"127.0.0.1:{listen}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{rest}"
-        );
+        let text =
+            format!("[server]\nlisten = [\"127.0.0.1:{listen}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{rest}");
         let config = std::env::temp_dir().join(format!("{}.toml", run.id));
         std::fs::write(&config, text).expect("write the config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lb-proxy"))
@@ -331,7 +334,10 @@ pub fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> Option<(u16, Str
     s.read_to_end(&mut out).ok()?;
     let out = String::from_utf8_lossy(&out).to_string();
     let status = out.get(9..12)?.parse().ok()?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -352,7 +358,10 @@ pub fn container_hostname(name: &str) -> String {
 pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
