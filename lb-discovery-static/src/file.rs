@@ -2,27 +2,20 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch, Notify};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::sync::{mpsc, watch};
 
 use crate::error::{Error, Location};
 use crate::resolve::{Engine, Updates, DEFAULT_DNS_REFRESH};
 use crate::spec::{lookup, EndpointSpec};
+use crate::watched::WatchedFile;
 
-/// How often the file is polled by default, as a safety net under the file watcher.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How long the file must be quiet after a change before it is read, by default.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+pub use crate::watched::{DEFAULT_DEBOUNCE, DEFAULT_POLL_INTERVAL};
 
 /// A TOML file of endpoints, read at start and watched for changes.
 ///
@@ -144,13 +137,10 @@ impl EndpointsFile {
     /// is logged and the poll carries on alone.
     pub fn watch(self) -> Result<Updates, Error> {
         // Watch before reading, so that no change can fall between the two.
-        let signal = Arc::new(Notify::new());
-        let watcher = if self.fs_events {
-            start_watcher(&self.path, signal.clone())
-        } else {
-            None
-        };
-        let bytes = std::fs::read(&self.path).map_err(|source| Error::Io {
+        let mut file = WatchedFile::with(&self.path, self.poll_interval, self.debounce, self.fs_events);
+        let read = std::fs::read(&self.path);
+        file.mark_seen(&read);
+        let bytes = read.map_err(|source| Error::Io {
             path: self.path.clone(),
             source,
         })?;
@@ -160,11 +150,9 @@ impl EndpointsFile {
         let (tx, rx) = mpsc::channel(4);
         let engine = Engine::new(self.dns_refresh, tx, Arc::new(lookup));
         let file = FileLoop {
-            seen: Seen::of(&Ok(bytes)),
+            file,
             last: specs.clone(),
-            signal,
             specs_tx,
-            _watcher: watcher,
             cfg: self,
         };
         Ok(Updates::new(rx, async move {
@@ -210,124 +198,34 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<EndpointSpec>, Erro
     Ok(specs)
 }
 
-/// Watches the file's parent directory; every relevant event wakes `signal`.
-fn start_watcher(path: &Path, signal: Arc<Notify>) -> Option<RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let handler = move |event: notify::Result<notify::Event>| match event {
-        // Reads (ours included) are no change; a write being closed is.
-        Ok(event) if matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) => {}
-        Ok(_) => signal.notify_one(),
-        Err(error) => {
-            tracing::debug!(%error, "file watcher error; checking the endpoints file");
-            signal.notify_one();
-        }
-    };
-    let started = notify::recommended_watcher(handler).and_then(|mut w| {
-        w.watch(dir, RecursiveMode::NonRecursive)?;
-        Ok(w)
-    });
-    match started {
-        Ok(watcher) => Some(watcher),
-        Err(error) => {
-            tracing::warn!(
-                file = %path.display(),
-                %error,
-                "cannot watch the endpoints file's directory; polling it only"
-            );
-            None
-        }
-    }
-}
-
-/// What a read of the file found, to tell a change from none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    Content { len: usize, hash: u64 },
-    Failed(io::ErrorKind),
-}
-
-impl Seen {
-    fn of(read: &io::Result<Vec<u8>>) -> Self {
-        match read {
-            Ok(bytes) => {
-                let mut h = DefaultHasher::new();
-                bytes.hash(&mut h);
-                Self::Content {
-                    len: bytes.len(),
-                    hash: h.finish(),
-                }
-            }
-            Err(e) => Self::Failed(e.kind()),
-        }
-    }
-}
-
 /// Reads the file on events and polls; sends each new good spec list to the engine.
 struct FileLoop {
     cfg: EndpointsFile,
-    seen: Seen,
+    file: WatchedFile,
     /// The last good specs sent.
     last: Vec<EndpointSpec>,
-    signal: Arc<Notify>,
     specs_tx: watch::Sender<Arc<Vec<EndpointSpec>>>,
-    /// Kept for its lifetime: dropping it stops the watch.
-    _watcher: Option<RecommendedWatcher>,
 }
 
 // === impl FileLoop ===
 
 impl FileLoop {
     async fn run(mut self) {
-        let every = self.cfg.poll_interval;
-        let mut poll = tokio::time::interval_at(Instant::now() + every, every);
-        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = self.signal.notified() => {}
-                _ = poll.tick() => {
-                    if Seen::of(&tokio::fs::read(&self.cfg.path).await) == self.seen {
-                        continue;
+                read = self.file.changed() => {
+                    if !self.check(read) {
+                        return;
                     }
-                    tracing::debug!(file = %self.cfg.path.display(), "the poll found a change");
                 }
                 () = self.specs_tx.closed() => return,
             }
-            self.debounce().await;
-            if !self.check().await {
-                return;
-            }
         }
     }
 
-    /// Waits until no event has come for `debounce` (at most ten times that).
-    async fn debounce(&self) {
-        let quiet = self.cfg.debounce;
-        if quiet.is_zero() {
-            return;
-        }
-        let cap = Instant::now() + quiet * 10;
-        loop {
-            let deadline = (Instant::now() + quiet).min(cap);
-            match tokio::time::timeout_at(deadline, self.signal.notified()).await {
-                Ok(()) if Instant::now() < cap => {}
-                _ => return,
-            }
-        }
-    }
-
-    /// Reads the file; on a change, parses it and passes good specs on. `false` once
-    /// nobody listens.
-    async fn check(&mut self) -> bool {
+    /// Parses a changed file and passes good specs on. `false` once nobody listens.
+    fn check(&mut self, read: io::Result<Vec<u8>>) -> bool {
         let path = &self.cfg.path;
-        let read = tokio::fs::read(path).await;
-        let seen = Seen::of(&read);
-        if seen == self.seen {
-            return true;
-        }
-        self.seen = seen;
         let parsed = read
             .map_err(|source| Error::Io {
                 path: path.clone(),
@@ -369,7 +267,7 @@ impl fmt::Debug for FileLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FileLoop")
             .field("cfg", &self.cfg)
-            .field("seen", &self.seen)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }

@@ -60,6 +60,7 @@ mod error;
 mod file;
 mod resolve;
 mod spec;
+mod watched;
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -73,6 +74,7 @@ pub use crate::error::{Error, Location};
 pub use crate::file::{EndpointsFile, DEFAULT_DEBOUNCE, DEFAULT_POLL_INTERVAL};
 pub use crate::resolve::{resolve_stream, Updates, DEFAULT_DNS_REFRESH};
 pub use crate::spec::EndpointSpec;
+pub use crate::watched::WatchedFile;
 
 /// A set of endpoints given in code: one `Reset`, then the stream stays open.
 ///

@@ -1,20 +1,21 @@
-//! Hot reload: a changed config file (watched) or SIGHUP is read, checked, and handed to
-//! the reconciler, which applies it. An invalid config is refused with a logged error,
-//! and the running one stays.
+//! Hot reload: a changed config file or SIGHUP is read, checked, and handed to the
+//! reconciler, which applies it. An invalid config is refused with a logged error, and
+//! the running one stays.
+//!
+//! The file is watched as the endpoints file is ([`WatchedFile`]: directory events, a
+//! slow poll, a debounce, and only a change of contents counts).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use lb_discovery_static::WatchedFile;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::reconcile::FileUpdate;
 
-/// Watches `path` (through its directory, as editors replace files) and SIGHUP;
-/// reloads on either, debounced.
+/// Watches `path` and SIGHUP; hands each new valid config to the reconciler.
 pub(crate) async fn watch(
     path: PathBuf,
     mut current: Config,
@@ -22,62 +23,30 @@ pub(crate) async fn watch(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<&'static str>();
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let file_name = path.file_name().map(|n| n.to_os_string());
-    let fs_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if ev
-                .paths
-                .iter()
-                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
-            {
-                let _ = fs_tx.send("file changed");
-            }
-        }
-    });
-    let _watcher = match watcher {
-        Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload on SIGHUP only");
-                None
-            }
-        },
+    let mut file = WatchedFile::new(path.clone());
+    #[cfg(unix)]
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "no file watcher; reload on SIGHUP only");
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload on file change only");
             None
         }
     };
-    #[cfg(unix)]
-    {
-        let hup_tx = tx.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                if hup_tx.send("SIGHUP").is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    drop(tx);
     loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
         let why = tokio::select! {
-            w = rx.recv() => match w { Some(w) => w, None => return },
+            _ = file.changed() => "file changed",
+            Some(()) = sighup => "SIGHUP",
             _ = stop.changed() => return,
         };
-        // Debounce: editors write in several steps.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        while rx.try_recv().is_ok() {}
         let next = match config::load(&path) {
             Ok(c) => c,
             Err(e) => {
