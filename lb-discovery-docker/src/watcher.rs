@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum};
+use bollard::models::{ContainerInspectResponse, EventMessage, EventMessageTypeEnum, HealthStatusEnum};
 use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use lb_core::discover::catalog::{self, Catalog, CatalogService};
 use lb_core::discover::Update;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::labels::{evaluate, Member, Options, Verdict};
 
@@ -71,6 +72,9 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     /// Containers that are selected and eligible.
     pub containers: usize,
+    /// Containers eligible but not in yet: no health check, and their port does not accept
+    /// connections yet.
+    pub pending: usize,
 }
 
 /// Builds a Docker watcher.
@@ -175,6 +179,7 @@ impl DockerSource {
             catalog: catalog_tx,
             status: status_tx,
             members: BTreeMap::new(),
+            pending: BTreeMap::new(),
             warned: HashSet::new(),
         };
         let handle = tokio::spawn(task.run());
@@ -256,9 +261,28 @@ struct Task {
     status: watch::Sender<SourceStatus>,
     /// Selected and eligible containers by id.
     members: BTreeMap<String, Member>,
+    /// Eligible containers without a health check whose port does not accept connections
+    /// yet (the process has started but not bound): admitted once it does.
+    pending: BTreeMap<String, Pending>,
     /// (container id, message) pairs already logged, so a warning is said once.
     warned: HashSet<(String, String)>,
 }
+
+/// A container waiting for its port to accept connections.
+struct Pending {
+    member: Member,
+    since: Instant,
+    next_check: Instant,
+    warned: bool,
+}
+
+/// How often a pending container's port is tried, at first and after [`READY_SLOW`].
+const READY_EVERY: Duration = Duration::from_millis(25);
+const READY_SLOW_EVERY: Duration = Duration::from_secs(1);
+/// After this long, a pending container is warned about and tried less often.
+const READY_SLOW: Duration = Duration::from_secs(10);
+/// Time one readiness connect may take.
+const READY_CONNECT: Duration = Duration::from_millis(200);
 
 /// Why one session with the daemon ended.
 #[derive(Debug)]
@@ -392,6 +416,11 @@ impl Task {
                         return SessionEnd::Error(e);
                     }
                 }
+                _ = sleep_until(self.next_pending_check()) => {
+                    if self.check_pending().await {
+                        self.publish();
+                    }
+                }
                 _ = self.catalog.closed() => return SessionEnd::Error("stopped".to_string()),
             }
         }
@@ -415,20 +444,25 @@ impl Task {
             }))
             .await
             .map_err(|e| format!("list containers: {e}"))?;
-        let mut members = BTreeMap::new();
+        let mut judged = Vec::new();
         for summary in list {
             let Some(id) = summary.id else { continue };
             match docker.inspect_container(&id, None::<InspectContainerOptions>).await {
                 Ok(c) => {
                     if let Some(m) = self.judge(&id, &c) {
-                        members.insert(id, m);
+                        judged.push((id, m, health_verified(&c)));
                     }
                 }
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => return Err(format!("inspect {id}: {e}")),
             }
         }
-        self.members = members;
+        let seen: HashSet<&String> = judged.iter().map(|(id, _, _)| id).collect();
+        self.members.retain(|id, _| seen.contains(id));
+        self.pending.retain(|id, _| seen.contains(id));
+        for (id, m, verified) in judged {
+            self.admit(id, m, verified).await;
+        }
         self.status.send_modify(|s| s.relists += 1);
         self.publish();
         Ok(())
@@ -440,21 +474,100 @@ impl Task {
             Ok(c) => {
                 let full_id = c.id.clone().unwrap_or_else(|| id.to_string());
                 match self.judge(&full_id, &c) {
-                    Some(m) => {
-                        self.members.insert(full_id, m);
-                    }
+                    Some(m) => self.admit(full_id, m, health_verified(&c)).await,
                     None => {
                         self.members.remove(&full_id);
+                        self.pending.remove(&full_id);
                     }
                 }
             }
             Err(e) if is_not_found(&e) => {
                 self.members.remove(id);
+                self.pending.remove(id);
             }
             Err(e) => return Err(format!("inspect {id}: {e}")),
         }
         self.publish();
         Ok(())
+    }
+
+    /// Takes an eligible container in. One whose health Docker checked, or that is already
+    /// in at the same address, is in at once; otherwise it is in once its port accepts a
+    /// TCP connection, so that a container whose process has not bound yet gets no
+    /// requests (they would fail and count against it).
+    async fn admit(&mut self, id: String, m: Member, verified: bool) {
+        let same = self
+            .members
+            .get(&id)
+            .is_some_and(|old| old.endpoint.addr() == m.endpoint.addr());
+        if verified || same {
+            self.pending.remove(&id);
+            self.members.insert(id, m);
+            return;
+        }
+        if accepts(m.endpoint.addr()).await {
+            self.pending.remove(&id);
+            self.members.insert(id, m);
+            return;
+        }
+        self.members.remove(&id);
+        let now = Instant::now();
+        match self.pending.get_mut(&id) {
+            Some(p) => p.member = m,
+            None => {
+                tracing::debug!(endpoint = %m.endpoint.id(), addr = %m.endpoint.addr(), "docker: waiting for the container's port to accept connections");
+                self.pending.insert(
+                    id,
+                    Pending {
+                        member: m,
+                        since: now,
+                        next_check: now + READY_EVERY,
+                        warned: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Tries the ports of pending containers that are due; admits those that accept.
+    /// `true` if any was admitted.
+    async fn check_pending(&mut self) -> bool {
+        let now = Instant::now();
+        let due: Vec<(String, std::net::SocketAddr)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.next_check <= now)
+            .map(|(id, p)| (id.clone(), p.member.endpoint.addr()))
+            .collect();
+        let results = futures_util::future::join_all(due.iter().map(|(_, addr)| accepts(*addr))).await;
+        let mut admitted = false;
+        for ((id, _), ok) in due.into_iter().zip(results) {
+            if ok {
+                if let Some(p) = self.pending.remove(&id) {
+                    tracing::debug!(endpoint = %p.member.endpoint.id(), waited = ?p.since.elapsed(), "docker: the container's port accepts connections");
+                    self.members.insert(id, p.member);
+                    admitted = true;
+                }
+            } else if let Some(p) = self.pending.get_mut(&id) {
+                let waited = p.since.elapsed();
+                if waited >= READY_SLOW && !p.warned {
+                    p.warned = true;
+                    tracing::warn!(endpoint = %p.member.endpoint.id(), addr = %p.member.endpoint.addr(), "docker: the container runs but its port has not accepted a connection for {waited:?}; it gets no traffic until it does");
+                }
+                p.next_check = Instant::now()
+                    + if waited >= READY_SLOW {
+                        READY_SLOW_EVERY
+                    } else {
+                        READY_EVERY
+                    };
+            }
+        }
+        admitted
+    }
+
+    /// When the next pending container is due for a check.
+    fn next_pending_check(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.next_check).min()
     }
 
     /// The verdict on one container, logging what deserves it once.
@@ -506,10 +619,11 @@ impl Task {
             svc.endpoints.dedup_by(|a, b| a.id() == b.id());
         }
         let next = Catalog::synced(services);
-        let containers = self.members.len();
+        let (containers, pending) = (self.members.len(), self.pending.len());
         self.status.send_modify(|s| {
             s.synced = true;
             s.containers = containers;
+            s.pending = pending;
         });
         self.catalog.send_if_modified(|cur| {
             if **cur == next {
@@ -530,6 +644,30 @@ fn event_container(ev: &EventMessage) -> Option<String> {
         Some(EventMessageTypeEnum::CONTAINER) => actor.id.clone(),
         Some(EventMessageTypeEnum::NETWORK) => actor.attributes.as_ref()?.get("container").cloned(),
         _ => None,
+    }
+}
+
+/// Whether Docker's own health check says healthy (then the port is not tried).
+fn health_verified(c: &ContainerInspectResponse) -> bool {
+    c.state
+        .as_ref()
+        .and_then(|s| s.health.as_ref())
+        .and_then(|h| h.status)
+        .is_some_and(|s| s == HealthStatusEnum::HEALTHY)
+}
+
+/// Whether `addr` accepts a TCP connection within [`READY_CONNECT`].
+async fn accepts(addr: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(READY_CONNECT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
