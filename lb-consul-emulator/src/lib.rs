@@ -1,0 +1,1 @@
+//! A Consul HTTP API emulator for tests (being written).
