@@ -1,0 +1,322 @@
+//! Catalog mode: every service tagged `<prefix>.enable=true`, with route and policy hints
+//! from its tags, as one [`Catalog`] watch (the same shape as the Docker adapter's).
+//!
+//! A blocking watch of `GET /v1/catalog/services` (name -> the union of its instances'
+//! tags) selects the services; each selected service gets a blocking watch of its health
+//! with `tag=<prefix>.enable=true`, so untagged instances of the same service stay out.
+//! Hints come from tags `<prefix>.host=...`, `<prefix>.path_prefix=...`,
+//! `<prefix>.balance=...`, `<prefix>.hash_key=...`, `<prefix>.health.path=...` and
+//! `<prefix>.health.interval=...` (the same keys and grammar as the Docker labels) of the
+//! service's first instance.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use lb_core::discover::catalog::{Catalog, CatalogService, Hints};
+use tokio::sync::{watch, Notify};
+
+use crate::client::{Answer, Client, Error};
+use crate::service::{jitter, AbortOnDrop, ConsulService, ConsulStatus, ServiceHandle, TokenBucket};
+
+/// Builds a catalog-mode watch.
+#[derive(Debug, Clone)]
+pub struct ConsulCatalog {
+    template: ConsulService,
+    tag_prefix: String,
+}
+
+impl ConsulCatalog {
+    /// Every service tagged `lb.enable=true` on the agent at `CONSUL_HTTP_ADDR` (else
+    /// `http://127.0.0.1:8500`).
+    pub fn new() -> Self {
+        Self {
+            template: ConsulService::new(""),
+            tag_prefix: "lb".to_string(),
+        }
+    }
+
+    /// The tag prefix, without the dot. Default `lb`.
+    pub fn tag_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.tag_prefix = prefix.into();
+        self
+    }
+
+    /// The settings every service watch uses (address, token, statuses, consistency,
+    /// wait, backoff, dc); its service name and tags are ignored.
+    pub fn watch_settings(mut self, template: ConsulService) -> Self {
+        self.template = template;
+        self
+    }
+
+    /// Starts the catalog watch on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`ConsulService::spawn`].
+    pub fn spawn(self) -> Result<CatalogHandle, Error> {
+        let t = &self.template;
+        let token = t.token.clone().or_else(|| std::env::var("CONSUL_HTTP_TOKEN").ok());
+        let client = Client::new(&t.agent_address(), token, t.ca_file.as_deref())?;
+        let (cat_tx, cat_rx) = watch::channel(Arc::new(Catalog::default()));
+        let (status_tx, status_rx) = watch::channel(ConsulStatus {
+            agent: client.agent().to_string(),
+            watching: "catalog".to_string(),
+            ..ConsulStatus::default()
+        });
+        let task = tokio::spawn(
+            CatalogTask {
+                enable: format!("{}.enable=true", self.tag_prefix),
+                prefix: format!("{}.", self.tag_prefix),
+                cfg: self,
+                client,
+                catalog: cat_tx,
+                status: status_tx,
+                watches: BTreeMap::new(),
+                changed: Arc::new(Notify::new()),
+                warned: Default::default(),
+            }
+            .run(),
+        );
+        Ok(CatalogHandle {
+            catalog: cat_rx,
+            status: status_rx,
+            _task: Arc::new(AbortOnDrop(task)),
+        })
+    }
+}
+
+impl Default for ConsulCatalog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running catalog watch.
+#[derive(Debug, Clone)]
+pub struct CatalogHandle {
+    catalog: watch::Receiver<Arc<Catalog>>,
+    status: watch::Receiver<ConsulStatus>,
+    _task: Arc<AbortOnDrop>,
+}
+
+impl CatalogHandle {
+    /// Every selected service: name -> endpoints + hints. Not synced until the catalog
+    /// and every selected service have answered once.
+    pub fn catalog(&self) -> watch::Receiver<Arc<Catalog>> {
+        self.catalog.clone()
+    }
+
+    /// The endpoint updates of one service of the catalog.
+    pub fn service(
+        &self,
+        name: impl Into<String>,
+    ) -> impl futures_core::Stream<Item = Result<lb_core::discover::Update, std::convert::Infallible>> + Send + Unpin + 'static
+    {
+        lb_core::discover::catalog::service_updates(self.catalog.clone(), name)
+    }
+
+    /// The catalog watch's own status (the per-service watches are summed in `errors`).
+    pub fn status(&self) -> ConsulStatus {
+        self.status.borrow().clone()
+    }
+}
+
+struct CatalogTask {
+    cfg: ConsulCatalog,
+    enable: String,
+    prefix: String,
+    client: Client,
+    catalog: watch::Sender<Arc<Catalog>>,
+    status: watch::Sender<ConsulStatus>,
+    watches: BTreeMap<String, ServiceHandle>,
+    changed: Arc<Notify>,
+    /// Warnings already logged.
+    warned: std::collections::HashSet<String>,
+}
+
+impl CatalogTask {
+    async fn run(mut self) {
+        let t = self.cfg.template.clone();
+        let mut bucket = TokenBucket::new(2, t.min_interval);
+        let mut index: u64 = 0;
+        let mut backoff = t.backoff_min;
+        let mut failures: u32 = 0;
+        let mut dc = String::new();
+        if let Some(d) = &t.dc {
+            dc = format!("dc={}", crate::client::encode(d));
+        }
+        // The catalog request runs as a future of its own, so service watches' changes
+        // are published while it blocks.
+        type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, Error>> + Send>>;
+        let mut pending: Option<Pending> = None;
+        let mut sent_index = 0;
+        loop {
+            if pending.is_none() {
+                bucket.take().await;
+                let mut params = dc.clone();
+                let deadline = if index > 0 {
+                    if !params.is_empty() {
+                        params.push('&');
+                    }
+                    params.push_str(&format!("index={index}&wait={}ms", t.wait.as_millis()));
+                    t.wait + t.wait / 16 + Duration::from_secs(5)
+                } else {
+                    Duration::from_secs(10)
+                };
+                let url = if params.is_empty() {
+                    "/v1/catalog/services".to_string()
+                } else {
+                    format!("/v1/catalog/services?{params}")
+                };
+                self.status.send_modify(|s| s.requests += 1);
+                let client = self.client.clone();
+                sent_index = index;
+                pending = Some(Box::pin(async move { client.get(&url, deadline).await }));
+            }
+            let fut = pending.as_mut().expect("set above");
+            tokio::select! {
+                answer = fut => {
+                    pending = None;
+                    let parsed = answer.and_then(|a| {
+                        let names: HashMap<String, Vec<String>> = serde_json::from_slice(&a.body).map_err(|e| Error::Decode {
+                            agent: self.client.agent().to_string(),
+                            message: e.to_string(),
+                        })?;
+                        Ok((a.headers, names))
+                    });
+                    match parsed {
+                        Ok((headers, names)) => {
+                            let got = headers
+                                .get("x-consul-index")
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok());
+                            index = match got {
+                                None => 0,
+                                Some(new) if new < sent_index => 0,
+                                Some(new) => new.max(1),
+                            };
+                            failures = 0;
+                            backoff = t.backoff_min;
+                            self.status.send_modify(|s| {
+                                s.last_index = got.unwrap_or(0);
+                                s.last_success = Some(SystemTime::now());
+                                s.consecutive_failures = 0;
+                                s.backoff = None;
+                            });
+                            self.select(&names);
+                            self.publish();
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            if failures >= 3 {
+                                index = 0;
+                            }
+                            let wait = jitter(if e.is_transient() { backoff } else { t.backoff_max });
+                            let message = e.to_string();
+                            self.status.send_modify(|s| {
+                                s.errors += 1;
+                                s.consecutive_failures = failures;
+                                s.backoff = Some(wait);
+                                s.last_error = Some(message.clone());
+                            });
+                            if failures == 1 {
+                                tracing::warn!(error = %message, retry_in = ?wait, "consul: catalog read failed; keeping the last services");
+                            }
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                () = self.catalog.closed() => return,
+                            }
+                            backoff = (backoff * 2).min(t.backoff_max);
+                        }
+                    }
+                }
+                () = self.changed.notified() => self.publish(),
+                () = self.catalog.closed() => return,
+            }
+        }
+    }
+
+    /// Starts watches for newly selected services and stops those no longer selected.
+    fn select(&mut self, names: &HashMap<String, Vec<String>>) {
+        let selected: BTreeSet<&String> = names
+            .iter()
+            .filter(|(_, tags)| tags.iter().any(|t| t == &self.enable))
+            .map(|(n, _)| n)
+            .collect();
+        self.watches.retain(|name, _| {
+            let keep = selected.contains(name);
+            if !keep {
+                tracing::info!(service = %name, "consul: service no longer tagged; its watch stops");
+            }
+            keep
+        });
+        for name in selected {
+            if self.watches.contains_key(name) {
+                continue;
+            }
+            let mut cfg = self.cfg.template.clone();
+            cfg.service = name.clone();
+            cfg.tags = vec![self.enable.clone()];
+            match cfg.spawn_notifying(Some(self.changed.clone())) {
+                Ok(h) => {
+                    tracing::info!(service = %name, "consul: following a tagged service");
+                    self.watches.insert(name.clone(), h);
+                }
+                Err(e) => tracing::warn!(service = %name, error = %e, "consul: cannot watch the service"),
+            }
+        }
+    }
+
+    /// Publishes the catalog once the catalog and every selected service have answered.
+    fn publish(&mut self) {
+        let mut services = BTreeMap::new();
+        let mut errors = 0;
+        for (name, h) in &self.watches {
+            errors += h.status().errors;
+            let Some(set) = h.set.borrow().clone() else {
+                // Not answered yet: publish nothing rather than an empty service.
+                return;
+            };
+            let mut hints = Hints::default();
+            for tag in &set.tags {
+                let Some((key, value)) = tag.strip_prefix(&self.prefix).and_then(|kv| kv.split_once('=')) else {
+                    continue;
+                };
+                if key == "enable" {
+                    continue;
+                }
+                match hints.apply(key, value) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::debug!(service = %name, tag = %tag, "consul: unknown tag ignored"),
+                    Err(e) => {
+                        if self.warned.insert(format!("{name} {tag}")) {
+                            tracing::warn!(service = %name, tag = %tag, error = %e, "consul: bad tag ignored");
+                        }
+                    }
+                }
+            }
+            services.insert(
+                name.clone(),
+                CatalogService {
+                    endpoints: set.endpoints.clone(),
+                    hints,
+                },
+            );
+        }
+        let count = services.len();
+        let next = Catalog::synced(services);
+        self.catalog.send_if_modified(|cur| {
+            if **cur == next {
+                false
+            } else {
+                *cur = Arc::new(next);
+                true
+            }
+        });
+        self.status.send_modify(|s| {
+            s.instances = count;
+            s.errors = s.errors.max(errors);
+        });
+    }
+}
