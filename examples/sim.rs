@@ -318,8 +318,10 @@ pub fn run<P: Balance>(policy: P, workload: &Workload, pace: Pace) -> Report {
         free.push(slot);
         served[done.endpoint] += 1;
         latencies.push(Duration::from_nanos(now - done.started));
-        // The response arrived: the request is over for the balancer too.
-        drop(done.guard);
+        // The response arrived: the request is over for the balancer too, a success.
+        let mut guard = done.guard;
+        guard.succeed();
+        drop(guard);
         if started < workload.requests {
             start_one(now, &mut rng, &mut queue, &mut slots, &mut free);
             started += 1;

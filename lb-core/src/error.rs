@@ -49,6 +49,53 @@ pub fn is_no_endpoints(err: &(dyn std::error::Error + 'static)) -> bool {
     err.downcast_ref::<NoEndpoints>().is_some()
 }
 
+/// An endpoint did not answer within the balancer's per-attempt time limit
+/// ([`Builder::timeout`](crate::Builder::timeout)).
+///
+/// The balancer returns it as the source of an [`EndpointError`] naming the endpoint, so
+/// a retry can avoid that endpoint; the attempt counts as a failure of the endpoint.
+/// Detect it with [`is_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no response within {timeout:?}")]
+pub struct Elapsed {
+    timeout: std::time::Duration,
+}
+
+impl Elapsed {
+    pub(crate) fn new(timeout: std::time::Duration) -> Self {
+        Self { timeout }
+    }
+
+    /// The time limit that ran out.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+    }
+}
+
+/// Whether `err`, or an error in its chain of sources, is a timeout: this crate's
+/// [`Elapsed`] (an endpoint over the balancer's per-attempt limit), tower's
+/// `tower::timeout::error::Elapsed` or tokio's `tokio::time::error::Elapsed` (a timeout
+/// layered inside or around the balancer).
+///
+/// ```
+/// use lb_core::error::{is_timeout, BoxError};
+///
+/// let err: BoxError = Box::new(tower::timeout::error::Elapsed::new());
+/// assert!(is_timeout(&*err));
+/// let err: BoxError = "connection refused".into();
+/// assert!(!is_timeout(&*err));
+/// ```
+pub fn is_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<Elapsed>() || e.is::<tower::timeout::error::Elapsed>() || e.is::<tokio::time::error::Elapsed>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// An administrative action named an endpoint the balancer does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no endpoint with id {0:?}")]

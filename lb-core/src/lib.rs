@@ -16,7 +16,13 @@
 //! - **State survives updates**: counters, latency and health are kept per endpoint
 //!   id; a removed endpoint drains.
 //! - **Health** ([`health`]): active probes with rise/fall, passive outlier ejection
-//!   with growing backoff and a cap, a panic threshold, slow start.
+//!   with growing backoff and a cap (on by default), a panic threshold, slow start.
+//! - **Blame the right side** ([`load`]): a request the caller abandons (a dropped
+//!   future, a timeout around the balancer) is a cancellation and counts against no
+//!   endpoint; an endpoint over the per-attempt [`Builder::timeout`] has failed, and
+//!   the error names it ([`error::EndpointError`], [`error::is_timeout`]). A failure
+//!   costs the latency estimate a penalty, so an endpoint that fails fast never looks
+//!   fast ([`Builder::failure_penalty`]).
 //! - **Observability**: [`Balancer::status`] for status pages and metrics, `tracing`
 //!   events on every state change.
 //!
@@ -53,7 +59,7 @@ mod table;
 
 pub use crate::endpoint::{Endpoint, EndpointId, DEFAULT_WEIGHT, MAX_WEIGHT};
 pub use crate::error::{BoxError, NoEndpoints};
-pub use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, TrackCompletion, TrackedBody};
+pub use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Outcome, TrackCompletion, TrackedBody};
 pub use crate::service::{
     connect_fn, Avoid, BalanceLayer, Balancer, BalancerStatus, Builder, ConnectFn, EndpointStatus, ExtensionKey,
     HashKey, KeyFn, NoKey, Picked, RequestKey, ResponseFuture,

@@ -4,19 +4,46 @@
 //! request is really over: by default until the response arrives
 //! ([`CompleteOnResponse`]); for HTTP, until the response body ends ([`BodyCompletion`]
 //! and [`TrackedBody`]), so a long download counts as load for its whole length. When it
-//! drops, the in-flight count goes down and the outcome (success or failure) feeds
-//! passive health.
+//! drops, the in-flight count goes down and the request's [`Outcome`] feeds passive
+//! health and the latency estimate:
+//!
+//! - a **success** ([`InFlight::succeed`]) ends the endpoint's failure streak and, when
+//!   requests are timed, records its latency;
+//! - a **failure** ([`InFlight::fail`]) extends the streak (outlier detection) and
+//!   records a penalised latency sample (see [`Builder::failure_penalty`]);
+//! - a guard dropped **without an outcome** is a cancellation: the caller gave up (the
+//!   response future or body was dropped, a timeout around the balancer fired). It is
+//!   neither: the streak is left as it is and no latency is recorded, so a request to
+//!   a hung endpoint that the caller abandons can neither clear that endpoint's
+//!   failures nor make it look fast. (To have a hung endpoint counted as failing, give
+//!   the balancer a per-attempt [`Builder::timeout`].)
+//!
+//! The balancer's own call path sets the outcome; a caller that takes guards itself
+//! ([`Balancer::pick`](crate::Balancer::pick)) calls [`succeed`](InFlight::succeed)
+//! or [`fail`](InFlight::fail) before dropping the guard.
+//!
+//! [`Builder::failure_penalty`]: crate::Builder::failure_penalty
+//! [`Builder::timeout`]: crate::Builder::timeout
 
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 
-use crate::state::EndpointState;
+use crate::state::{End, EndpointState};
+
+/// How a request ended, as reported to its [`InFlight`] guard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The endpoint served the request.
+    Success,
+    /// The endpoint failed it (an error, a 5xx, a timeout, a body that broke off).
+    Failure,
+}
 
 /// A policy that keeps derived state per snapshot (least-conn's tree, bounded
 /// Maglev's total) hears about finished requests through the snapshot they came from.
@@ -28,22 +55,27 @@ pub(crate) trait Release: Send + Sync + 'static {
 /// Holds one request's place on an endpoint.
 ///
 /// Dropping it ends the request: the endpoint's in-flight count goes down and the
-/// outcome is recorded. It holds the endpoint's state (an `Arc`), and for policies that
-/// track releases the snapshot it was picked from, not a copy of anything: taking and
-/// dropping one allocates nothing, and threads picking different endpoints write no
+/// outcome set with [`succeed`](Self::succeed) or [`fail`](Self::fail) is recorded; a
+/// guard dropped with neither is a cancellation, which counts for nothing (see the
+/// [module docs](self)). It holds the endpoint's state (an `Arc`), and for policies
+/// that track releases the snapshot it was picked from, not a copy of anything: taking
+/// and dropping one allocates nothing, and threads picking different endpoints write no
 /// shared cache line for it.
 pub struct InFlight {
     state: Arc<EndpointState>,
     tracker: Option<(Arc<dyn Release>, u32)>,
+    /// When the request was picked, if requests are timed.
     start: Option<Instant>,
-    failed: bool,
+    /// Whether its latency sample is recorded already (at the response head).
+    observed: bool,
+    outcome: Option<Outcome>,
 }
 
 impl fmt::Debug for InFlight {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InFlight")
             .field("endpoint", self.state.id())
-            .field("failed", &self.failed)
+            .field("outcome", &self.outcome)
             .finish()
     }
 }
@@ -61,14 +93,32 @@ impl InFlight {
             state,
             tracker,
             start,
-            failed: false,
+            observed: false,
+            outcome: None,
         }
     }
 
     /// Marks the request failed: when the guard drops, it counts toward passive
-    /// outlier detection.
+    /// outlier detection and records a penalised latency sample. A failure is final:
+    /// a later [`succeed`](Self::succeed) does not undo it.
     pub fn fail(&mut self) {
-        self.failed = true;
+        self.outcome = Some(Outcome::Failure);
+    }
+
+    /// Marks the request served: when the guard drops, it ends the endpoint's failure
+    /// streak and, if requests are timed and no sample was taken at the response head
+    /// ([`observe_latency`](Self::observe_latency)), records the time from pick to the
+    /// drop as its latency. Does nothing to a request already marked failed.
+    pub fn succeed(&mut self) {
+        if self.outcome.is_none() {
+            self.outcome = Some(Outcome::Success);
+        }
+    }
+
+    /// The outcome so far: `None` until [`succeed`](Self::succeed) or
+    /// [`fail`](Self::fail) (and, if the guard drops so, a cancellation).
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
     }
 
     /// The endpoint this request went to.
@@ -78,14 +128,19 @@ impl InFlight {
 
     /// Whether it was marked failed.
     pub fn is_failed(&self) -> bool {
-        self.failed
+        self.outcome == Some(Outcome::Failure)
     }
 
     /// Records the time from pick to now as the endpoint's latency sample (peak EWMA),
-    /// once. Called when the response head arrives; a failed request records none (a
-    /// refused connection is fast, not cheap).
+    /// once, if requests are timed. Called when a good response head arrives, so that a
+    /// long body does not count as latency. Not for a failed request: its sample is
+    /// taken when the guard drops, penalised.
     pub fn observe_latency(&mut self) {
-        if let Some(start) = self.start.take() {
+        if self.observed {
+            return;
+        }
+        self.observed = true;
+        if let Some(start) = self.start {
             self.state.observe_since(start);
         }
     }
@@ -93,10 +148,21 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if !self.failed {
-            self.observe_latency();
-        }
-        self.state.finish(self.failed);
+        let end = match self.outcome {
+            Some(Outcome::Success) => {
+                self.observe_latency();
+                End::Success
+            }
+            Some(Outcome::Failure) => {
+                if self.start.is_some() {
+                    self.state.observe_failure(self.start.filter(|_| !self.observed));
+                }
+                End::Failure
+            }
+            // Cancelled: the caller stopped waiting. Nothing is known of the endpoint.
+            None => End::Cancelled,
+        };
+        self.state.finish(end);
         if let Some((snap, index)) = self.tracker.take() {
             snap.release(index);
         }
@@ -121,7 +187,8 @@ impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
     type Output = Rsp;
 
     #[inline]
-    fn track(&self, response: Rsp, guard: InFlight) -> Rsp {
+    fn track(&self, response: Rsp, mut guard: InFlight) -> Rsp {
+        guard.succeed();
         drop(guard);
         response
     }
@@ -129,27 +196,37 @@ impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
 
 /// For `http::Response`s: the guard rides in the body until it ends. A 5xx status
 /// counts as a failure for passive health (as Linkerd's and Envoy's outlier detection
-/// do); so does a body that ends in an error.
+/// do); so does a body that ends in an error. A body dropped before its end is a
+/// cancellation (the caller's choice, not the endpoint's fault): its latency, measured
+/// at the response head, stands, and nothing else is recorded.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BodyCompletion;
 
-impl<B> TrackCompletion<http::Response<B>> for BodyCompletion {
+impl<B: Body> TrackCompletion<http::Response<B>> for BodyCompletion {
     type Output = http::Response<TrackedBody<B>>;
 
     fn track(&self, response: http::Response<B>, mut guard: InFlight) -> Self::Output {
         if response.status().is_server_error() {
-            // A fast 503 is no sign of a fast endpoint: failures are not latency samples.
+            // A fast 503 is no sign of a fast endpoint: the failure's latency sample is
+            // penalised when the guard drops.
             guard.fail();
         } else {
             guard.observe_latency();
+        }
+        if response.body().is_end_stream() {
+            // Nothing to come (a 204, an empty body): the request is over now. A reader
+            // may never poll such a body (hyper does not), so it would never see its end.
+            guard.succeed();
+            return response.map(|inner| TrackedBody { inner, guard: None });
         }
         response.map(|body| TrackedBody::new(body, guard))
     }
 }
 
 pin_project! {
-    /// A body that holds an [`InFlight`] guard until its last frame (or an error, or
-    /// until it is dropped).
+    /// A body that holds an [`InFlight`] guard until its last frame (a success, unless
+    /// the head was a 5xx), an error (a failure), or until it is dropped (a
+    /// cancellation).
     pub struct TrackedBody<B> {
         #[pin]
         inner: B,
@@ -188,16 +265,25 @@ impl<B: Body> Body for TrackedBody<B> {
     type Error = B::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let ready = this.inner.poll_frame(cx);
-        match &ready {
-            Poll::Ready(None) => drop(this.guard.take()),
+        let mut this = self.project();
+        let ready = this.inner.as_mut().poll_frame(cx);
+        let end = match &ready {
+            Poll::Ready(None) => true,
+            // The last frame: a reader that checks `is_end_stream` (hyper does) will
+            // not poll again, so the body ends here.
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Ready(Some(Err(_))) => {
                 if let Some(mut g) = this.guard.take() {
                     g.fail();
                 }
+                false
             }
-            Poll::Ready(Some(Ok(_))) | Poll::Pending => {}
+            Poll::Pending => false,
+        };
+        if end {
+            if let Some(mut g) = this.guard.take() {
+                g.succeed();
+            }
         }
         ready
     }

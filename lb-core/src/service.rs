@@ -17,10 +17,10 @@ use tower_service::Service;
 use crate::balance::{Balance, PickContext, WEIGHT_SCALE};
 use crate::discover::Discover;
 use crate::endpoint::{Endpoint, EndpointId};
-use crate::error::{BoxError, EndpointError, NoEndpoints, UnknownEndpoint};
+use crate::error::{BoxError, Elapsed, EndpointError, NoEndpoints, UnknownEndpoint};
 use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
 use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Release, TrackCompletion};
-use crate::state::Health;
+use crate::state::{Health, DEFAULT_FAILURE_PENALTY};
 use crate::table::{empty_snapshot, Command, Config, Events, Shared, Writer};
 
 /// Extracts a hash key from a request, for consistent hashing.
@@ -100,6 +100,12 @@ impl<Req, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for KeyFn<F> {
 /// `poll_ready` is always ready: when no endpoint is eligible the call fails at once
 /// with [`NoEndpoints`], or after the bounded wait set by [`Builder::wait`].
 ///
+/// A call's outcome is recorded against the endpoint it went to: a response is a
+/// success, an error (or a response over the per-attempt [`Builder::timeout`]) a
+/// failure, returned as an [`EndpointError`](crate::error::EndpointError) naming the
+/// endpoint. A call whose future is dropped before it completes (a timeout or a
+/// `select!` around the balancer) is a cancellation and counts as neither.
+///
 /// # Examples
 ///
 /// ```
@@ -173,7 +179,9 @@ impl<P: Balance> Balancer<P, (), CompleteOnResponse, NoKey> {
                 wait: None,
                 max_in_flight: None,
                 panic_threshold: 0.0,
-                outlier: None,
+                outlier: Some(OutlierConfig::default()),
+                timeout: None,
+                failure_penalty: DEFAULT_FAILURE_PENALTY,
                 slow_start: None,
                 health: None,
                 default_rtt: Duration::from_millis(10),
@@ -223,9 +231,60 @@ impl<P: Balance, C, K> Builder<P, C, K> {
         self
     }
 
-    /// Turns on passive outlier detection.
-    pub fn outlier_detection(mut self, outlier: OutlierConfig) -> Self {
-        self.config.outlier = Some(outlier);
+    /// Sets passive outlier detection, or turns it off with `None`.
+    ///
+    /// On by default, with [`OutlierConfig::default()`]: an endpoint that fails 5
+    /// requests in a row (errors, timeouts, 5xx with [`http`](Self::http)) is ejected for
+    /// a while. A `consecutive_failures` of 0 also turns it off.
+    ///
+    /// ```
+    /// use lb_core::{balance::RoundRobin, health::OutlierConfig, Balancer};
+    ///
+    /// // Stricter than the default.
+    /// let strict = Balancer::builder(RoundRobin::new())
+    ///     .outlier_detection(OutlierConfig { consecutive_failures: 3, ..OutlierConfig::default() });
+    /// // Off: failures never eject an endpoint.
+    /// let off = Balancer::builder(RoundRobin::new()).outlier_detection(None);
+    /// # let _ = (strict, off);
+    /// ```
+    pub fn outlier_detection(mut self, outlier: impl Into<Option<OutlierConfig>>) -> Self {
+        self.config.outlier = outlier.into().filter(|o| o.consecutive_failures > 0);
+        self
+    }
+
+    /// A time limit on each attempt: from the moment an endpoint is picked until its
+    /// response arrives (the endpoint service's `poll_ready` and call). Default: none.
+    ///
+    /// An attempt over the limit fails with an [`EndpointError`] that names the
+    /// endpoint (so a retry can [`Avoid`] it) and whose source is an
+    /// [`Elapsed`]; [`is_timeout`](crate::error::is_timeout) detects it. It counts as a
+    /// failure of that endpoint (outlier detection, the latency estimate), unlike a
+    /// timeout layered *around* the balancer, which only cancels the request and blames
+    /// no one (see [`load`](crate::load)). The time before an endpoint is picked (the
+    /// [`wait`](Self::wait) for one) is not included, and with [`http`](Self::http)
+    /// neither is the response body, which may stream for as long as it needs: the
+    /// limit ends with the response head. The clock is tokio's, so a test can pause it.
+    ///
+    /// # Panics
+    ///
+    /// A response future polled outside a tokio runtime (with timers enabled) panics
+    /// when a limit is set.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = Some(timeout);
+        self
+    }
+
+    /// The least latency sample a failed request records when requests are timed (peak
+    /// EWMA, or [`track_latency`](Self::track_latency)). Default 1 s.
+    ///
+    /// A failure is charged as a response at least this slow, however fast it came, so
+    /// that an endpoint that fails fast does not look fast to a latency-aware policy:
+    /// its estimate jumps to the penalty and decays back only once it stops failing.
+    /// Set it well above the endpoints' normal latency; the per-attempt
+    /// [`timeout`](Self::timeout), if there is one, is a natural choice (a fast failure
+    /// is then charged like a request that timed out).
+    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
+        self.config.failure_penalty = penalty;
         self
     }
 
@@ -388,7 +447,9 @@ pub struct EndpointStatus {
     pub failures: u64,
     /// Times ejected by outlier detection.
     pub times_ejected: u32,
-    /// The peak-EWMA latency (only measured when latency is tracked).
+    /// The peak-EWMA latency (only measured when latency is tracked): successes' times,
+    /// failures' penalised ones ([`Builder::failure_penalty`]); cancelled requests
+    /// record nothing.
     pub ewma_latency: Duration,
     /// The last active health check.
     pub last_check: Option<crate::state::CheckRecord>,
@@ -536,7 +597,10 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
 impl<P: Balance, S: Clone + Send + Sync + 'static, C, K> Balancer<P, S, C, K> {
     /// Picks an endpoint and takes its guard, without calling it. `None` if no
     /// endpoint is eligible. The building block of [`call`](Service::call), for
-    /// callers that forward requests themselves (a TCP proxy).
+    /// callers that forward requests themselves (a TCP proxy). Such a caller reports
+    /// how the request went with [`InFlight::succeed`] or [`InFlight::fail`] before
+    /// dropping the guard: a guard dropped without an outcome is a cancellation, and
+    /// counts neither way. The per-attempt [`Builder::timeout`] does not apply.
     pub fn pick(&self, key: Option<u64>) -> Option<Picked<S>> {
         self.shared.pick(key, None).ok()
     }
@@ -553,8 +617,8 @@ impl<P: Balance, S: Clone + Send + Sync + 'static, C, K> Balancer<P, S, C, K> {
 pub struct Picked<S> {
     /// A clone of the endpoint's service.
     pub service: S,
-    /// The guard: drop it when the request is over. [`InFlight::endpoint`] tells
-    /// which endpoint it is.
+    /// The guard: set its outcome ([`InFlight::succeed`], [`InFlight::fail`]) and drop
+    /// it when the request is over. [`InFlight::endpoint`] tells which endpoint it is.
     pub guard: InFlight,
 }
 
@@ -563,7 +627,7 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
     fn pick(&self, key: Option<u64>, avoid: Option<&EndpointId>) -> Result<Picked<S>, bool> {
         // Timed requests read the clock once here: the pick (peak EWMA) and the
         // latency sample share the reading.
-        let start = self.timed.then(std::time::Instant::now);
+        let start = self.timed.then(tokio::time::Instant::now);
         let cx = PickContext {
             key,
             now: start.map_or(0, crate::state::ns_at),
@@ -714,6 +778,8 @@ where
         };
         ResponseFuture {
             state,
+            timeout: self.shared.config.timeout,
+            deadline: None,
             completion: self.completion.clone(),
             _p: PhantomData,
         }
@@ -743,9 +809,17 @@ async fn wait_for_endpoint<P: Balance, S: Clone + Send + Sync + 'static>(
 
 pin_project! {
     /// The future a [`Balancer`] call returns.
+    ///
+    /// Dropping it before it completes cancels the request: the endpoint's guard is
+    /// released as a cancellation, which counts neither as a success nor as a failure
+    /// (see [`load`](crate::load)).
     pub struct ResponseFuture<P: Balance, S: Service<Req>, C, Req> {
         #[pin]
         state: State<S, Req>,
+        timeout: Option<Duration>,
+        // The per-attempt limit, armed once an endpoint is picked (inline: no allocation).
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
         completion: C,
         _p: PhantomData<fn() -> P>,
     }
@@ -764,7 +838,21 @@ pin_project! {
         Waiting { wait: WaitFuture<S>, req: Option<Req> },
         Ready { service: S, req: Option<Req>, guard: Option<InFlight> },
         Calling { #[pin] fut: S::Future, guard: Option<InFlight> },
+        Done,
     }
+}
+
+/// Whether the per-attempt limit ran out. Checked only once the endpoint's service is
+/// not ready or its response is not in: an answer that is in wins.
+fn expired(deadline: Pin<&mut Option<tokio::time::Sleep>>, cx: &mut Context<'_>) -> bool {
+    deadline.as_pin_mut().is_some_and(|d| d.poll(cx).is_ready())
+}
+
+/// Fails the attempt that `guard` holds with `err`: a failure of its endpoint.
+fn endpoint_failure(guard: &mut Option<InFlight>, err: BoxError) -> BoxError {
+    let mut g = guard.take().expect("polled after completion");
+    g.fail();
+    Box::new(EndpointError::new(g.endpoint().id().clone(), err))
 }
 
 impl<P, S, C, Req> Future for ResponseFuture<P, S, C, Req>
@@ -781,7 +869,9 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Failed { err } => {
-                    return Poll::Ready(Err(err.take().expect("polled after completion").into()));
+                    let err = err.take().expect("polled after completion");
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(err.into()));
                 }
                 StateProj::Waiting { wait, req } => {
                     let picked = ready!(wait.as_mut().poll(cx))?;
@@ -793,28 +883,51 @@ where
                     });
                 }
                 StateProj::Ready { service, req, guard } => {
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
-                        let mut g = guard.take().expect("polled after completion");
-                        g.fail();
-                        return Poll::Ready(Err(Box::new(EndpointError::new(g.endpoint().id().clone(), e.into()))));
+                    if let (Some(t), true) = (*this.timeout, this.deadline.is_none()) {
+                        this.deadline.set(Some(tokio::time::sleep(t)));
+                    }
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            let err = endpoint_failure(guard, e.into());
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(err));
+                        }
+                        Poll::Pending => {
+                            if expired(this.deadline.as_mut(), cx) {
+                                let t = this.timeout.unwrap_or_default();
+                                let err = endpoint_failure(guard, Box::new(Elapsed::new(t)));
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(err));
+                            }
+                            return Poll::Pending;
+                        }
                     }
                     let fut = service.call(req.take().expect("polled after completion"));
                     let guard = guard.take();
                     this.state.set(State::Calling { fut, guard });
                 }
                 StateProj::Calling { fut, guard } => {
-                    return match ready!(fut.poll(cx)) {
-                        Ok(rsp) => {
+                    let res = match fut.poll(cx) {
+                        Poll::Ready(Ok(rsp)) => {
                             let g = guard.take().expect("polled after completion");
-                            Poll::Ready(Ok(this.completion.track(rsp, g)))
+                            Ok(this.completion.track(rsp, g))
                         }
-                        Err(e) => {
-                            let mut g = guard.take().expect("polled after completion");
-                            g.fail();
-                            Poll::Ready(Err(Box::new(EndpointError::new(g.endpoint().id().clone(), e.into()))))
+                        Poll::Ready(Err(e)) => Err(endpoint_failure(guard, e.into())),
+                        Poll::Pending => {
+                            if !expired(this.deadline.as_mut(), cx) {
+                                return Poll::Pending;
+                            }
+                            let t = this.timeout.unwrap_or_default();
+                            Err(endpoint_failure(guard, Box::new(Elapsed::new(t))))
                         }
                     };
+                    // The endpoint's future goes now, not when this one is dropped.
+                    this.state.set(State::Done);
+                    this.deadline.set(None);
+                    return Poll::Ready(res);
                 }
+                StateProj::Done => panic!("polled after completion"),
             }
         }
     }

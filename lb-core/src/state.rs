@@ -7,27 +7,47 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointId};
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// The origin of the process clock: an hour (or as much as the monotonic clock allows)
+/// before its first use.
+///
+/// The clock is tokio's ([`tokio::time::Instant`], as tower's peak EWMA uses): the
+/// standard monotonic clock in a build without tokio's `test-util`, and a paused clock
+/// in tests that pause time, so latency and its decay follow the test's time. Several
+/// runtimes may pause their clocks in one process (one per test); each starts where the
+/// real clock stood when it was built, which may be before the first use of the
+/// origin: the margin keeps their readings above it.
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(|| {
+        let now = std::time::Instant::now();
+        [3600, 60, 1]
+            .into_iter()
+            .find_map(|s| now.checked_sub(Duration::from_secs(s)))
+            .unwrap_or(now)
+    })
 }
 
-/// Monotonic nanoseconds since the first call in this process.
+/// Monotonic nanoseconds since the process clock's origin.
 pub(crate) fn now_ns() -> u64 {
-    epoch().elapsed().as_nanos() as u64
+    ns_at(Instant::now())
 }
 
 /// `t` as nanoseconds on the same clock as [`now_ns`].
 #[inline]
 pub(crate) fn ns_at(t: Instant) -> u64 {
-    t.saturating_duration_since(epoch()).as_nanos() as u64
+    t.into_std().saturating_duration_since(epoch()).as_nanos() as u64
 }
+
+/// The latency sample a failed request records at least, when no balancer set one
+/// (states made by hand).
+pub(crate) const DEFAULT_FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
 /// Bits of [`EndpointState`]'s packed counter that hold the in-flight count: up to
 /// 16 million requests (or TCP connections) in flight per endpoint; the other 40 bits
@@ -87,7 +107,8 @@ impl std::fmt::Display for Health {
 /// The last active health check of an endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckRecord {
-    /// When it finished, as time since the process's first measurement.
+    /// When it finished, as time since an origin shared by the whole process (compare
+    /// two of them, or use [`age`](Self::age)).
     pub at: Duration,
     /// Whether it passed.
     pub ok: bool,
@@ -133,6 +154,19 @@ pub(crate) struct Link {
     pub(crate) events: Arc<crate::table::Events>,
     pub(crate) outlier_threshold: u32,
     pub(crate) decay_ns: f64,
+    pub(crate) failure_penalty: Duration,
+}
+
+/// How one request ended, as the in-flight guard reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Succeeded: ends a failure streak.
+    Success,
+    /// Failed: counts toward passive outlier detection.
+    Failure,
+    /// Given up by the caller (the response future or body dropped, a timeout around
+    /// the balancer): neither a success nor a failure.
+    Cancelled,
 }
 
 // === impl EndpointState ===
@@ -268,20 +302,25 @@ impl EndpointState {
     }
 
     /// Ends one request: in flight goes down, the outcome feeds passive health, and the
-    /// writer is woken if the failure streak reached the outlier threshold.
+    /// writer is woken if the failure streak reached the outlier threshold. A
+    /// cancelled request only goes out of flight: it neither ends nor extends a streak.
     #[inline]
-    pub(crate) fn finish(&self, failed: bool) {
-        if failed {
-            let streak = self.record_failure();
-            if let Some(l) = self.link.get() {
-                // Once, when the streak reaches the threshold: the writer rescans every
-                // endpoint on each wake, so one held back by the ejection cap is found later.
-                if l.outlier_threshold > 0 && streak == l.outlier_threshold {
-                    l.events.notify.notify_one();
+    pub(crate) fn finish(&self, end: End) {
+        match end {
+            End::Failure => {
+                let streak = self.record_failure();
+                if let Some(l) = self.link.get() {
+                    // Once, when the streak reaches the threshold: the writer rescans every
+                    // endpoint on each wake, so one held back by the ejection cap is found later.
+                    if l.outlier_threshold > 0 && streak == l.outlier_threshold {
+                        l.events.notify.notify_one();
+                    }
                 }
             }
-        } else {
-            self.record_success();
+            End::Success => {
+                self.record_success();
+            }
+            End::Cancelled => {}
         }
         self.release();
     }
@@ -289,8 +328,37 @@ impl EndpointState {
     /// Records the time from `start` to now as a latency sample (one clock read).
     pub(crate) fn observe_since(&self, start: Instant) {
         let now = Instant::now();
-        let decay = self.link.get().map_or(10e9, |l| l.decay_ns);
-        self.observe_rtt(now.duration_since(start), ns_at(now), decay);
+        self.observe_rtt(now.saturating_duration_since(start), ns_at(now), self.decay_ns());
+    }
+
+    /// Records a failed request's latency sample: the time it took (from `start`, when
+    /// its latency was not recorded yet), but never less than the failure penalty.
+    ///
+    /// Peak EWMA estimates how long a request sent here takes to be served. A request
+    /// that fails is not served, however fast it fails: if failures recorded their own
+    /// short time (or nothing, and the estimate decayed toward zero), an endpoint that
+    /// refuses every request at once would look like the fastest one and draw more
+    /// traffic the more it failed. A failure is charged instead as a response at least
+    /// as slow as the penalty (default 1 s, [`Builder::failure_penalty`]): the estimate
+    /// jumps to it at once (a peak), an endpoint that keeps failing keeps it there, and
+    /// one that stops failing decays back with the usual time constant. With the
+    /// default decay of 10 s, a penalty of 1 s takes about 45 s to fall to a 10 ms
+    /// endpoint's cost: a failing endpoint is tried about once in that time while the
+    /// others are idle, and sooner when they are loaded (their cost grows with their
+    /// in-flight count). This is the same rule a timeout follows: a request that timed
+    /// out records its whole time, which is at least the penalty when the penalty is
+    /// set to the timeout.
+    ///
+    /// [`Builder::failure_penalty`]: crate::Builder::failure_penalty
+    pub(crate) fn observe_failure(&self, start: Option<Instant>) {
+        let now = Instant::now();
+        let took = start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        let penalty = self.link.get().map_or(DEFAULT_FAILURE_PENALTY, |l| l.failure_penalty);
+        self.observe_rtt(took.max(penalty), ns_at(now), self.decay_ns());
+    }
+
+    fn decay_ns(&self) -> f64 {
+        self.link.get().map_or(10e9, |l| l.decay_ns)
     }
 
     // --- load ---

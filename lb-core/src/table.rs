@@ -35,7 +35,13 @@ pub(crate) struct Config {
     pub(crate) wait: Option<Duration>,
     pub(crate) max_in_flight: Option<u32>,
     pub(crate) panic_threshold: f64,
+    /// `None`: off. Never with `consecutive_failures` 0 (the builder turns that off).
     pub(crate) outlier: Option<OutlierConfig>,
+    /// The per-attempt time limit: an endpoint's `poll_ready` and call, until the
+    /// response (head).
+    pub(crate) timeout: Option<Duration>,
+    /// The least latency sample a failure records.
+    pub(crate) failure_penalty: Duration,
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) health: Option<(Arc<dyn HealthCheck>, CheckConfig)>,
     pub(crate) default_rtt: Duration,
@@ -55,6 +61,8 @@ impl std::fmt::Debug for Config {
             .field("max_in_flight", &self.max_in_flight)
             .field("panic_threshold", &self.panic_threshold)
             .field("outlier", &self.outlier)
+            .field("timeout", &self.timeout)
+            .field("failure_penalty", &self.failure_penalty)
             .field("slow_start", &self.slow_start)
             .field("health", &self.health.as_ref().map(|h| h.1))
             .finish()
@@ -371,6 +379,7 @@ where
                     events: self.events.clone(),
                     outlier_threshold: self.config.outlier.map(|o| o.consecutive_failures).unwrap_or(0),
                     decay_ns: self.config.decay_ns,
+                    failure_penalty: self.config.failure_penalty,
                 });
                 Arc::new(st)
             }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Body;
-use http_body_util::Empty;
+use http_body_util::Full;
 use lb_core::balance::{
     Balance, LeastConn, Maglev, P2c, PeakEwma, PendingRequests, Random, RoundRobin, WeightedRoundRobin,
 };
@@ -158,12 +158,27 @@ fn unkeyed_allocations<P: Balance>(policy: P) -> usize {
     })
 }
 
-/// An always-ready HTTP service answering 200 with an empty body.
+/// With a per-attempt timeout: its timer lives inline in the response future.
+fn timeout_allocations<P: Balance>(policy: P) -> usize {
+    let rt = runtime();
+    rt.block_on(async {
+        let mut lb = Balancer::builder(policy)
+            .timeout(std::time::Duration::from_secs(5))
+            .spawn(
+                discover::fixed([ep_w(0, 1), ep_w(1, 2), ep_w(2, 3)]),
+                healthy_backends(),
+            );
+        lb.ready_endpoints(3).await;
+        steady_state(&mut lb, |_| (), |idx: usize| assert!(idx < 3))
+    })
+}
+
+/// An always-ready HTTP service answering 200 with a one-frame body.
 #[derive(Clone, Debug)]
 struct HttpOk;
 
 impl<B> Service<http::Request<B>> for HttpOk {
-    type Response = http::Response<Empty<Bytes>>;
+    type Response = http::Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
 
@@ -172,7 +187,7 @@ impl<B> Service<http::Request<B>> for HttpOk {
     }
 
     fn call(&mut self, _: http::Request<B>) -> Self::Future {
-        std::future::ready(Ok(http::Response::new(Empty::new())))
+        std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(b"ok")))))
     }
 }
 
@@ -188,13 +203,13 @@ fn http_allocations<P: Balance>(policy: P) -> usize {
         steady_state(
             &mut lb,
             |_| http::Request::new(()),
-            |rsp: http::Response<lb_core::TrackedBody<Empty<Bytes>>>| {
+            |rsp: http::Response<lb_core::TrackedBody<Full<Bytes>>>| {
                 let body = rsp.into_body();
                 let mut body = std::pin::pin!(body);
                 let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
                 assert!(body.as_mut().get_mut().is_tracking(), "in flight until the body ends");
-                assert!(matches!(body.as_mut().poll_frame(&mut cx), Poll::Ready(None)));
-                assert!(!body.is_tracking());
+                assert!(matches!(body.as_mut().poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
+                assert!(!body.is_tracking(), "the last frame ends the body");
             },
         )
     })
@@ -225,6 +240,14 @@ fn no_policy_allocates_per_request() {
         ("maglev, no key", unkeyed_allocations(Maglev::new())),
         ("maglev bounded, keyed", keyed_allocations(Maglev::bounded(1.25))),
         ("least_conn, keyed", keyed_allocations(LeastConn::new())),
+        (
+            "round_robin, per-attempt timeout",
+            timeout_allocations(RoundRobin::new()),
+        ),
+        (
+            "p2c peak_ewma, per-attempt timeout",
+            timeout_allocations(P2c::from_seed(PeakEwma::default(), 1)),
+        ),
         ("http body tracking, round_robin", http_allocations(RoundRobin::new())),
         (
             "http body tracking, peak_ewma",

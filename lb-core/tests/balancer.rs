@@ -13,8 +13,8 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use lb_core::balance::{RoundRobin, WeightedRoundRobin};
 use lb_core::discover::{self, Update};
-use lb_core::error::{is_no_endpoints, UnknownEndpoint};
-use lb_core::{connect_fn, BalanceLayer, Balancer, BoxError, Endpoint, EndpointId, Health, NoEndpoints};
+use lb_core::error::{is_no_endpoints, is_timeout, Elapsed, EndpointError, UnknownEndpoint};
+use lb_core::{connect_fn, BalanceLayer, Balancer, BoxError, Endpoint, EndpointId, Health, NoEndpoints, Outcome};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,8 +22,8 @@ use tower::discover::Change;
 use tower::{Service, ServiceExt};
 
 use support::{
-    backends, ep, ep_w, eventually, health_of, healthy_backends, id, index_of, settle, status_of, Backend, Down,
-    Switches,
+    backends, ep, ep_w, eventually, health_of, healthy_backends, id, index_of, poll_once, scripted, settle, status_of,
+    streak_of, Act, Backend, Down, Script, Switches,
 };
 
 const STEP: Duration = Duration::from_millis(10);
@@ -429,7 +429,7 @@ async fn body_completion_counts_5xx_and_body_errors_as_failures() {
     let s = status_of(&lb, 0);
     assert_eq!((s.in_flight, s.failures), (0, 2));
 
-    // A 200 dropped before its end: over, not failed.
+    // A 200 dropped before its end: a cancellation, not a failure.
     let (tx, req) = chan_request(200);
     let rsp = lb.clone().oneshot(req).await.unwrap();
     assert_eq!(status_of(&lb, 0).in_flight, 1);
@@ -655,4 +655,311 @@ async fn a_retry_avoids_the_endpoint_that_failed() {
     let one = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), backends(Switches::new()));
     one.ready_endpoints(1).await;
     assert!(one.pick_with(None, Some(ep(0).id())).is_some());
+}
+
+// === cancellation: a request the caller gives up counts for nothing ===
+
+/// Three failures, then a request to the now-hung endpoint that a tower `Timeout`
+/// around the balancer abandons: the streak stands (a cancellation is no success), so
+/// two more failures reach the threshold of 5 and eject it.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_around_the_balancer_does_not_reset_the_failure_streak() {
+    let script = Script::new();
+    script.set(0, Act::Fail, Duration::ZERO);
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), scripted(script.clone()));
+    lb.ready_endpoints(1).await;
+    for _ in 0..3 {
+        lb.clone().oneshot(()).await.unwrap_err();
+    }
+    assert_eq!(streak_of(&lb, 0), 3);
+
+    script.set(0, Act::Hang, Duration::ZERO);
+    let outer = tower::timeout::Timeout::new(lb.clone(), Duration::from_secs(1));
+    let err = outer.oneshot(()).await.unwrap_err();
+    assert!(is_timeout(&*err), "tower's Elapsed is a timeout: {err}");
+    assert!(
+        err.downcast_ref::<EndpointError>().is_none(),
+        "a timeout around the balancer blames no endpoint"
+    );
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.failures), (0, 3), "cancelled, not failed");
+    assert_eq!(streak_of(&lb, 0), 3, "a cancellation must not reset the failure streak");
+    assert_eq!(health_of(&lb, 0), Some(Health::Unknown));
+
+    script.set(0, Act::Fail, Duration::ZERO);
+    for _ in 0..2 {
+        lb.clone().oneshot(()).await.unwrap_err();
+    }
+    eventually("ejected at the fifth failure in a row", STEP, 10, || {
+        health_of(&lb, 0) == Some(Health::Ejected)
+    })
+    .await;
+    assert_eq!(status_of(&lb, 0).failures, 5);
+}
+
+/// A response future dropped mid-call (a `select!`, a client gone) releases the
+/// endpoint without recording anything: no failure, no success, no latency sample.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_response_future_records_nothing() {
+    let script = Script::new();
+    script.set(0, Act::Fail, Duration::ZERO);
+    let lb = Balancer::builder(RoundRobin::new())
+        .track_latency(true)
+        .default_rtt(Duration::from_millis(10))
+        .spawn(discover::fixed([ep(0)]), scripted(script.clone()));
+    lb.ready_endpoints(1).await;
+    lb.clone().oneshot(()).await.unwrap_err();
+    let penalised = status_of(&lb, 0).ewma_latency;
+    assert!(
+        penalised >= Duration::from_secs(1),
+        "a failure is penalised: {penalised:?}"
+    );
+
+    // Hung for a minute, then dropped.
+    script.set(0, Act::Hang, Duration::ZERO);
+    let mut fut = Box::pin(lb.clone().call(()));
+    assert!(poll_once(&mut fut).is_pending());
+    assert_eq!(status_of(&lb, 0).in_flight, 1);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    drop(fut);
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.requests, s.failures), (0, 2, 1));
+    assert_eq!(s.ewma_latency, penalised, "a cancelled request is no latency sample");
+    assert_eq!(streak_of(&lb, 0), 1);
+}
+
+/// The same through a timeout around the balancer, on an endpoint that has only
+/// succeeded: its estimate does not take the minute it was waited on.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_request_is_no_latency_sample() {
+    let script = Script::new();
+    script.set(0, Act::Answer, Duration::from_millis(20));
+    let lb = Balancer::builder(RoundRobin::new())
+        .track_latency(true)
+        .default_rtt(Duration::from_millis(10))
+        .spawn(discover::fixed([ep(0)]), scripted(script.clone()));
+    lb.ready_endpoints(1).await;
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
+    assert_eq!(
+        status_of(&lb, 0).ewma_latency,
+        Duration::from_millis(20),
+        "a slower answer is a peak"
+    );
+    script.set(0, Act::Answer, Duration::from_secs(600));
+    let outer = tower::timeout::Timeout::new(lb.clone(), Duration::from_secs(60));
+    assert!(outer.oneshot(()).await.is_err());
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.failures), (0, 0));
+    assert_eq!(s.ewma_latency, Duration::from_millis(20));
+}
+
+/// A caller that takes guards itself reports the outcome; a guard dropped without one
+/// is a cancellation.
+#[tokio::test(start_paused = true)]
+async fn a_picked_guard_records_the_outcome_it_is_given() {
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), healthy_backends());
+    lb.ready_endpoints(1).await;
+    let mut p = lb.pick(None).unwrap();
+    assert_eq!(p.guard.outcome(), None);
+    p.guard.fail();
+    p.guard.succeed();
+    assert_eq!(p.guard.outcome(), Some(Outcome::Failure), "a failure is final");
+    drop(p);
+    assert_eq!(streak_of(&lb, 0), 1);
+    drop(lb.pick(None).unwrap());
+    assert_eq!(streak_of(&lb, 0), 1, "dropped without an outcome: a cancellation");
+    let mut p = lb.pick(None).unwrap();
+    p.guard.succeed();
+    assert_eq!(p.guard.outcome(), Some(Outcome::Success));
+    drop(p);
+    assert_eq!(streak_of(&lb, 0), 0, "a success ends the streak");
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.failures), (0, 1));
+}
+
+// === the per-attempt timeout ===
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_over_the_timeout_fails_and_names_the_endpoint() {
+    let script = Script::new();
+    script.set(0, Act::Hang, Duration::ZERO);
+    let limit = Duration::from_millis(100);
+    let lb = Balancer::builder(RoundRobin::new())
+        .timeout(limit)
+        .spawn(discover::fixed([ep(0)]), scripted(script.clone()));
+    lb.ready_endpoints(1).await;
+    let start = Instant::now();
+    let err = lb.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(start.elapsed(), limit, "fails when the limit runs out, not later");
+    assert!(is_timeout(&*err), "{err}");
+    let at = err.downcast_ref::<EndpointError>().expect("the endpoint is named");
+    assert_eq!(at.endpoint(), &id(0));
+    let elapsed = at.inner().downcast_ref::<Elapsed>().expect("the source is Elapsed");
+    assert_eq!(elapsed.timeout(), limit);
+    let s = status_of(&lb, 0);
+    assert_eq!(
+        (s.in_flight, s.requests, s.failures),
+        (0, 1, 1),
+        "a timeout is a failure"
+    );
+    assert_eq!(streak_of(&lb, 0), 1);
+
+    // An answer just inside the limit passes; one just over it does not.
+    script.set(0, Act::Answer, limit - Duration::from_millis(1));
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
+    script.set(0, Act::Answer, limit + Duration::from_millis(1));
+    let err = lb.clone().oneshot(()).await.unwrap_err();
+    assert!(is_timeout(&*err), "{err}");
+    // Other errors are not timeouts.
+    script.set(0, Act::Fail, Duration::ZERO);
+    let err = lb.clone().oneshot(()).await.unwrap_err();
+    assert!(!is_timeout(&*err), "{err}");
+    assert_eq!(status_of(&lb, 0).failures, 3);
+}
+
+/// An endpoint service that never becomes ready is as hung as one that never answers.
+#[tokio::test(start_paused = true)]
+async fn the_timeout_covers_an_endpoint_that_is_never_ready() {
+    let script = Script::new();
+    script.set(0, Act::NotReady, Duration::ZERO);
+    let lb = Balancer::builder(RoundRobin::new())
+        .timeout(Duration::from_millis(100))
+        .spawn(discover::fixed([ep(0)]), scripted(script.clone()));
+    lb.ready_endpoints(1).await;
+    let err = lb.clone().oneshot(()).await.unwrap_err();
+    assert!(is_timeout(&*err), "{err}");
+    assert_eq!(err.downcast_ref::<EndpointError>().unwrap().endpoint(), &id(0));
+    assert_eq!(status_of(&lb, 0).failures, 1);
+}
+
+/// Timeouts are failures for outlier detection (on by default): a hung endpoint is
+/// ejected, and with a retry that avoids it requests go on being served.
+#[tokio::test(start_paused = true)]
+async fn a_hung_endpoint_is_ejected_for_its_timeouts() {
+    let script = Script::new();
+    script.set(0, Act::Hang, Duration::ZERO);
+    let lb = Balancer::builder(RoundRobin::new())
+        .timeout(Duration::from_millis(100))
+        .spawn(discover::fixed([ep(0), ep(1)]), scripted(script.clone()));
+    lb.ready_endpoints(2).await;
+    let mut timeouts = 0;
+    for _ in 0..20 {
+        if timeouts == 5 {
+            break;
+        }
+        match lb.clone().oneshot(()).await {
+            Ok(i) => assert_eq!(i, 1),
+            Err(e) => {
+                let at = e.downcast_ref::<EndpointError>().expect("the endpoint is named");
+                assert_eq!(at.endpoint(), &id(0));
+                timeouts += 1;
+                // The retry avoids the endpoint that timed out.
+                let p = lb.pick_with(None, Some(at.endpoint())).unwrap();
+                assert_eq!(p.service.idx, 1);
+            }
+        }
+    }
+    assert_eq!(timeouts, 5);
+    eventually(
+        "endpoint 0 ejected at the default threshold of 5 in a row",
+        STEP,
+        10,
+        || health_of(&lb, 0) == Some(Health::Ejected),
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(lb.clone().oneshot(()).await.unwrap(), 1);
+    }
+}
+
+/// An http echo whose response head waits for the `x-delay-ms` header's milliseconds.
+fn delayed_echo(
+) -> impl Service<http::Request<ChanBody>, Response = http::Response<ChanBody>, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + Sync {
+    tower::service_fn(|req: http::Request<ChanBody>| async move {
+        let delay = req
+            .headers()
+            .get("x-delay-ms")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        Ok::<_, Infallible>(http::Response::new(req.into_body()))
+    })
+}
+
+/// With body tracking the limit ends at the response head: a body may stream for
+/// longer; a head that comes late is a timeout.
+#[tokio::test(start_paused = true)]
+async fn with_http_the_timeout_ends_at_the_response_head() {
+    let lb = Balancer::builder(RoundRobin::new())
+        .http()
+        .timeout(Duration::from_millis(100))
+        .spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| delayed_echo()));
+    lb.ready_endpoints(1).await;
+
+    let (tx, mut req) = chan_request(200);
+    req.headers_mut().insert("x-delay-ms", "50".parse().unwrap());
+    let mut rsp = lb.clone().oneshot(req).await.expect("the head is in time");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tx.send(Ok(Frame::data(Bytes::from_static(b"late")))).await.unwrap();
+    let frame = rsp.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "late");
+    drop(tx);
+    assert!(rsp.body_mut().frame().await.is_none());
+    let s = status_of(&lb, 0);
+    assert_eq!(
+        (s.in_flight, s.requests, s.failures),
+        (0, 1, 0),
+        "a slow body is no timeout"
+    );
+
+    let (_tx, mut req) = chan_request(200);
+    req.headers_mut().insert("x-delay-ms", "150".parse().unwrap());
+    let err = lb.clone().oneshot(req).await.unwrap_err();
+    assert!(is_timeout(&*err), "{err}");
+    let s = status_of(&lb, 0);
+    assert_eq!((s.in_flight, s.requests, s.failures), (0, 2, 1));
+}
+
+/// A body that says it has ended (`is_end_stream`) ends the request: a reader such as
+/// hyper does not poll it again, and dropping it then is no cancellation.
+#[tokio::test(start_paused = true)]
+async fn a_body_at_its_end_ends_the_request() {
+    use http_body_util::{Empty, Full};
+    let full = |_: &Endpoint| {
+        tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"one frame"))))
+        })
+    };
+    let lb = Balancer::builder(RoundRobin::new())
+        .http()
+        .spawn(discover::fixed([ep(0)]), connect_fn(full));
+    lb.ready_endpoints(1).await;
+    // A failure first, so that the successes below have a streak to end.
+    lb.pick(None).unwrap().guard.fail();
+    assert_eq!(streak_of(&lb, 0), 1);
+    let mut rsp = lb.clone().oneshot(http::Request::new(())).await.unwrap();
+    assert!(rsp.body().is_tracking());
+    let frame = rsp.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "one frame");
+    assert!(!rsp.body().is_tracking(), "its last frame ends it");
+    drop(rsp);
+    assert_eq!(streak_of(&lb, 0), 0, "a success");
+
+    let empty = |_: &Endpoint| {
+        tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, Infallible>(http::Response::new(Empty::<Bytes>::new()))
+        })
+    };
+    let lb = Balancer::builder(RoundRobin::new())
+        .http()
+        .spawn(discover::fixed([ep(0)]), connect_fn(empty));
+    lb.ready_endpoints(1).await;
+    lb.pick(None).unwrap().guard.fail();
+    let rsp = lb.clone().oneshot(http::Request::new(())).await.unwrap();
+    assert!(!rsp.body().is_tracking(), "an empty body ends with the head");
+    assert_eq!(status_of(&lb, 0).in_flight, 0);
+    assert_eq!(streak_of(&lb, 0), 0, "a success");
 }

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use support::{
-    backends, ep, ep_w, eventually, health_of, healthy_backends, id, index_of, settle, status_of, Backend, Switches,
+    backends, ep, ep_w, eventually, health_of, healthy_backends, id, index_of, scripted, settle, status_of, Act,
+    Backend, Script, Scripted, Switches,
 };
 
 const STEP: Duration = Duration::from_millis(10);
@@ -75,9 +76,9 @@ async fn never_picks_an_endpoint_that_is_out<P: Balance>(policy: P, panic: bool)
         .health_check(probe(&down), fast_checks(1, 1))
         .outlier_detection(outliers(3, Duration::from_secs(3600), Duration::from_secs(3600), 0.5))
         .panic_threshold(if panic { 0.75 } else { 0.0 })
-        // Peak EWMA measures real time: with an initial estimate no sample here can
-        // exceed, one slow (descheduled) request cannot set a peak that keeps its
-        // endpoint from being picked for the rest of this short test.
+        // Peak EWMA: an initial estimate as high as the failure penalty (1 s), so that
+        // endpoint 3's failed requests, which record that penalty, do not set it far
+        // apart from the others before outlier detection ejects it.
         .default_rtt(Duration::from_secs(1))
         .spawn(subscription, backends(failing.clone()));
     // Requests that end the moment they start leave every load equal, and peak EWMA
@@ -484,4 +485,159 @@ async fn slow_start_ramps_an_endpoint_back_from_ejection() {
     assert!(w < 1.0, "a recovered endpoint ramps from 10%: {w}");
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(status_of(&lb, 0).effective_weight, Some(4.0));
+}
+
+// === outlier detection is on by default ===
+
+#[tokio::test(start_paused = true)]
+async fn outlier_detection_is_on_by_default() {
+    let failing = Switches::new();
+    failing.set(0, true);
+    // Nothing configured.
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0), ep(1)]), backends(failing.clone()));
+    lb.ready_endpoints(2).await;
+    let mut failures = 0;
+    while failures < 5 {
+        if lb.clone().oneshot(()).await.is_err() {
+            failures += 1;
+        }
+    }
+    eventually("ejected after 5 failures in a row", STEP, 10, || {
+        health_of(&lb, 0) == Some(Health::Ejected)
+    })
+    .await;
+    let s = status_of(&lb, 0);
+    assert_eq!((s.failures, s.times_ejected), (5, 1));
+    // The default's first ejection lasts 10 s.
+    let d = OutlierConfig::default();
+    assert_eq!((d.consecutive_failures, d.base_ejection), (5, Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(health_of(&lb, 0), Some(Health::Ejected));
+    eventually("re-admitted after 10 s", STEP, 200, || {
+        health_of(&lb, 0) == Some(Health::Unknown)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_detection_can_be_turned_off() {
+    let failing = Switches::new();
+    failing.set(0, true);
+    let off = OutlierConfig {
+        consecutive_failures: 0,
+        ..OutlierConfig::default()
+    };
+    for (how, lb) in [
+        (
+            "None",
+            Balancer::builder(RoundRobin::new())
+                .outlier_detection(None)
+                .spawn(discover::fixed([ep(0), ep(1)]), backends(failing.clone())),
+        ),
+        (
+            "consecutive_failures = 0",
+            Balancer::builder(RoundRobin::new())
+                .outlier_detection(off)
+                .spawn(discover::fixed([ep(0), ep(1)]), backends(failing.clone())),
+        ),
+    ] {
+        lb.ready_endpoints(2).await;
+        for _ in 0..40 {
+            let _ = lb.clone().oneshot(()).await;
+        }
+        // Give the writer every chance to eject: it runs on each of these wakes.
+        for _ in 0..20 {
+            tokio::time::sleep(STEP).await;
+            let status = lb.status();
+            assert!(
+                status
+                    .endpoints
+                    .iter()
+                    .all(|e| e.health == Health::Unknown && e.times_ejected == 0),
+                "{how}: nothing is ejected: {status:#?}"
+            );
+        }
+        let s = status_of(&lb, 0);
+        assert_eq!(s.failures, 20, "{how}");
+        assert_eq!(lb.eligible(), 2, "{how}");
+    }
+}
+
+// === the latency estimate penalises failures ===
+
+/// Peak EWMA with outlier detection off: endpoint 0 fails every request in 1 ms,
+/// endpoint 1 answers in 10 ms. Were a fast failure a fast answer (or no answer at all,
+/// with the estimate decaying to zero), endpoint 0 would take nearly everything; it is
+/// charged the failure penalty instead and takes a small share.
+#[tokio::test(start_paused = true)]
+async fn peak_ewma_sends_little_to_an_endpoint_that_fails_fast() {
+    for seed in [1, 2, 3] {
+        let script = Script::new();
+        script.set(0, Act::Fail, Duration::from_millis(1));
+        script.set(1, Act::Answer, Duration::from_millis(10));
+        let lb = Balancer::builder(P2c::from_seed(PeakEwma::default(), seed))
+            .outlier_detection(None)
+            .spawn(discover::fixed([ep(0), ep(1)]), scripted(script.clone()));
+        lb.ready_endpoints(2).await;
+        // Eight clients, each sending one request after another, for 20 s (or 20 000
+        // requests, so that a failing run fails fast too).
+        let end = Instant::now() + Duration::from_secs(20);
+        let calls = std::cell::Cell::new(0u32);
+        let client = |lb: Balancer<P2c<PeakEwma>, Scripted>| {
+            let calls = &calls;
+            async move {
+                while Instant::now() < end && calls.get() < 20_000 {
+                    calls.set(calls.get() + 1);
+                    let _ = lb.clone().oneshot(()).await;
+                }
+            }
+        };
+        futures_util::future::join_all((0..8).map(|_| client(lb.clone()))).await;
+        let (fails, answers) = (status_of(&lb, 0), status_of(&lb, 1));
+        assert_eq!(fails.failures, fails.requests, "seed {seed}");
+        assert!(
+            answers.requests > 5_000,
+            "seed {seed}: endpoint 1 served {}",
+            answers.requests
+        );
+        assert!(
+            fails.requests * 100 < answers.requests,
+            "seed {seed}: the failing endpoint got {} requests, the good one {} (estimates {:?} and {:?})",
+            fails.requests,
+            answers.requests,
+            fails.ewma_latency,
+            answers.ewma_latency
+        );
+        assert!(
+            fails.ewma_latency > answers.ewma_latency * 10,
+            "seed {seed}: {:?} vs {:?}",
+            fails.ewma_latency,
+            answers.ewma_latency
+        );
+    }
+}
+
+/// A failure's latency sample is its time, but at least the penalty: a fast failure
+/// records the penalty, a timeout longer than the penalty records the timeout.
+#[tokio::test(start_paused = true)]
+async fn a_failure_records_at_least_the_penalty() {
+    let script = Script::new();
+    let lb = Balancer::builder(RoundRobin::new())
+        .track_latency(true)
+        .default_rtt(Duration::from_millis(5))
+        .failure_penalty(Duration::from_millis(200))
+        .timeout(Duration::from_millis(300))
+        .outlier_detection(None)
+        .spawn(discover::fixed([ep(0)]), scripted(script.clone()));
+    lb.ready_endpoints(1).await;
+    let ewma = || status_of(&lb, 0).ewma_latency;
+    script.set(0, Act::Answer, Duration::from_millis(20));
+    lb.clone().oneshot(()).await.unwrap();
+    assert_eq!(ewma(), Duration::from_millis(20), "a success records its time");
+    script.set(0, Act::Fail, Duration::from_millis(1));
+    lb.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(ewma(), Duration::from_millis(200), "a fast failure records the penalty");
+    script.set(0, Act::Hang, Duration::ZERO);
+    lb.clone().oneshot(()).await.unwrap_err();
+    assert_eq!(ewma(), Duration::from_millis(300), "a timeout records its time");
 }

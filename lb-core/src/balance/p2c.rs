@@ -62,7 +62,10 @@ impl Load for PendingRequests {
 ///
 /// The estimate jumps to a higher sample at once and decays toward lower ones with
 /// time constant `decay`; with no traffic it decays toward zero, so an endpoint that
-/// was slow once is tried again.
+/// was slow once is tried again. A failed request is sampled as at least the
+/// balancer's failure penalty ([`Builder::failure_penalty`](crate::Builder::failure_penalty),
+/// default 1 s), so an endpoint that fails fast looks slow, not fast; a cancelled one
+/// is no sample. Times are read from tokio's clock, which a test can pause.
 #[derive(Clone, Copy, Debug)]
 pub struct PeakEwma {
     decay_ns: f64,

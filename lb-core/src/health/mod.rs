@@ -6,7 +6,13 @@
 //! [`Ejected`](crate::Health::Ejected) for `base_ejection * times_ejected` (capped at
 //! `max_ejection`), as Envoy's outlier detection does, never more than
 //! `max_ejection_percent` of the set at once (but at least one). Both stay in the table
-//! with their counters and come back on their own.
+//! with their counters and come back on their own. Outlier detection is on by default
+//! ([`OutlierConfig::default()`]); `Builder::outlier_detection(None)` turns it off.
+//!
+//! A failure is an error from the endpoint's service, a response over the per-attempt
+//! `Builder::timeout`, or (HTTP) a 5xx or a body that breaks off; a success ends the
+//! streak. A request the caller cancels (its future or body dropped, a timeout layered
+//! around the balancer) is neither, and leaves the streak as it was.
 //!
 //! If fewer than `panic_threshold` of the endpoints are eligible, the balancer stops
 //! trusting health and balances over all of them (Envoy's panic mode): a bad health
@@ -85,10 +91,13 @@ impl Default for CheckConfig {
     }
 }
 
-/// Passive outlier detection.
+/// Passive outlier detection: on by default in a [`Builder`](crate::Builder), with
+/// these defaults; see [`Builder::outlier_detection`](crate::Builder::outlier_detection).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OutlierConfig {
-    /// Failures in a row (errors, or 5xx for HTTP) that eject an endpoint. Default 5.
+    /// Failures in a row (errors, timeouts, or 5xx for HTTP) that eject an endpoint;
+    /// cancelled requests neither count nor break the streak. Default 5; 0 turns
+    /// outlier detection off.
     pub consecutive_failures: u32,
     /// The first ejection lasts this long; the k-th, k times as long. Default 10 s.
     pub base_ejection: Duration,

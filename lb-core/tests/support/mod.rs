@@ -201,3 +201,115 @@ pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
     std::pin::Pin::new(fut).poll(&mut cx)
 }
+
+/// What a [`Scripted`] endpoint does with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// Answers with its index after the delay.
+    Answer,
+    /// Fails with [`Down`] after the delay.
+    Fail,
+    /// Never answers (a hung endpoint).
+    Hang,
+    /// Never becomes ready (`poll_ready` stays pending).
+    NotReady,
+}
+
+/// Per-endpoint behaviour of [`Scripted`] backends, changed by the test as it runs:
+/// what each endpoint does, and after how long (on tokio's clock, so a paused test
+/// controls it).
+#[derive(Debug)]
+pub struct Script(Vec<std::sync::Mutex<(Act, Duration)>>);
+
+impl Script {
+    /// Every endpoint answers at once.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(
+            (0..MAX_ENDPOINTS)
+                .map(|_| std::sync::Mutex::new((Act::Answer, Duration::ZERO)))
+                .collect(),
+        ))
+    }
+
+    /// Endpoint `i` does `act` after `delay`.
+    pub fn set(&self, i: usize, act: Act, delay: Duration) {
+        *self.0[i].lock().unwrap() = (act, delay);
+    }
+
+    fn get(&self, i: usize) -> (Act, Duration) {
+        *self.0[i].lock().unwrap()
+    }
+}
+
+/// A backend that follows its endpoint's line of a [`Script`].
+#[derive(Clone, Debug)]
+pub struct Scripted {
+    pub idx: usize,
+    script: Arc<Script>,
+}
+
+impl<Req> Service<Req> for Scripted {
+    type Response = usize;
+    type Error = Down;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<usize, Down>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Down>> {
+        if self.script.get(self.idx).0 == Act::NotReady {
+            // Nothing will wake it: only a timeout gets the caller out.
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn call(&mut self, _: Req) -> Self::Future {
+        let (act, delay) = self.script.get(self.idx);
+        let idx = self.idx;
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            match act {
+                Act::Answer => Ok(idx),
+                Act::Fail => Err(Down(idx)),
+                Act::Hang | Act::NotReady => std::future::pending().await,
+            }
+        })
+    }
+}
+
+/// A connector making [`Scripted`] backends.
+pub fn scripted(
+    script: Arc<Script>,
+) -> impl Service<
+    Endpoint,
+    Response = Scripted,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Scripted, Infallible>>,
+> + Clone
+       + Send
+       + 'static {
+    connect_fn(move |ep: &Endpoint| Scripted {
+        idx: index_of(ep),
+        script: script.clone(),
+    })
+}
+
+/// Endpoint `i`'s current failure streak, read through a pick whose guard is dropped
+/// at once (a cancellation: it changes no streak, but counts as a request started).
+pub fn streak_of<P, S, C, K>(lb: &Balancer<P, S, C, K>, i: usize) -> u32
+where
+    P: lb_core::balance::Balance,
+    S: Clone + Send + Sync + 'static,
+{
+    let status = lb.status();
+    let _ = find(&status, i).unwrap_or_else(|| panic!("endpoint {i} missing from status {status:#?}"));
+    // A pick may land elsewhere: try until endpoint i comes up (it must be eligible).
+    for _ in 0..1_000 {
+        let p = lb.pick(None).expect("an eligible endpoint");
+        if p.guard.endpoint().id() == &id(i) {
+            return p.guard.endpoint().consecutive_failures();
+        }
+    }
+    panic!("endpoint {i} never picked");
+}
