@@ -27,7 +27,6 @@
 //! page cannot reach it). A `POST` that carries an `Origin` header must come from the
 //! page's own origin (no cross-site drains through cached credentials).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,9 +36,7 @@ use http::header::{
     REFERRER_POLICY, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use lb_core::http::{full, Body};
 use lb_core::{BalancerStatus, EndpointId};
 use serde_json::{json, Value};
@@ -263,48 +260,46 @@ fn same_origin(headers: &HeaderMap, uri: &http::Uri) -> bool {
     authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
+/// Most connections the admin listener holds at once.
+const ADMIN_MAX_CONNECTIONS: u32 = 64;
+
 /// Serves the admin routes on `listener` until `stop` turns true (or its sender goes),
-/// then gives open connections a second to finish.
+/// then gives open connections a second to finish. `auth` is read for every request:
+/// the reconciler swaps it when a reload changes `[admin]`'s credentials.
 pub(crate) async fn serve_admin(
     listener: TcpListener,
     state: Arc<ArcSwap<Runtime>>,
-    auth: AdminAuth,
+    auth: Arc<ArcSwap<AdminAuth>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let auth = Arc::new(auth);
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
-    let builder = Arc::new(builder);
+    let conns = crate::server::Conns::new(ADMIN_MAX_CONNECTIONS);
     let local = listener.local_addr().ok();
-    tracing::debug!(listen = ?local, open = auth.is_open(), "admin listener started");
-    while let Some((tcp, peer)) = crate::server::accept(&listener, &mut stop).await {
+    tracing::debug!(listen = ?local, open = auth.load().is_open(), "admin listener started");
+    while let Some((tcp, peer, slot)) = crate::server::accept(&listener, &mut stop, &conns).await {
+        let accepted = tokio::time::Instant::now();
         let state = state.clone();
         let auth = auth.clone();
-        let svc = hyper::service::service_fn(move |req| {
-            let rt = state.load_full();
-            let auth = auth.clone();
-            async move { Ok::<_, Infallible>(handle(req, rt, &auth).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(tcp), svc).into_owned();
-        let conn = graceful.watch(conn);
+        let conns = conns.clone();
+        // The proxy's deadlines, as the running config sets them.
+        let limits = state.load().limits;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
+            let _slot = slot;
+            let handler = move |req: Request<hyper::body::Incoming>| {
+                let rt = state.load_full();
+                let auth = auth.load_full();
+                async move { handle(req, rt, &auth).await }
+            };
+            crate::server::serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(1), graceful.shutdown())
+    conns.drain();
+    if !conns
+        .closed_by(tokio::time::Instant::now() + Duration::from_secs(1))
         .await
-        .is_err()
     {
         tracing::debug!("admin connections still open at shutdown; dropping them");
+        conns.close();
     }
     tracing::info!(listen = ?local, "admin listener closed");
 }
@@ -437,6 +432,7 @@ fn status_json(rt: &Runtime) -> Value {
                 "stale_for_s": d.stale_since.and_then(|t| t.elapsed().ok()).map(|e| e.as_secs_f64()),
                 "api_version": d.api_version,
                 "containers": d.containers,
+                "pending": d.pending,
                 "events": d.events,
                 "relists": d.relists,
                 "errors": d.errors,

@@ -28,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(crate) use self::duration::MAX as MAX_DURATION;
 pub(crate) use self::error::ConfigError;
 
 /// Reads and validates the configuration file at `path`.
@@ -89,6 +90,17 @@ pub(crate) struct Config {
     /// Faults that do not stop the proxy (such as a `hash_key` that the service's policy
     /// ignores), each a line `file:line:column: key: message` to log as a warning.
     pub(crate) warnings: Vec<String>,
+    /// The file says `services = []`: a config without services is meant, not a file
+    /// caught empty or cut short mid-rewrite (a reload refuses those).
+    pub(crate) empty_on_purpose: bool,
+}
+
+impl Config {
+    /// Whether the config serves nothing of its own: no service, route or TCP listener,
+    /// and no provider to bring any.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.routes.is_empty() && self.tcp.is_empty() && self.providers.is_empty()
+    }
 }
 
 /// `[server]`: the HTTP(S) side.
@@ -102,10 +114,37 @@ pub(crate) struct ServerConfig {
     pub(crate) max_header_bytes: usize,
     /// Largest request body accepted; `None` (the default) for no limit.
     pub(crate) max_body_bytes: Option<u64>,
-    /// Time a client has to send the request head. Default 10 s.
+    /// Time a client has to send a request head: from the accept for the first request
+    /// (TLS handshake and protocol detection included), from the end of the previous
+    /// response on a kept-alive HTTP/1.1 connection. Default 10 s.
     pub(crate) header_read_timeout: Duration,
+    /// Longest pause while reading a request body (408 when it runs out). Default 30 s.
+    pub(crate) body_read_timeout: Duration,
+    /// Longest time a response waits for the client to take more of it (the connection
+    /// is closed when it runs out). Default 30 s.
+    pub(crate) send_timeout: Duration,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY
+    /// first). Default 60 s.
+    pub(crate) idle_timeout: Duration,
+    /// Most client connections open at once (HTTP and TCP listeners together); `None`
+    /// (the default) derives it from the file descriptor limit.
+    pub(crate) max_connections: Option<u32>,
+    /// What happens to a client's `Forwarded` and `X-Forwarded-For`. Default append.
+    pub(crate) forwarded: Forwarded,
     /// On shutdown, time in-flight requests get to finish before they are cut. Default 10 s.
     pub(crate) shutdown_grace: Duration,
+}
+
+/// `forwarded = "append" | "replace"`: what becomes of the `Forwarded` and
+/// `X-Forwarded-For` headers a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// Keep them and add this hop (the client's address) at the end: for a proxy behind
+    /// another proxy that the endpoints trust.
+    Append,
+    /// Drop what the client sent and start the chain with the client's address: for an
+    /// edge proxy, whose clients could write anything there.
+    Replace,
 }
 
 /// `[server.tls]`: certificates for HTTPS, chosen by SNI.
@@ -140,7 +179,7 @@ pub(crate) struct SniCert {
 }
 
 /// `[admin]`: the status page, `/metrics` and the JSON API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct AdminConfig {
     /// Address to listen on. Default `127.0.0.1:9090`. A non-loopback address requires
     /// `token` or `basic`.
@@ -399,6 +438,17 @@ pub(crate) struct RouteConfig {
     pub(crate) path_prefix: Option<String>,
     /// The service, by name; checked to exist.
     pub(crate) service: String,
+    /// The `Upgrade` protocols passed through to the service (lowercase names, such as
+    /// `websocket`); others are removed from the request. Default `["websocket"]`;
+    /// `h2c` is never allowed.
+    pub(crate) upgrades: Vec<String>,
+}
+
+impl RouteConfig {
+    /// The protocols a route passes by default.
+    pub(crate) fn default_upgrades() -> Vec<String> {
+        vec!["websocket".to_string()]
+    }
 }
 
 /// A host name rule: `example.com` or `*.example.com`.
@@ -430,6 +480,11 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_body_bytes: None,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            forwarded: Forwarded::Append,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -444,6 +499,16 @@ impl Default for AdminConfig {
             token: None,
             basic: None,
         }
+    }
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("basic", &self.basic)
+            .finish()
     }
 }
 
@@ -512,6 +577,7 @@ impl fmt::Display for HashKey {
 impl EndpointConfig {
     /// The address as a socket address if it is an IP literal (`10.0.0.1:80`,
     /// `[::1]:80`): `Some` needs no DNS; `None` if its host is a name to resolve.
+    #[cfg(test)]
     pub(crate) fn socket_addr(&self) -> Option<SocketAddr> {
         self.addr.parse().ok()
     }

@@ -119,5 +119,7 @@ pub(crate) async fn run(listen: SocketAddr, admin: SocketAddr, balance: &str) ->
     println!("  for i in $(seq 9); do curl -s http://{listen}/; done");
     println!("  open http://{admin}/          (status page)   curl http://{admin}/metrics");
     println!("\nCtrl-C to stop.");
-    started.wait().await
+    let mut signals =
+        crate::signals::Signals::install().map_err(|e| StackError::Other(format!("cannot handle signals: {e}")))?;
+    started.wait(&mut signals).await
 }

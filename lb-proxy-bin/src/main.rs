@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod admin;
+mod body;
 mod config;
 mod demo;
+mod host;
 mod metrics;
 mod providers;
 mod proxy;
@@ -19,6 +21,7 @@ mod reload;
 mod router;
 mod runtime;
 mod server;
+mod signals;
 mod sources;
 mod stack;
 mod tcp;
@@ -175,7 +178,13 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async move {
         match cli.command {
-            Command::Run { config } => stack::run_file(config).await,
+            Command::Run { config } => {
+                // First of all: a SIGHUP from now on reloads (later) rather than kills.
+                let signals = signals::Signals::install()
+                    .map_err(|e| stack::StackError::Other(format!("cannot handle signals: {e}")))?;
+                tracing::info!(config = %config.display(), "lb-proxy starting");
+                stack::run_file(config, signals).await
+            }
             Command::Demo { listen, admin, balance } => demo::run(listen, admin, &balance).await,
             Command::Whoami { listen, name } => whoami::run(listen, name).await,
             Command::Probe { url, timeout } => whoami::probe(&url, timeout).await,

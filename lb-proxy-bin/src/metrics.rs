@@ -641,7 +641,9 @@ mod tests {
             .name("web")
             .http()
             .spawn(updates, lb_core::http::HttpConnect::new(Default::default()));
-        balancer.ready_endpoints(2).await;
+        tokio::time::timeout(Duration::from_secs(3), balancer.ready_endpoints(2))
+            .await
+            .expect("both endpoints in rotation");
         let text = format!("[[services]]\nname = \"web\"\nendpoints = [\"{a}\"]\n");
         let config = crate::config::parse(&text, std::path::Path::new("m.toml"))
             .unwrap()
@@ -684,7 +686,9 @@ mod tests {
         assert!(series(&before, a) > 0 && series(&before, b) > 0, "{before}");
 
         publisher.remove(EndpointId::from(b));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while balancer.status().endpoints.iter().any(|e| e.addr == b) {
+            assert!(tokio::time::Instant::now() < deadline, "the endpoint was never removed");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let after = metrics.encode(&rt);

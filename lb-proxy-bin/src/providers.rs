@@ -8,13 +8,15 @@
 //! that very Docker service); a route (host and path prefix) belongs to its first
 //! claimant, the file's routes first, then providers' services in name order.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 
 use lb_core::discover::catalog::{Catalog, CatalogService};
 
 use crate::config::build::{hash_key, host_match};
 use crate::config::{
-    Balance, Config, DockerProviderConfig, EndpointSource, HealthConfig, Origin, Probe, RouteConfig, ServiceConfig,
+    Balance, Config, DockerProviderConfig, EndpointSource, HealthConfig, HostMatch, Origin, Probe, RouteConfig,
+    ServiceConfig,
 };
 
 /// A service a provider asks for, with its routes.
@@ -63,6 +65,14 @@ fn docker_service(name: &str, svc: &CatalogService, provider: &DockerProviderCon
         });
     }
     if hints.health_path.is_some() || hints.health_interval.is_some() {
+        if let Some(every) = hints.health_interval {
+            // As a file's durations: nothing a timer could overflow on.
+            if every.is_zero() || every > crate::config::MAX_DURATION {
+                return Err(format!(
+                    "health interval {every:?} is out of range (above 0, at most 365 days)"
+                ));
+            }
+        }
         let path = hints.health_path.clone().unwrap_or_else(|| "/".to_string());
         service.health = Some(HealthConfig {
             probe: Probe::Http { path },
@@ -84,6 +94,7 @@ fn docker_service(name: &str, svc: &CatalogService, provider: &DockerProviderCon
             host: Some(host_match(h)?),
             path_prefix: hints.path_prefix.clone(),
             service: name.to_string(),
+            upgrades: RouteConfig::default_upgrades(),
         });
     }
     if hosts.is_empty() && hints.path_prefix.is_some() {
@@ -91,21 +102,29 @@ fn docker_service(name: &str, svc: &CatalogService, provider: &DockerProviderCon
             host: None,
             path_prefix: hints.path_prefix.clone(),
             service: name.to_string(),
+            upgrades: RouteConfig::default_upgrades(),
         });
     }
     Ok(Provided { service, routes })
 }
 
-/// The file's config with the providers' services and routes added.
+/// The file's config with the providers' services and routes added (linear in their
+/// number: names and routes are looked up in hash maps).
 pub(crate) fn merge<'a>(
     file: &Config,
     provided: impl IntoIterator<Item = &'a Provided>,
     warn: &mut dyn FnMut(String),
 ) -> Config {
     let mut merged = file.clone();
+    let own: HashMap<&str, &ServiceConfig> = file.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut owners: HashMap<(Option<HostMatch>, Option<String>), String> = file
+        .routes
+        .iter()
+        .map(|r| ((r.host.clone(), r.path_prefix.clone()), r.service.clone()))
+        .collect();
     for p in provided {
         let name = &p.service.name;
-        if let Some(own) = file.services.iter().find(|s| &s.name == name) {
+        if let Some(own) = own.get(name.as_str()) {
             let reads_it = matches!(&own.endpoints, EndpointSource::Docker { service } if service == name);
             if !reads_it {
                 warn(format!(
@@ -116,17 +135,16 @@ pub(crate) fn merge<'a>(
         }
         merged.services.push(p.service.clone());
         for r in &p.routes {
-            match merged
-                .routes
-                .iter()
-                .find(|o| o.host == r.host && o.path_prefix == r.path_prefix)
-            {
-                Some(owner) => warn(format!(
+            match owners.entry((r.host.clone(), r.path_prefix.clone())) {
+                Entry::Occupied(owner) => warn(format!(
                     "route {} of docker service {name:?} ignored: it belongs to service {:?}",
                     route_text(r),
-                    owner.service
+                    owner.get()
                 )),
-                None => merged.routes.push(r.clone()),
+                Entry::Vacant(v) => {
+                    v.insert(name.clone());
+                    merged.routes.push(r.clone());
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ use lb_core::discover::catalog::Catalog;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::admin::AdminAuth;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::providers::{self, Provided};
@@ -36,19 +37,49 @@ pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(1000);
 /// A new file config and why it was read.
 pub(crate) type FileUpdate = (Config, &'static str);
 
+/// What the reconciler writes: the running configuration, and the admin listener's
+/// credentials.
+#[derive(Debug)]
+pub(crate) struct Outputs {
+    pub(crate) state: Arc<ArcSwap<Runtime>>,
+    pub(crate) admin_auth: Arc<ArcSwap<AdminAuth>>,
+}
+
+/// The settings of `next` that differ from `started`'s and apply on restart only, by
+/// key: listeners, TLS, the connection cap, the shutdown grace, TCP listeners and
+/// providers. Everything else applies at once (limits and timeouts to new connections
+/// and requests).
+pub(crate) fn restart_only_changes(started: &Config, next: &Config) -> Vec<&'static str> {
+    let (a, b) = (&started.server, &next.server);
+    [
+        ("server.listen", a.listen != b.listen),
+        ("server.tls", a.tls != b.tls),
+        ("server.max_connections", a.max_connections != b.max_connections),
+        ("server.shutdown_grace", a.shutdown_grace != b.shutdown_grace),
+        ("admin.listen", started.admin.listen != next.admin.listen),
+        ("tcp", started.tcp != next.tcp),
+        ("providers", started.providers != next.providers),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
 /// Runs until `stop`.
 pub(crate) async fn run(
     file: Config,
     mut files: mpsc::UnboundedReceiver<FileUpdate>,
     sources: Arc<Sources>,
-    state: Arc<ArcSwap<Runtime>>,
+    out: Outputs,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut r = Reconciler {
+        started: file.clone(),
         file,
         sources: sources.clone(),
-        state,
+        state: out.state,
+        admin_auth: out.admin_auth,
         metrics,
         present: BTreeMap::new(),
         lingering: BTreeMap::new(),
@@ -82,8 +113,13 @@ pub(crate) async fn run(
         tokio::select! {
             f = files.recv() => match f {
                 Some((cfg, why)) => {
-                    if cfg.providers != r.file.providers {
-                        tracing::warn!("[[providers]] changed: providers apply on restart only");
+                    let restart = restart_only_changes(&r.started, &cfg);
+                    if !restart.is_empty() {
+                        tracing::warn!(
+                            settings = %restart.join(", "),
+                            "these settings differ from the running ones and apply on restart only: {}",
+                            restart.join(", ")
+                        );
                     }
                     r.file = cfg;
                     r.apply(why).await;
@@ -130,9 +166,12 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 struct Reconciler {
+    /// The file's config the process started with: restart-only settings are its.
+    started: Config,
     file: Config,
     sources: Arc<Sources>,
     state: Arc<ArcSwap<Runtime>>,
+    admin_auth: Arc<ArcSwap<AdminAuth>>,
     metrics: Arc<Metrics>,
     /// What the provider asks for now.
     present: BTreeMap<String, Provided>,
@@ -204,11 +243,6 @@ impl Reconciler {
         if self.applied.as_ref() == Some(&merged) {
             return;
         }
-        if let Some(prev) = &self.applied {
-            if merged.server != prev.server || merged.admin != prev.admin || merged.tcp != prev.tcp {
-                tracing::warn!("listener settings ([server], [admin], [[tcp]]) changed: they apply on restart only");
-            }
-        }
         let old = self.state.load_full();
         let generation = old.generation + 1;
         match build_runtime(&merged, Some(&old), &self.metrics, generation, &self.sources) {
@@ -217,6 +251,13 @@ impl Reconciler {
                 // at once would answer 503 for a moment.
                 crate::stack::settle(&rt, crate::stack::SETTLE_LIMIT).await;
                 self.state.store(Arc::new(rt));
+                let auth = crate::stack::admin_auth(&merged.admin);
+                if self.applied.as_ref().map_or(true, |a| a.admin != merged.admin) {
+                    if self.applied.is_some() {
+                        tracing::info!("admin credentials changed: applied");
+                    }
+                    self.admin_auth.store(Arc::new(auth));
+                }
                 if why != "providers" && why != "start" {
                     self.metrics.reload(true);
                 }

@@ -1,7 +1,8 @@
 //! Routing: which service a request goes to, by host and path prefix.
 //!
 //! The most specific route wins: an exact host beats a `*.suffix` wildcard, which beats
-//! no host; among those, the longest path prefix; then the order in the config.
+//! no host; among those, the longest path prefix; then the order in the config. Hosts
+//! match without their port and a trailing dot, ignoring case ([`crate::host::route_name`]).
 
 /// A route's host rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +41,15 @@ impl HostRule {
     }
 }
 
+/// One route, compiled.
 #[derive(Debug, Clone)]
-struct Route {
+pub(crate) struct Route {
     host: HostRule,
     prefix: String,
-    target: usize,
+    /// The service's index.
+    pub(crate) target: usize,
+    /// The `Upgrade` protocols passed through (lowercase).
+    pub(crate) upgrades: Vec<String>,
 }
 
 /// A compiled routing table mapping requests to service indices.
@@ -55,14 +60,28 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    /// Builds from `(host, path_prefix, target)` triples in config order.
+    /// Builds from `(host, path_prefix, target)` triples in config order; each route
+    /// passes the default upgrades (WebSocket).
+    #[cfg(test)]
     pub(crate) fn new(routes: impl IntoIterator<Item = (Option<String>, Option<String>, usize)>) -> Self {
+        Self::with_upgrades(
+            routes
+                .into_iter()
+                .map(|(h, p, t)| (h, p, t, crate::config::RouteConfig::default_upgrades())),
+        )
+    }
+
+    /// Builds from `(host, path_prefix, target, upgrades)` in config order.
+    pub(crate) fn with_upgrades(
+        routes: impl IntoIterator<Item = (Option<String>, Option<String>, usize, Vec<String>)>,
+    ) -> Self {
         let mut routes: Vec<Route> = routes
             .into_iter()
-            .map(|(h, p, target)| Route {
+            .map(|(h, p, target, upgrades)| Route {
                 host: HostRule::parse(h.as_deref()),
                 prefix: p.filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string()),
                 target,
+                upgrades,
             })
             .collect();
         // Stable: config order breaks ties.
@@ -75,24 +94,19 @@ impl Router {
         Self { routes }
     }
 
-    /// The target for a request to `host` (port stripped here) and `path`.
+    /// The target for a request to `host` (an authority: port and trailing dot are
+    /// dropped here) and `path`.
+    #[cfg(test)]
     pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<usize> {
-        let host = host.map(strip_port).unwrap_or("");
+        self.find(host, path).map(|r| r.target)
+    }
+
+    /// The route for a request to `host` (an authority) and `path`.
+    pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        let host = host.map(crate::host::route_name).unwrap_or("");
         self.routes
             .iter()
             .find(|r| r.host.matches(host) && path_matches(&r.prefix, path))
-            .map(|r| r.target)
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // [::1]:8080; a malformed "[x" stays as it is (and matches no route).
-        return host.find(']').map_or(host, |i| &host[..=i]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
     }
 }
 
@@ -137,11 +151,21 @@ mod tests {
     }
 
     #[test]
-    fn ports_and_ipv6() {
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("a:80"), "a");
-        assert_eq!(strip_port("a"), "a");
-        assert_eq!(strip_port("[x"), "[x", "a malformed host must not panic");
-        assert_eq!(strip_port("["), "[");
+    fn ports_trailing_dots_and_ipv6() {
+        let r = r();
+        assert_eq!(
+            r.route(Some("web.localhost."), "/api"),
+            Some(3),
+            "a trailing dot is ignored"
+        );
+        assert_eq!(r.route(Some("WEB.LOCALHOST.:8080"), "/"), Some(1));
+        assert_eq!(r.route(Some("x.localhost."), "/"), Some(2));
+        assert_eq!(
+            r.route(Some("localhost."), "/"),
+            Some(0),
+            "a suffix never matches its bare name"
+        );
+        assert_eq!(r.route(Some("[::1]:80"), "/"), Some(0));
+        assert_eq!(r.route(Some("[x"), "/"), Some(0), "a malformed host must not panic");
     }
 }

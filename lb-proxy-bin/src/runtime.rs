@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::router::Router;
+use crate::router::{Route, Router};
 use crate::sources::Sources;
 use crate::upstream::Upstream;
 
@@ -23,6 +23,9 @@ pub(crate) struct Runtime {
     pub(crate) generation: u64,
     /// Request bodies larger than this are refused with 413.
     pub(crate) max_body: Option<u64>,
+    /// `[server]`'s settings, read by each new connection and request (so a reload
+    /// changes them for what comes next).
+    pub(crate) limits: crate::server::Limits,
     /// The routes of each service, as text, in `upstreams` order (for the status page).
     routes: Vec<Vec<String>>,
     /// The discovery sources (shared by every generation), for status and metrics.
@@ -49,6 +52,7 @@ impl Runtime {
             metrics,
             generation,
             max_body,
+            limits: crate::server::Limits::default(),
             routes: Vec::new(),
             sources: Arc::default(),
         }
@@ -57,6 +61,12 @@ impl Runtime {
     /// Sets the routes of each service, in `upstreams` order.
     pub(crate) fn with_routes(mut self, routes: Vec<Vec<String>>) -> Self {
         self.routes = routes;
+        self
+    }
+
+    /// Sets `[server]`'s settings.
+    pub(crate) fn with_limits(mut self, limits: crate::server::Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -84,8 +94,8 @@ impl Runtime {
         self.by_name.get(name).map(|&i| &self.upstreams[i])
     }
 
-    /// The service a request goes to.
-    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
-        self.router.route(host, path).map(|i| &self.upstreams[i])
+    /// The service a request to `host` (an authority) and `path` goes to, with its route.
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<(&Arc<Upstream>, &Route)> {
+        self.router.find(host, path).map(|r| (&self.upstreams[r.target], r))
     }
 }

@@ -1,30 +1,92 @@
-//! Listeners: HTTP/1.1 and HTTP/2 (h2c with prior knowledge, h2 by ALPN over TLS),
-//! header limits and read timeouts, graceful shutdown.
+//! Listeners: HTTP/1.1 and HTTP/2 (h2c with prior knowledge, h2 by ALPN over TLS), with
+//! a deadline on every wait and a cap on open connections; graceful shutdown.
+//!
+//! Each connection is watched by a supervisor that knows whether a request is in flight:
+//!
+//! - with none in flight, the connection must bring its first request within
+//!   `header_read_timeout` of the accept (TLS handshake, protocol detection and the
+//!   HTTP/2 preface included), and a later one within `idle_timeout` of the last
+//!   response; HTTP/1.1's next request head is also bound by `header_read_timeout`
+//!   (hyper's timer, started when the previous response is done);
+//! - with requests in flight, a response that waits for the client to take its next part
+//!   for `send_timeout` (the client stopped reading) closes the connection; a request
+//!   body that stops for `body_read_timeout` gets 408 ([`crate::body::ClientBody`]);
+//! - HTTP/2 pings every 30 s and closes a connection whose peer does not answer in 20 s.
+//!
+//! Open client connections are capped ([`Conns`]): at the cap the listeners stop
+//! accepting (new connections wait in the kernel's backlog, as under HAProxy's
+//! `maxconn`) and idle connections are closed to make room, while every connection
+//! with a request in flight goes on being served.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use lb_core::http::Body;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::{Forwarded, ServerConfig};
 use crate::proxy;
 use crate::runtime::Runtime;
 
-/// Limits applied to client connections.
-#[derive(Debug, Clone, Copy)]
+/// HTTP/2 keepalive: a ping after this much silence...
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ...that must be answered within this long.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// After a deadline asks a connection to close gracefully (HTTP/2: GOAWAY), how long it
+/// has before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// File descriptors kept out of the default `max_connections`: listeners, the admin
+/// listener's connections, health checks, files, DNS.
+const RESERVED_FDS: u64 = 128;
+
+/// `[server]`'s limits and deadlines, as each new connection and request reads them.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Limits {
     pub(crate) max_header_bytes: usize,
     pub(crate) header_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
+    pub(crate) send_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) forwarded: Forwarded,
 }
 
-fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
+impl Limits {
+    /// The limits `[server]` sets.
+    pub(crate) fn from_config(cfg: &ServerConfig) -> Self {
+        Self {
+            max_header_bytes: cfg.max_header_bytes,
+            header_read_timeout: cfg.header_read_timeout,
+            body_read_timeout: cfg.body_read_timeout,
+            send_timeout: cfg.send_timeout,
+            idle_timeout: cfg.idle_timeout,
+            forwarded: cfg.forwarded,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::from_config(&ServerConfig::default())
+    }
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -34,90 +96,490 @@ fn builder(limits: Limits) -> auto::Builder<TokioExecutor> {
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     b
 }
 
-/// The next connection, or `None` once `stop` turns true (or its sender is gone).
-/// Accept errors (EMFILE and friends) are logged and retried after a short pause
-/// rather than spun on.
+// --- the file descriptor limit and max_connections ---
+
+/// Raises the soft limit on open files to the hard limit, once; returns the limit in
+/// force (`None` where there is none to read).
+pub(crate) fn raise_fd_limit() -> Option<u64> {
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            use rustix::process::{getrlimit, setrlimit, Resource};
+            let lim = getrlimit(Resource::Nofile);
+            let soft = lim.current;
+            // Some systems (macOS) refuse a soft limit above a kernel maximum that the
+            // hard limit does not show: try the hard limit, then a usual maximum.
+            for want in [lim.maximum, Some(1 << 20), Some(10_240)] {
+                if want.is_some_and(|w| soft.is_some_and(|s| w <= s)) {
+                    break;
+                }
+                let next = rustix::process::Rlimit {
+                    current: want,
+                    maximum: lim.maximum,
+                };
+                if setrlimit(Resource::Nofile, next).is_ok() {
+                    tracing::debug!(from = ?soft, to = ?want, "raised the open files limit");
+                    return want.or(Some(u64::MAX));
+                }
+            }
+            Some(soft.unwrap_or(u64::MAX))
+        }
+        #[cfg(not(unix))]
+        {
+            None
+        }
+    })
+}
+
+/// `max_connections` when the config gives none: half the file descriptors left after
+/// [`RESERVED_FDS`] (each client connection may hold one to an endpoint too).
+pub(crate) fn default_max_connections(fd_limit: Option<u64>) -> u32 {
+    match fd_limit {
+        Some(n) => (n.saturating_sub(RESERVED_FDS) / 2).clamp(16, 1 << 20) as u32,
+        None => 10_000,
+    }
+}
+
+// --- open connections ---
+
+/// The client connections of a set of listeners: their cap, and how shutdown reaches
+/// them.
+#[derive(Debug)]
+pub(crate) struct Conns {
+    max: u32,
+    slots: Arc<Semaphore>,
+    /// Fired when a new connection waits for a slot: idle connections close.
+    pressure: Notify,
+    /// `true`: finish the requests in flight, then close (graceful shutdown).
+    drain: watch::Sender<bool>,
+    /// `true`: close now.
+    close: watch::Sender<bool>,
+    /// Open HTTP connections.
+    open: watch::Sender<usize>,
+    /// When the cap was last logged (seconds since `epoch`), so a flood logs once a second.
+    warned: AtomicU64,
+    epoch: Instant,
+}
+
+impl Conns {
+    /// At most `max` connections at once.
+    pub(crate) fn new(max: u32) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            slots: Arc::new(Semaphore::new(max as usize)),
+            pressure: Notify::new(),
+            drain: watch::channel(false).0,
+            close: watch::channel(false).0,
+            open: watch::channel(0).0,
+            warned: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// Logs that the cap is reached, at most once a second.
+    fn warn_at_cap(&self, listener: &TcpListener) {
+        let now = self.epoch.elapsed().as_secs();
+        let last = self.warned.swap(now, Ordering::Relaxed);
+        if last != now {
+            tracing::warn!(listen = ?listener.local_addr().ok(), max_connections = self.max, "at max_connections: new connections wait; idle ones are closed to make room");
+        }
+    }
+
+    /// HTTP connections being served now.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        *self.open.borrow()
+    }
+
+    /// Asks every HTTP connection to finish what is in flight and close.
+    pub(crate) fn drain(&self) {
+        self.drain.send_replace(true);
+    }
+
+    /// Closes every HTTP connection now.
+    pub(crate) fn close(&self) {
+        self.close.send_replace(true);
+    }
+
+    /// Waits until no HTTP connection is open, or `deadline`; `false` if some still are.
+    pub(crate) async fn closed_by(&self, deadline: Instant) -> bool {
+        let mut rx = self.open.subscribe();
+        let done = tokio::time::timeout_at(deadline, async { rx.wait_for(|n| *n == 0).await.is_ok() }).await;
+        done.is_ok()
+    }
+
+    fn opened(self: &Arc<Self>) -> OpenConn {
+        self.open.send_modify(|n| *n += 1);
+        OpenConn(self.clone())
+    }
+}
+
+struct OpenConn(Arc<Conns>);
+
+impl Drop for OpenConn {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n -= 1);
+    }
+}
+
+/// The next connection and its slot, or `None` once `stop` turns true (or its sender is
+/// gone). A connection accepted at the cap waits for a slot (and the listener accepts no
+/// other meanwhile: the rest wait in the kernel's backlog), while idle connections are
+/// asked to make room. Accept errors (EMFILE and friends) are logged and retried after a
+/// short pause rather than spun on.
 pub(crate) async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, SocketAddr)> {
+    conns: &Conns,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
     loop {
         if *stop.borrow_and_update() {
             return None;
         }
-        tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(c) => return Some(c),
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(listen = ?listener.local_addr().ok(), error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
             },
             r = stop.changed() => {
                 if r.is_err() {
                     return None;
                 }
+                continue;
+            }
+        };
+        if let Ok(p) = conns.slots.clone().try_acquire_owned() {
+            return Some((stream, peer, p));
+        }
+        conns.warn_at_cap(listener);
+        loop {
+            conns.pressure.notify_waiters();
+            tokio::select! {
+                p = conns.slots.clone().acquire_owned() => match p {
+                    Ok(p) => return Some((stream, peer, p)),
+                    Err(_) => return None,
+                },
+                // Connections that turned idle meanwhile are asked too.
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                r = stop.changed() => {
+                    if r.is_err() || *stop.borrow() {
+                        return None;
+                    }
+                }
             }
         }
     }
 }
 
-/// Accepts connections on `listener` until `stop` turns true; each connection is
-/// watched by `graceful` so shutdown can wait for it.
+// --- serving ---
+
+/// Accepts connections on `listener` until `stop` turns true and serves each one.
 pub(crate) async fn serve_http(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     state: Arc<ArcSwap<Runtime>>,
-    limits: Limits,
     mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
+    conns: Arc<Conns>,
 ) {
-    let builder = Arc::new(builder(limits));
     let proto: &'static str = if tls.is_some() { "https" } else { "http" };
     let local = listener.local_addr().ok();
-    while let Some((tcp, peer)) = accept(&listener, &mut stop).await {
+    while let Some((tcp, peer, permit)) = accept(&listener, &mut stop, &conns).await {
+        let accepted = Instant::now();
         let _ = tcp.set_nodelay(true);
+        let limits = state.load().limits;
+        let conns = conns.clone();
         let state = state.clone();
-        let builder = builder.clone();
-        // An owned watcher, not the shutdown handle: shutdown never waits on a
-        // connection that is still being set up (a slow TLS handshake).
-        let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = permit;
+            let handler = move |req: Request<Incoming>| {
+                let rt = state.load_full();
+                proxy::handle(rt, req, peer, proto)
+            };
             match tls {
-                None => serve_conn(&builder, watcher, TokioIo::new(tcp), state, peer, proto).await,
-                Some(acc) => match tokio::time::timeout(limits.header_read_timeout, acc.accept(tcp)).await {
-                    Ok(Ok(s)) => serve_conn(&builder, watcher, TokioIo::new(s), state, peer, proto).await,
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                None => serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await,
+                Some(acc) => {
+                    // The handshake is part of the wait for the first request.
+                    let deadline = accepted + limits.header_read_timeout;
+                    let mut close = conns.close.subscribe();
+                    tokio::select! {
+                        r = tokio::time::timeout_at(deadline, acc.accept(tcp)) => match r {
+                            Ok(Ok(s)) => serve_conn(TokioIo::new(s), handler, limits, accepted, &conns, peer).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                        _ = async { close.wait_for(|c| *c).await.is_ok() } => {}
+                    }
+                }
             }
         });
     }
     tracing::info!(listen = ?local, "listener closed");
 }
 
-async fn serve_conn<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+/// What a connection's requests share with its supervisor.
+#[derive(Debug)]
+struct Tracker {
+    in_flight: AtomicUsize,
+    /// Responses that handed a part over and wait for the client side to take it.
+    waiting: AtomicUsize,
+    /// Parts of responses taken by the client side.
+    progress: AtomicU64,
+    /// Requests started on this connection.
+    requests: AtomicU64,
+    /// When the connection last had no request in flight (ns after `epoch`).
+    idle_since: AtomicU64,
+    epoch: Instant,
+    changed: Notify,
+}
+
+impl Tracker {
+    fn new(epoch: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            epoch,
+            changed: Notify::new(),
+        })
+    }
+
+    fn start(self: &Arc<Self>) -> InFlightRequest {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.changed.notify_one();
+        }
+        InFlightRequest(self.clone())
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.idle_since.load(Ordering::Acquire))
+    }
+}
+
+/// One request in flight on a connection, until its response body is done.
+#[derive(Debug)]
+struct InFlightRequest(Arc<Tracker>);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        let t = &self.0;
+        let since = Instant::now().saturating_duration_since(t.epoch).as_nanos() as u64;
+        t.idle_since.store(since, Ordering::Release);
+        if t.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            t.changed.notify_one();
+        }
+    }
+}
+
+/// A response body on its way to the client: holds the request's place until it ends,
+/// and tells the supervisor when it waits for the client to take the next part.
+#[derive(Debug)]
+pub(crate) struct ConnBody {
+    inner: Body,
+    request: Option<InFlightRequest>,
+    waiting: bool,
+}
+
+impl ConnBody {
+    fn new(inner: Body, request: InFlightRequest) -> Self {
+        Self {
+            inner,
+            request: Some(request),
+            waiting: false,
+        }
+    }
+
+    fn stop_waiting(&mut self) {
+        if self.waiting {
+            self.waiting = false;
+            if let Some(r) = &self.request {
+                r.0.waiting.fetch_sub(1, Ordering::AcqRel);
+                r.0.progress.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for ConnBody {
+    fn drop(&mut self) {
+        self.stop_waiting();
+    }
+}
+
+impl http_body::Body for ConnBody {
+    type Data = Bytes;
+    type Error = lb_core::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        // Polled again: the client side took the last part.
+        this.stop_waiting();
+        let ready = Pin::new(&mut this.inner).poll_frame(cx);
+        match &ready {
+            Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
+                if let Some(r) = &this.request {
+                    this.waiting = true;
+                    if r.0.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
+                        r.0.changed.notify_one();
+                    }
+                }
+            }
+            Poll::Pending => {}
+            _ => {
+                this.request = None;
+            }
+        }
+        ready
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one connection with `handler` until it ends, a deadline passes or shutdown
+/// closes it; see the module docs.
+pub(crate) async fn serve_conn<I, F, Fut>(
     io: I,
-    state: Arc<ArcSwap<Runtime>>,
+    handler: F,
+    limits: Limits,
+    accepted: Instant,
+    conns: &Arc<Conns>,
     peer: SocketAddr,
-    proto: &'static str,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| {
-        let rt = state.load_full();
-        async move { Ok::<_, Infallible>(proxy::handle(rt, req, peer, proto).await) }
-    });
+    let _open = conns.opened();
+    let tracker = Tracker::new(accepted);
+    let handler = Arc::new(handler);
+    let svc = {
+        let tracker = tracker.clone();
+        hyper::service::service_fn(move |req| {
+            let request = tracker.start();
+            let rsp = handler(req);
+            async move { Ok::<_, Infallible>(rsp.await.map(|b| ConnBody::new(b, request))) }
+        })
+    };
+    let builder = builder(&limits);
     let conn = builder.serve_connection_with_upgrades(io, svc);
-    let conn = watcher.watch(conn.into_owned());
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    tokio::pin!(conn);
+    let mut drain = conns.drain.subscribe();
+    let mut close = conns.close.subscribe();
+    let mut draining = false;
+    // Set once a deadline asked the connection to close: it is cut when this passes.
+    let mut cut_at: Option<Instant> = None;
+    // The progress seen when the client side was last found stalled, and when.
+    let mut stall: Option<(u64, Instant)> = None;
+    let why = loop {
+        let in_flight = tracker.in_flight.load(Ordering::Acquire);
+        let waiting = tracker.waiting.load(Ordering::Acquire);
+        let progress = tracker.progress.load(Ordering::Acquire);
+        let deadline = if in_flight == 0 {
+            stall = None;
+            Some(if tracker.requests.load(Ordering::Relaxed) == 0 {
+                accepted + limits.header_read_timeout
+            } else {
+                tracker.idle_since() + limits.idle_timeout
+            })
+        } else if waiting > 0 {
+            match stall {
+                Some((p, _)) if p != progress => stall = Some((progress, Instant::now())),
+                None => stall = Some((progress, Instant::now())),
+                Some(_) => {}
+            }
+            stall.map(|(_, since)| since + limits.send_timeout)
+        } else {
+            stall = None;
+            None
+        };
+        // Once asked to close, the connection has until `cut_at`, and nothing else is due.
+        let deadline = cut_at.or(deadline);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            () = sleep_until(deadline) => {
+                let now = Instant::now();
+                if cut_at.is_some_and(|c| c <= now) {
+                    break "did not close when asked";
+                }
+                let in_flight = tracker.in_flight.load(Ordering::Acquire);
+                if in_flight == 0 {
+                    if tracker.requests.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(%peer, timeout = ?limits.header_read_timeout, "no request in time; closing");
+                    } else if tracker.idle_since() + limits.idle_timeout <= now {
+                        tracing::debug!(%peer, timeout = ?limits.idle_timeout, "idle; closing");
+                    } else {
+                        continue;
+                    }
+                    if cut_at.is_none() {
+                        conn.as_mut().graceful_shutdown();
+                        cut_at = Some(now + CLOSE_GRACE);
+                    }
+                } else if tracker.waiting.load(Ordering::Acquire) > 0
+                    && tracker.progress.load(Ordering::Acquire) == progress
+                    && stall.is_some_and(|(_, since)| since + limits.send_timeout <= now)
+                {
+                    tracing::debug!(%peer, timeout = ?limits.send_timeout, "the client stopped reading its response; closing");
+                    break "send timeout";
+                }
+            }
+            () = tracker.changed.notified() => {}
+            () = conns.pressure.notified(), if in_flight == 0 && cut_at.is_none() => {
+                tracing::debug!(%peer, "at max_connections: closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+                cut_at = Some(Instant::now() + CLOSE_GRACE);
+            }
+            ok = async { drain.wait_for(|d| *d).await.is_ok() }, if !draining => {
+                draining = true;
+                if ok {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = async { close.wait_for(|c| *c).await.is_ok() } => break "shutdown",
+        }
+    };
+    tracing::debug!(%peer, why, "connection closed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_max_connections_leaves_room() {
+        assert_eq!(default_max_connections(Some(1024)), 448);
+        assert_eq!(default_max_connections(Some(100)), 16, "never below 16");
+        assert_eq!(default_max_connections(Some(u64::MAX)), 1 << 20);
+        assert_eq!(default_max_connections(None), 10_000);
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
-use hyper_util::server::graceful::GracefulShutdown;
 use lb_core::balance::{AnyPolicy, LeastConn, Maglev, P2c, PeakEwma, Random, WeightedRoundRobin};
 use lb_core::health::{CheckConfig, OutlierConfig, SlowStart, TcpProbe};
 use lb_core::http::{ClientConfig, HttpConnect, HttpProbe};
@@ -90,15 +89,15 @@ pub(crate) fn build_upstream(
         .http()
         .track_latency(true)
         .panic_threshold(cfg.panic_threshold as f64 / 100.0);
-    let outlier = cfg.outlier.clone().unwrap_or_default();
-    if outlier.consecutive_failures > 0 {
-        b = b.outlier_detection(OutlierConfig {
-            consecutive_failures: outlier.consecutive_failures,
-            base_ejection: outlier.base_ejection,
-            max_ejection: outlier.max_ejection,
-            max_ejection_percent: outlier.max_ejection_percent as f64 / 100.0,
-        });
-    }
+    // On in lb-core by default: `consecutive_failures = 0` (`None` here) turns it off
+    // explicitly, and must not bring the defaults back.
+    let outlier = cfg.outlier.clone().filter(|o| o.consecutive_failures > 0);
+    b = b.outlier_detection(outlier.map(|outlier| OutlierConfig {
+        consecutive_failures: outlier.consecutive_failures,
+        base_ejection: outlier.base_ejection,
+        max_ejection: outlier.max_ejection,
+        max_ejection_percent: outlier.max_ejection_percent as f64 / 100.0,
+    }));
     if let Some(ss) = cfg.slow_start {
         b = b.slow_start(SlowStart::new(ss));
     }
@@ -192,17 +191,19 @@ pub(crate) fn build_runtime(
             }
         }
     }
-    let index = |name: &str| {
-        cfg.services
-            .iter()
-            .position(|s| s.name == name)
-            .expect("validated: routes name services")
-    };
-    let router = Router::new(cfg.routes.iter().map(|r| {
+    let by_name: std::collections::HashMap<&str, usize> = cfg
+        .services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.name.as_str(), i))
+        .collect();
+    let index = |name: &str| *by_name.get(name).expect("validated: routes name services");
+    let router = Router::with_upgrades(cfg.routes.iter().map(|r| {
         (
             r.host.as_ref().map(|h| h.to_string()),
             r.path_prefix.clone(),
             index(&r.service),
+            r.upgrades.clone(),
         )
     }));
     let mut routes = vec![Vec::new(); cfg.services.len()];
@@ -216,6 +217,7 @@ pub(crate) fn build_runtime(
         generation,
         cfg.server.max_body_bytes,
     )
+    .with_limits(server::Limits::from_config(&cfg.server))
     .with_routes(routes)
     .with_sources(sources.clone()))
 }
@@ -243,7 +245,8 @@ pub(crate) async fn settle(rt: &Runtime, limit: Duration) {
 /// A running proxy.
 pub(crate) struct Started {
     stop: watch::Sender<bool>,
-    graceful: Arc<GracefulShutdown>,
+    /// The client connections of the HTTP and TCP listeners.
+    conns: Arc<server::Conns>,
     grace: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// One clone per open TCP-service connection (and this one).
@@ -275,6 +278,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StackError> {
         .map_err(|source| StackError::Bind { addr, source })
 }
 
+/// The admin listener's credentials as `[admin]` gives them.
+pub(crate) fn admin_auth(cfg: &config::AdminConfig) -> crate::admin::AdminAuth {
+    crate::admin::AdminAuth {
+        token: cfg.token.clone(),
+        basic: cfg.basic.as_ref().map(|b| (b.user.clone(), b.password.clone())),
+    }
+}
+
 /// Binds every listener and starts serving `cfg`. `path` enables reloads.
 pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started, StackError> {
     for w in &cfg.warnings {
@@ -286,6 +297,12 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         Some(t) => Some(crate::tls::acceptor(t)?),
         None => None,
     };
+    let fd_limit = server::raise_fd_limit();
+    let max_connections = cfg
+        .server
+        .max_connections
+        .unwrap_or_else(|| server::default_max_connections(fd_limit));
+    tracing::info!(max_connections, open_files_limit = ?fd_limit, "connection limit");
     // Bind everything first, so a port in use fails the start before anything runs.
     let mut http = Vec::new();
     for &addr in &cfg.server.listen {
@@ -301,12 +318,8 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
     settle(&runtime, SETTLE_LIMIT).await;
     let state = Arc::new(ArcSwap::from_pointee(runtime));
     let (stop, stop_rx) = watch::channel(false);
-    let graceful = Arc::new(GracefulShutdown::new());
+    let conns = server::Conns::new(max_connections);
     let tcp_open = Arc::new(());
-    let limits = server::Limits {
-        max_header_bytes: cfg.server.max_header_bytes,
-        header_read_timeout: cfg.server.header_read_timeout,
-    };
     let mut tasks = Vec::new();
     let mut http_addrs = Vec::new();
     for l in http {
@@ -317,9 +330,8 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
             l,
             tls.clone(),
             state.clone(),
-            limits,
             stop_rx.clone(),
-            graceful.clone(),
+            conns.clone(),
         )));
     }
     let mut tcp_addrs = Vec::new();
@@ -332,26 +344,29 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
             state.clone(),
             stop_rx.clone(),
             tcp_open.clone(),
+            conns.clone(),
         )));
     }
     let admin_addr = admin.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
     tracing::info!(listen = %admin_addr, "admin listening");
-    let auth = crate::admin::AdminAuth {
-        token: cfg.admin.token.clone(),
-        basic: cfg.admin.basic.as_ref().map(|b| (b.user.clone(), b.password.clone())),
-    };
+    // Read per request: a reload that changes the credentials changes them at once.
+    let auth = Arc::new(ArcSwap::from_pointee(admin_auth(&cfg.admin)));
     tasks.push(tokio::spawn(crate::admin::serve_admin(
         admin,
         state.clone(),
-        auth,
+        auth.clone(),
         stop_rx.clone(),
     )));
-    // The reconciler is the one writer of `state`: reloads of the file and providers'
-    // services both go through it.
+    // The reconciler is the one writer of `state` (and of the admin credentials): reloads
+    // of the file and providers' services both go through it.
     let (files_tx, files_rx) = tokio::sync::mpsc::unbounded_channel();
     if let Some(path) = path {
+        // Watching before `start` returns: a change made as soon as the proxy is up is
+        // seen.
+        let file = lb_discovery_static::WatchedFile::new(path.clone());
         tasks.push(tokio::spawn(crate::reload::watch(
             path,
+            file,
             cfg.clone(),
             files_tx,
             metrics.clone(),
@@ -365,13 +380,16 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         cfg,
         files_rx,
         sources,
-        state.clone(),
+        crate::reconcile::Outputs {
+            state: state.clone(),
+            admin_auth: auth,
+        },
         metrics,
         stop_rx.clone(),
     )));
     Ok(Started {
         stop,
-        graceful,
+        conns,
         grace,
         tasks,
         tcp_open,
@@ -383,30 +401,37 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
 }
 
 impl Started {
-    /// Waits for SIGINT or SIGTERM, then shuts down gracefully.
-    pub(crate) async fn wait(self) -> Result<(), StackError> {
-        shutdown_signal().await;
-        tracing::info!("shutting down: no new connections; finishing requests in flight");
-        self.shutdown().await;
-        Ok(())
+    /// Waits for SIGINT or SIGTERM, then shuts down gracefully; a second signal during
+    /// the shutdown ends the process at once.
+    pub(crate) async fn wait(self, signals: &mut crate::signals::Signals) -> Result<(), StackError> {
+        let first = signals.stop().await;
+        tracing::info!(
+            signal = first,
+            "shutting down: no new connections; finishing requests in flight (a second signal exits at once)"
+        );
+        let shutdown = self.shutdown();
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => Ok(()),
+            second = signals.stop() => {
+                tracing::warn!(signal = second, "second signal: exiting now, cutting what is in flight");
+                std::process::exit(i32::from(EXIT_RUNTIME));
+            }
+        }
     }
 
     /// Stops accepting, then waits up to the grace period for requests in flight.
     pub(crate) async fn shutdown(self) {
         let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        let deadline = tokio::time::Instant::now() + self.grace;
-        // Connection tasks hold owned watchers, not the handle: once the listeners have
-        // stopped, it is ours alone.
-        match Arc::try_unwrap(self.graceful) {
-            Ok(g) => {
-                if tokio::time::timeout_at(deadline, g.shutdown()).await.is_err() {
-                    tracing::warn!(grace = ?self.grace, "grace period over; closing remaining HTTP connections");
-                }
-            }
-            Err(_) => tracing::warn!("a listener did not stop; not waiting for its HTTP connections"),
+        // Requests in flight finish; idle connections close (HTTP/2: GOAWAY).
+        self.conns.drain();
+        if !self.conns.closed_by(deadline).await {
+            tracing::warn!(grace = ?self.grace, "grace period over; closing remaining HTTP connections");
+            self.conns.close();
         }
         // TCP connections have no protocol-level close: they get what is left of the
         // grace period to finish on their own.
@@ -422,30 +447,33 @@ impl Started {
         }
         tracing::info!("stopped");
     }
+
+    /// HTTP client connections being served now (tests read it).
+    #[cfg(test)]
+    pub(crate) fn open_connections(&self) -> usize {
+        self.conns.in_use()
+    }
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+/// `lb-proxy run --config FILE`. A stop signal while it starts ends it.
+pub(crate) async fn run_file(path: PathBuf, mut signals: crate::signals::Signals) -> Result<(), StackError> {
+    let load = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || config::load(&path))
+    };
+    let starting = async {
+        let cfg = load
+            .await
+            .map_err(|e| StackError::Other(format!("reading the config: {e}")))?
+            .map_err(StackError::Config)?;
+        start(cfg, Some(path)).await
+    };
+    let started = tokio::select! {
+        s = starting => s?,
+        sig = signals.stop() => {
+            tracing::info!(signal = sig, "stopped while starting");
+            return Ok(());
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// `lb-proxy run --config FILE`.
-pub(crate) async fn run_file(path: PathBuf) -> Result<(), StackError> {
-    let cfg = config::load(&path).map_err(StackError::Config)?;
-    let started = start(cfg, Some(path)).await?;
-    started.wait().await
+    };
+    started.wait(&mut signals).await
 }

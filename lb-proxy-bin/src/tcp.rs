@@ -19,14 +19,16 @@ pub(crate) async fn serve_tcp(
     state: Arc<ArcSwap<Runtime>>,
     mut stop: watch::Receiver<bool>,
     open: Arc<()>,
+    conns: Arc<crate::server::Conns>,
 ) {
-    while let Some((client, peer)) = crate::server::accept(&listener, &mut stop).await {
+    while let Some((client, peer, slot)) = crate::server::accept(&listener, &mut stop, &conns).await {
         let rt = state.load_full();
         let service = service.clone();
-        // Held while the connection lives: graceful shutdown waits for these.
+        // Held while the connection lives: graceful shutdown waits for these, and the
+        // slot counts it against max_connections.
         let open = open.clone();
         tokio::spawn(async move {
-            let _open = open;
+            let _open = (open, slot);
             if let Err(why) = forward(rt, &service, client, peer).await {
                 tracing::info!(target: "lb_proxy::access", %peer, service = %service, error = %why, "tcp connection refused");
             }
@@ -56,6 +58,9 @@ async fn forward(rt: Arc<Runtime>, service: &str, mut client: TcpStream, peer: S
         let addr = guard.endpoint().endpoint().addr();
         match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(mut backend)) => {
+                // Connected: a success of the endpoint (the guard still lives as long as
+                // the connection, for least_conn).
+                guard.succeed();
                 let _ = backend.set_nodelay(true);
                 keepalive(&backend);
                 let start = std::time::Instant::now();

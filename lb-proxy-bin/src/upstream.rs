@@ -10,11 +10,11 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use lb_core::balance::{hash_key, AnyPolicy};
-use lb_core::error::{is_no_endpoints, EndpointError};
 use lb_core::http::{is_connect_error, Body, EndpointService};
-use lb_core::{Avoid, Balancer, BodyCompletion, BoxError, ExtensionKey, HashKey};
+use lb_core::{Balancer, BodyCompletion, EndpointId, ExtensionKey, Picked};
 use tower::ServiceExt;
 
+use crate::body::{ClientFault, Fault, UpstreamBody};
 use crate::metrics::Metrics;
 
 /// The balancer type every proxy service uses.
@@ -86,9 +86,14 @@ impl std::fmt::Debug for Upstream {
 /// Why a request got no answer from an endpoint.
 #[derive(Debug)]
 pub(crate) enum Failure {
+    /// No endpoint could take it (503).
     NoEndpoints { overloaded: bool },
+    /// The endpoint did not answer within `response_timeout` (504).
     Timeout,
-    Upstream(BoxError),
+    /// The endpoint failed it (502); the text is for the log, never for the client.
+    Upstream(String),
+    /// The client's own request body failed (400, 408 or 413); no endpoint is charged.
+    Client(ClientFault),
 }
 
 impl Failure {
@@ -97,35 +102,59 @@ impl Failure {
             Failure::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Failure::Client(f) => f.status(),
         }
     }
 
-    pub(crate) fn reason(&self) -> String {
+    /// What the client is told: nothing of the endpoint's address or error.
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
-            Failure::NoEndpoints { overloaded: false } => "no healthy endpoint".into(),
-            Failure::NoEndpoints { overloaded: true } => "every endpoint is at its limit".into(),
-            Failure::Timeout => "the endpoint did not answer in time".into(),
-            Failure::Upstream(e) => lb_core::error::chain(&**e),
+            Failure::NoEndpoints { overloaded: false } => "no healthy endpoint",
+            Failure::NoEndpoints { overloaded: true } => "every endpoint is at its limit",
+            Failure::Timeout => "the endpoint did not answer in time",
+            Failure::Upstream(_) => "the endpoint failed to answer",
+            Failure::Client(f) => f.reason(),
+        }
+    }
+
+    /// What the log is told.
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            Failure::Upstream(e) => e.clone(),
+            other => other.reason().to_string(),
         }
     }
 }
 
+/// Methods a failed attempt may be sent again for (RFC 9110 §9.2.2), TRACE excepted: it
+/// echoes the request, and there is nothing to gain from echoing it twice.
 fn idempotent(m: &Method) -> bool {
     matches!(
         *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     )
 }
 
+/// The client's fault if it made one (so the endpoint is not blamed), else `None`.
+fn client_fault(fault: Option<&Arc<Fault>>) -> Option<ClientFault> {
+    fault.and_then(|f| f.get())
+}
+
 impl Upstream {
-    /// Sends a prepared request through the balancer, retrying on another endpoint a
-    /// request that never reached one (connect failed), and an idempotent one that
-    /// failed before its response began.
+    /// Sends a prepared request to an endpoint picked by the balancer, retrying on
+    /// another endpoint a request that never reached one (connect failed), and an
+    /// idempotent one that failed before its response began.
+    ///
+    /// The proxy holds each attempt's guard itself, so that blame lands on the right
+    /// side: an endpoint error or a response timeout is the endpoint's failure; a failure
+    /// caused by the client's own body (`fault`) is no outcome for the endpoint at all.
     pub(crate) async fn send(
         &self,
         req: Request<Body>,
+        key: Option<u64>,
+        fault: Option<&Arc<Fault>>,
         metrics: &Metrics,
-    ) -> Result<Response<lb_core::TrackedBody<lb_core::http::ResponseBody>>, Failure> {
+    ) -> Result<Response<UpstreamBody>, Failure> {
         let (mut parts, body) = req.into_parts();
         // Replayable: an empty body, or a small one we buffer.
         let (replay, mut body) = if body.is_end_stream() {
@@ -137,14 +166,19 @@ impl Upstream {
         {
             match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
-                Err(e) => return Err(Failure::Upstream(e)),
+                Err(e) => {
+                    return Err(match client_fault(fault) {
+                        Some(f) => Failure::Client(f),
+                        None => Failure::Client(ClientFault::Aborted).log_cause(&*e),
+                    })
+                }
             }
         } else {
             (None, Some(body))
         };
         let attempts = if replay.is_some() { self.settings.retries + 1 } else { 1 };
-        let mut last = None;
-        let mut avoid: Option<lb_core::EndpointId> = None;
+        let mut last: Option<String> = None;
+        let mut avoid: Option<EndpointId> = None;
         for attempt in 0..attempts {
             let b = match &replay {
                 Some(bytes) => lb_core::http::full(bytes.clone()),
@@ -160,45 +194,62 @@ impl Upstream {
             } else {
                 parts.headers.clone()
             };
-            if let Some(k) = parts.extensions.get::<HashKey>() {
-                req.extensions_mut().insert(*k);
-            }
-            if let Some(failed) = &avoid {
-                // HAProxy's redispatch: a retry goes to another endpoint if one can take it.
-                req.extensions_mut().insert(Avoid(failed.clone()));
-            }
-            let call = self.balancer.clone().oneshot(req);
+            // HAProxy's redispatch: a retry goes to another endpoint if one can take it.
+            let Some(Picked { service, mut guard }) = self.balancer.pick_with(key, avoid.as_ref()) else {
+                // After a failed attempt, that failure is the answer (502).
+                return Err(match last {
+                    Some(prev) => Failure::Upstream(prev),
+                    None => Failure::NoEndpoints {
+                        overloaded: self.balancer.eligible() > 0,
+                    },
+                });
+            };
+            let endpoint = guard.endpoint().id().clone();
+            let call = service.oneshot(req);
             let res = match self.settings.response_timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
                     Ok(r) => r,
-                    Err(_) => return Err(Failure::Timeout),
+                    Err(_) => {
+                        // A hung endpoint is a failing one (HAProxy's `observe layer7`),
+                        // unless the client was still sending its body: then the wait
+                        // was the client's, and counts for nothing.
+                        if fault.map_or(true, |f| f.is_done()) {
+                            guard.fail();
+                        }
+                        tracing::debug!(service = %self.name, endpoint = %endpoint, timeout = ?t, "endpoint did not answer in time");
+                        return Err(Failure::Timeout);
+                    }
                 },
                 None => call.await,
             };
-            match res {
-                Ok(rsp) => return Ok(rsp),
-                Err(e) => {
-                    if let Some(ne) = e.downcast_ref::<lb_core::NoEndpoints>() {
-                        // After a failed attempt, that failure is the answer (502).
-                        return Err(match last {
-                            Some(prev) => Failure::Upstream(prev),
-                            None => Failure::NoEndpoints {
-                                overloaded: ne.is_overloaded(),
-                            },
-                        });
-                    }
-                    avoid = e.downcast_ref::<EndpointError>().map(|f| f.endpoint().clone());
-                    debug_assert!(!is_no_endpoints(&*e));
-                    let retryable = is_connect_error(&*e) || idempotent(&parts.method);
-                    tracing::debug!(service = %self.name, attempt, error = %e, retryable, "endpoint request failed");
-                    metrics.retry(&self.name, retryable && attempt + 1 < attempts);
-                    last = Some(e);
-                    if !retryable {
-                        break;
-                    }
-                }
+            let e = match res {
+                Ok(rsp) => return Ok(UpstreamBody::track(rsp, guard, fault.cloned())),
+                Err(e) => e,
+            };
+            if let Some(f) = client_fault(fault) {
+                // The client's body broke the attempt: no outcome for the endpoint.
+                drop(guard);
+                tracing::debug!(service = %self.name, endpoint = %endpoint, fault = f.reason(), "client request body failed");
+                return Err(Failure::Client(f));
+            }
+            guard.fail();
+            let retryable = is_connect_error(&e) || idempotent(&parts.method);
+            let text = format!("endpoint {endpoint}: {}", lb_core::error::chain(&e));
+            tracing::debug!(service = %self.name, attempt, error = %text, retryable, "endpoint request failed");
+            metrics.retry(&self.name, retryable && attempt + 1 < attempts);
+            last = Some(text);
+            avoid = Some(endpoint);
+            if !retryable {
+                break;
             }
         }
         Err(Failure::Upstream(last.unwrap_or_else(|| "no attempt made".into())))
+    }
+}
+
+impl Failure {
+    fn log_cause(self, e: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::debug!(error = %lb_core::error::chain(e), "client request body failed");
+        self
     }
 }

@@ -1,9 +1,11 @@
-//! The running binary: SIGHUP reloads the config, SIGTERM stops it gracefully.
+//! The running binary: SIGHUP reloads the config (and never kills it, even at start),
+//! SIGTERM stops it gracefully, a second SIGTERM at once.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -82,6 +84,46 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `lb-proxy run --config cfg` with its log (stderr) gathered line by line.
+fn run(cfg: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-proxy"))
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lb-proxy");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = log.clone();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.lock().expect("log").push(line);
+        }
+    });
+    (child, log)
+}
+
+fn logged(log: &Mutex<Vec<String>>, all: &[&str]) -> bool {
+    log.lock()
+        .expect("log")
+        .iter()
+        .any(|l| all.iter().all(|w| l.contains(w)))
+}
+
+/// Waits for the child to exit (at most `limit`).
+fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "lb-proxy did not exit within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sighup_reloads_and_sigterm_stops() {
     let dir_a = std::env::temp_dir().join(format!("lb-signals-{}-a", std::process::id()));
@@ -98,44 +140,123 @@ fn sighup_reloads_and_sigterm_stops() {
     let _ = std::fs::remove_file(&alias);
     std::fs::hard_link(&cfg, &alias).expect("hard link");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lb-proxy"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start lb-proxy");
+    let (mut child, log) = run(&cfg);
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
     wait_for("the proxy to serve /old", || {
         get(addr, "/old").is_some_and(|(s, _)| s == 200)
     });
     assert_eq!(get(addr, "/new").map(|r| r.0), Some(404));
 
-    // Rewrite in place through the other name: no file event reaches the proxy.
+    // Rewrite in place through the other name: no file event reaches the proxy (only
+    // its slow poll would, seconds later), and signal at once: the log says which one
+    // applied the file, rather than a test waiting to see nothing happen.
     std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(&alias)
         .and_then(|mut f| f.write_all(config(listen, admin, web, "/new").as_bytes()))
         .expect("rewrite config");
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(get(addr, "/new").map(|r| r.0), Some(404), "no reload without a signal");
-
     signal(&child, "HUP");
     wait_for("SIGHUP to apply the new routes", || {
         get(addr, "/new").is_some_and(|(s, _)| s == 200)
     });
+    assert!(
+        logged(&log, &["configuration applied", "SIGHUP"]),
+        "the new routes were not applied by SIGHUP: {:#?}",
+        log.lock().expect("log")
+    );
     assert_eq!(get(addr, "/old").map(|r| r.0), Some(404), "the old route is gone");
 
     signal(&child, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "lb-proxy did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(&mut child, Duration::from_secs(10));
     assert!(status.success(), "a graceful stop exits 0: {status:?}");
     assert!(get(addr, "/new").is_none(), "nothing listens after the stop");
+}
+
+#[test]
+fn sighup_in_the_first_moments_does_not_kill() {
+    let dir = std::env::temp_dir().join(format!("lb-signals-{}-early", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("lb.toml");
+    let (listen, admin) = (free_port(), free_port());
+    std::fs::write(&cfg, config(listen, admin, backend("web"), "/")).expect("write config");
+    let (mut child, log) = run(&cfg);
+    // The first line is logged once the handlers are in: signal at once, and on and on
+    // until the proxy serves.
+    wait_for("the first log line", || logged(&log, &["lb-proxy starting"]));
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "SIGHUP killed lb-proxy: {:#?}",
+            log.lock().expect("log")
+        );
+        if get(addr, "/").is_some_and(|(s, _)| s == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lb-proxy never served");
+        signal(&child, "HUP");
+    }
+    signal(&child, "HUP");
+    assert_eq!(get(addr, "/").map(|r| r.0), Some(200));
+    assert!(child.try_wait().expect("wait").is_none(), "SIGHUP killed lb-proxy");
+    signal(&child, "TERM");
+    assert!(exit_within(&mut child, Duration::from_secs(10)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let dir = std::env::temp_dir().join(format!("lb-signals-{}-twice", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("lb.toml");
+    // A backend that takes requests and never answers.
+    let hole = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hole_addr = hole.local_addr().expect("addr");
+    let taken = Arc::new(Mutex::new(0usize));
+    let count = taken.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            *count.lock().expect("count") += 1;
+            held.push(c);
+        }
+    });
+    let (listen, admin) = (free_port(), free_port());
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nshutdown_grace = \"60s\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [[services]]\nname = \"web\"\nendpoints = [\"{hole_addr}\"]\nresponse_timeout = \"0s\"\n\
+         [[routes]]\nservice = \"web\"\n"
+    );
+    std::fs::write(&cfg, text).expect("write config");
+    let (mut child, log) = run(&cfg);
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    wait_for("the proxy to listen", || TcpStream::connect(addr).is_ok());
+    // A request in flight that nothing will ever answer.
+    let mut held = TcpStream::connect(addr).expect("connect");
+    held.write_all(b"GET /held HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
+    wait_for("the request to reach the backend", || {
+        *taken.lock().expect("count") >= 1
+    });
+    signal(&child, "TERM");
+    // Graceful: the listener closes, the request in flight is waited for (60 s grace).
+    wait_for("the listener to close", || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+    });
+    wait_for("the shutdown to start", || logged(&log, &["shutting down"]));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the first SIGTERM must wait for the request"
+    );
+    signal(&child, "TERM");
+    let status = exit_within(&mut child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "a forced exit is not a clean one: {status:?}");
+    assert!(logged(&log, &["second signal"]), "{:#?}", log.lock().expect("log"));
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
 }

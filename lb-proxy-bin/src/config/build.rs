@@ -3,9 +3,12 @@
 //! services, listen addresses are unique). The first fault found is returned with its key
 //! path; `error.rs` places it in the file.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use lb_discovery_static::EndpointSpec;
 
 use super::duration::parse_duration;
 use super::error::{Invalid, KeyPath};
@@ -14,9 +17,9 @@ use super::raw::{
     RawService, RawTcp, RawTls,
 };
 use super::{
-    AdminConfig, Balance, BasicAuth, CertKey, Config, DockerProviderConfig, EndpointConfig, EndpointSource, HashKey,
-    HealthConfig, HostMatch, Origin, OutlierConfig, Probe, ProviderConfig, RouteConfig, ServerConfig, ServiceConfig,
-    SniCert, TcpConfig, TlsConfig,
+    AdminConfig, Balance, BasicAuth, CertKey, Config, DockerProviderConfig, EndpointConfig, EndpointSource, Forwarded,
+    HashKey, HealthConfig, HostMatch, Origin, OutlierConfig, Probe, ProviderConfig, RouteConfig, ServerConfig,
+    ServiceConfig, SniCert, TcpConfig, TlsConfig,
 };
 
 type Result<T> = std::result::Result<T, Invalid>;
@@ -27,18 +30,27 @@ const MAX_WEIGHT: i64 = 65_535;
 /// The most retries a service may ask for.
 const MAX_RETRIES: i64 = 100;
 
+/// The largest `max_connections`: more than any file descriptor limit allows.
+const MAX_CONNECTIONS: u32 = 16_777_216;
+
 /// Checks `raw`; faults that do not stop the proxy (a key that is ignored) go to `warnings`.
+///
+/// Every check across entries (duplicate names, routes, endpoints, listeners, server
+/// names) looks things up in a hash map: checking is linear in the size of the file.
 pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>) -> Result<Config> {
     let root = KeyPath::root();
     let (server, mut listeners) = server(raw.server.unwrap_or_default(), &root.key("server"), base_dir)?;
     let admin = admin(raw.admin.unwrap_or_default(), &root.key("admin"))?;
     listeners.push((admin.listen, root.key("admin").key("listen")));
 
-    let mut services: Vec<ServiceConfig> = Vec::with_capacity(raw.services.len());
-    for (i, raw) in raw.services.into_iter().enumerate() {
+    let empty_on_purpose = matches!(&raw.services, Some(list) if list.is_empty());
+    let raw_services = raw.services.unwrap_or_default();
+    let mut services: Vec<ServiceConfig> = Vec::with_capacity(raw_services.len());
+    let mut names: HashMap<String, usize> = HashMap::with_capacity(raw_services.len());
+    for (i, raw) in raw_services.into_iter().enumerate() {
         let path = root.key("services").index(i);
         let service = service(raw, &path, base_dir, warnings)?;
-        if let Some(first) = services.iter().position(|s| s.name == service.name) {
+        if let Some(first) = names.get(&service.name) {
             return Err(Invalid::new(
                 &path.key("name"),
                 format!(
@@ -47,29 +59,34 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
                 ),
             ));
         }
+        names.insert(service.name.clone(), i);
         services.push(service);
     }
+    let defined = Defined {
+        names: &names,
+        services: &services,
+    };
 
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+    let mut seen_routes: HashMap<(Option<HostMatch>, Option<String>), usize> = HashMap::with_capacity(raw.routes.len());
     for (i, raw) in raw.routes.into_iter().enumerate() {
         let path = root.key("routes").index(i);
-        let route = route(raw, &path, &services)?;
-        if let Some(first) = routes
-            .iter()
-            .position(|r| r.host == route.host && r.path_prefix == route.path_prefix)
-        {
+        let route = route(raw, &path, &defined)?;
+        let key = (route.host.clone(), route.path_prefix.clone());
+        if let Some(first) = seen_routes.get(&key) {
             return Err(Invalid::new(
                 &path,
                 format!("same host and path_prefix as routes[{first}]: this route could never match"),
             ));
         }
+        seen_routes.insert(key, i);
         routes.push(route);
     }
 
     let mut tcp = Vec::with_capacity(raw.tcp.len());
     for (i, raw) in raw.tcp.into_iter().enumerate() {
         let path = root.key("tcp").index(i);
-        let entry = tcp_entry(raw, &path, &services)?;
+        let entry = tcp_entry(raw, &path, &defined)?;
         listeners.push((entry.listen, path.key("listen")));
         tcp.push(entry);
     }
@@ -90,14 +107,16 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         providers.push(provider);
     }
 
-    for (i, (addr, path)) in listeners.iter().enumerate() {
+    let mut bound: HashMap<SocketAddr, &KeyPath> = HashMap::with_capacity(listeners.len());
+    for (addr, path) in &listeners {
         // Port 0 asks the system for a free port: it never conflicts.
-        if let Some((_, first)) = listeners[..i]
-            .iter()
-            .find(|(other, _)| other == addr && addr.port() != 0)
-        {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Some(first) = bound.get(addr) {
             return Err(Invalid::new(path, format!("address {addr} is already used by {first}")));
         }
+        bound.insert(*addr, path);
     }
 
     Ok(Config {
@@ -108,7 +127,14 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         tcp,
         providers,
         warnings: Vec::new(),
+        empty_on_purpose,
     })
+}
+
+/// The services defined so far, for routes and TCP listeners to name.
+struct Defined<'a> {
+    names: &'a HashMap<String, usize>,
+    services: &'a [ServiceConfig],
 }
 
 /// One `[[providers]]` entry.
@@ -229,9 +255,6 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
                     path.key("listen").index(i)
                 };
                 let addr = listen_addr(text, &at)?;
-                if let Some((_, first)) = listeners.iter().find(|(other, _)| *other == addr && addr.port() != 0) {
-                    return Err(Invalid::new(&at, format!("address {addr} is already used by {first}")));
-                }
                 listeners.push((addr, at));
             }
         }
@@ -253,6 +276,37 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
         &path.key("header_read_timeout"),
         defaults.header_read_timeout,
     )?;
+    let body_read_timeout = positive_duration(
+        raw.body_read_timeout,
+        &path.key("body_read_timeout"),
+        defaults.body_read_timeout,
+    )?;
+    let send_timeout = positive_duration(raw.send_timeout, &path.key("send_timeout"), defaults.send_timeout)?;
+    let idle_timeout = positive_duration(raw.idle_timeout, &path.key("idle_timeout"), defaults.idle_timeout)?;
+    let max_connections = match int_in(
+        raw.max_connections,
+        &path.key("max_connections"),
+        0,
+        i64::from(MAX_CONNECTIONS),
+    )? {
+        Some(0) => {
+            return Err(Invalid::new(
+                &path.key("max_connections"),
+                "max_connections must be at least 1 (leave it out for a limit from the file descriptor limit)",
+            ))
+        }
+        other => other.map(|n| n as u32),
+    };
+    let forwarded = match raw.forwarded.as_deref() {
+        None | Some("append") => Forwarded::Append,
+        Some("replace") => Forwarded::Replace,
+        Some(other) => {
+            return Err(Invalid::new(
+                &path.key("forwarded"),
+                format!("unknown forwarded mode {other:?} (expected \"append\" or \"replace\")"),
+            ))
+        }
+    };
     let shutdown_grace = duration(raw.shutdown_grace, &path.key("shutdown_grace"))?.unwrap_or(defaults.shutdown_grace);
     let config = ServerConfig {
         listen: listeners.iter().map(|(addr, _)| *addr).collect(),
@@ -260,6 +314,11 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
         max_header_bytes,
         max_body_bytes,
         header_read_timeout,
+        body_read_timeout,
+        send_timeout,
+        idle_timeout,
+        max_connections,
+        forwarded,
         shutdown_grace,
     };
     Ok((config, listeners))
@@ -269,6 +328,7 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
 fn tls_config(raw: RawTls, path: &KeyPath, base_dir: &Path) -> Result<TlsConfig> {
     let default = cert_key(raw.cert, raw.key, path, base_dir)?;
     let mut sni_certs: Vec<SniCert> = Vec::with_capacity(raw.certs.len());
+    let mut claimed: HashMap<HostMatch, usize> = HashMap::new();
     for (i, entry) in raw.certs.into_iter().enumerate() {
         let at = path.key("certs").index(i);
         let Some(cert_key) = cert_key(entry.cert, entry.key, &at, base_dir)? else {
@@ -285,21 +345,16 @@ fn tls_config(raw: RawTls, path: &KeyPath, base_dir: &Path) -> Result<TlsConfig>
         for (j, name) in names.iter().enumerate() {
             let name_at = at.key("sni").index(j);
             let rule = host_match(name).map_err(|msg| Invalid::new(&name_at, msg))?;
-            let earlier = sni_certs
-                .iter()
-                .enumerate()
-                .find(|(_, c)| c.sni.contains(&rule))
-                .map(|(k, _)| k)
-                .or_else(|| sni.contains(&rule).then_some(i));
-            if let Some(k) = earlier {
+            if let Some(k) = claimed.get(&rule) {
                 return Err(Invalid::new(
                     &name_at,
                     format!(
                         "server name {name:?} is already claimed by {}",
-                        path.key("certs").index(k)
+                        path.key("certs").index(*k)
                     ),
                 ));
             }
+            claimed.insert(rule.clone(), i);
             sni.push(rule);
         }
         sni_certs.push(SniCert { cert_key, sni });
@@ -339,8 +394,17 @@ fn admin(raw: RawAdmin, path: &KeyPath) -> Result<AdminConfig> {
         Some(text) => listen_addr(text, &path.key("listen"))?,
         None => defaults.listen,
     };
-    if raw.token.as_deref() == Some("") {
-        return Err(Invalid::new(&path.key("token"), "empty token"));
+    if let Some(token) = &raw.token {
+        // Never the value in a message: it is a secret.
+        if token.trim().is_empty() {
+            return Err(Invalid::new(&path.key("token"), "empty token (or only whitespace)"));
+        }
+        if token.trim() != token || token.chars().any(char::is_control) {
+            return Err(Invalid::new(
+                &path.key("token"),
+                "the token starts or ends with whitespace, or holds a control character: no request could send it",
+            ));
+        }
     }
     let basic = match (raw.user, raw.password) {
         (None, None) => None,
@@ -353,8 +417,11 @@ fn admin(raw: RawAdmin, path: &KeyPath) -> Result<AdminConfig> {
                     "user must be non-empty and without `:`",
                 ));
             }
-            if password.is_empty() {
-                return Err(Invalid::new(&path.key("password"), "empty password"));
+            if password.trim().is_empty() {
+                return Err(Invalid::new(
+                    &path.key("password"),
+                    "empty password (or only whitespace)",
+                ));
             }
             Some(BasicAuth { user, password })
         }
@@ -505,25 +572,27 @@ fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<Vec<EndpointConfi
         ));
     }
     let mut out: Vec<EndpointConfig> = Vec::with_capacity(list.len());
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(list.len());
     for (i, raw) in list.into_iter().enumerate() {
         let at = path.index(i);
         let addr_at = if raw.bare { at.clone() } else { at.key("addr") };
         let addr = required(raw.addr, &at, "addr")?;
-        check_endpoint_addr(&addr).map_err(|msg| Invalid::new(&addr_at, msg))?;
+        let literal = check_endpoint_addr(&addr).map_err(|msg| Invalid::new(&addr_at, msg))?;
         let weight = int_in(raw.weight, &at.key("weight"), 0, MAX_WEIGHT)?.map_or(1, |n| n as u32);
-        let endpoint = EndpointConfig { addr, weight };
-        // IP literals compare as addresses: `[::1]:80` and `[0::1]:80` are one endpoint.
-        let literal = endpoint.socket_addr();
-        if let Some(first) = out
-            .iter()
-            .position(|e| e.addr == endpoint.addr || (literal.is_some() && e.socket_addr() == literal))
-        {
+        // IP literals compare as addresses (`[::1]:80` and `[0::1]:80` are one endpoint),
+        // names without regard to case, as discovery does.
+        let key = match literal {
+            Some(sa) => sa.to_string(),
+            None => addr.to_ascii_lowercase(),
+        };
+        if let Some(first) = seen.get(&key) {
             return Err(Invalid::new(
                 &addr_at,
-                format!("duplicate endpoint {:?} (also {})", endpoint.addr, path.index(first)),
+                format!("duplicate endpoint {addr:?} (also {})", path.index(*first)),
             ));
         }
-        out.push(endpoint);
+        seen.insert(key, i);
+        out.push(EndpointConfig { addr, weight });
     }
     Ok(out)
 }
@@ -596,8 +665,8 @@ fn outlier(raw: RawOutlier, path: &KeyPath) -> Result<Option<OutlierConfig>> {
 }
 
 /// One `[[routes]]` entry.
-fn route(raw: RawRoute, path: &KeyPath, services: &[ServiceConfig]) -> Result<RouteConfig> {
-    let service = service_ref(raw.service, path, services)?;
+fn route(raw: RawRoute, path: &KeyPath, defined: &Defined<'_>) -> Result<RouteConfig> {
+    let service = service_ref(raw.service, path, defined)?;
     let host = raw
         .host
         .map(|h| host_match(&h).map_err(|msg| Invalid::new(&path.key("host"), msg)))
@@ -610,36 +679,71 @@ fn route(raw: RawRoute, path: &KeyPath, services: &[ServiceConfig]) -> Result<Ro
             ));
         }
     }
+    let upgrades = match raw.upgrades {
+        None => RouteConfig::default_upgrades(),
+        Some(list) => {
+            let mut out: Vec<String> = Vec::with_capacity(list.len());
+            for (i, name) in list.iter().enumerate() {
+                let at = path.key("upgrades").index(i);
+                let proto = upgrade_protocol(name).map_err(|msg| Invalid::new(&at, msg))?;
+                if !out.contains(&proto) {
+                    out.push(proto);
+                }
+            }
+            out
+        }
+    };
     Ok(RouteConfig {
         host,
         path_prefix: raw.path_prefix,
         service,
+        upgrades,
     })
 }
 
+/// An `Upgrade` protocol a route may pass: a token (RFC 9110 §16.7), lowercased, not `h2c`.
+pub(crate) fn upgrade_protocol(name: &str) -> std::result::Result<String, String> {
+    let lower = name.to_ascii_lowercase();
+    if lower.is_empty()
+        || !lower
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
+    {
+        return Err(format!(
+            "invalid upgrade protocol {name:?} (expected a protocol name, as in \"websocket\")"
+        ));
+    }
+    if lower == "h2c" {
+        return Err("h2c upgrades are never passed: they would tunnel HTTP/2 past routing".to_string());
+    }
+    Ok(lower)
+}
+
 /// One `[[tcp]]` entry.
-fn tcp_entry(raw: RawTcp, path: &KeyPath, services: &[ServiceConfig]) -> Result<TcpConfig> {
+fn tcp_entry(raw: RawTcp, path: &KeyPath, defined: &Defined<'_>) -> Result<TcpConfig> {
     let listen = required(raw.listen, path, "listen")?;
     let listen = listen_addr(&listen, &path.key("listen"))?;
-    let service = service_ref(raw.service, path, services)?;
+    let service = service_ref(raw.service, path, defined)?;
     Ok(TcpConfig { listen, service })
 }
 
 /// The `service` key of the table at `path`: required, and naming a defined service.
-fn service_ref(name: Option<String>, path: &KeyPath, services: &[ServiceConfig]) -> Result<String> {
+fn service_ref(name: Option<String>, path: &KeyPath, defined: &Defined<'_>) -> Result<String> {
     let name = required(name, path, "service")?;
-    if services.iter().any(|s| s.name == name) {
+    if defined.names.contains_key(&name) {
         return Ok(name);
     }
-    let defined: Vec<_> = services.iter().map(|s| s.name.as_str()).collect();
-    let defined = if defined.is_empty() {
+    let all: Vec<_> = defined.services.iter().take(20).map(|s| s.name.as_str()).collect();
+    let listed = if all.is_empty() {
         "no services are defined".to_owned()
+    } else if defined.services.len() > all.len() {
+        format!("defined: {}, ...", all.join(", "))
     } else {
-        format!("defined: {}", defined.join(", "))
+        format!("defined: {}", all.join(", "))
     };
     Err(Invalid::new(
         &path.key("service"),
-        format!("unknown service {name:?} ({defined})"),
+        format!("unknown service {name:?} ({listed})"),
     ))
 }
 
@@ -708,38 +812,19 @@ fn file_path(text: &str, path: &KeyPath, base_dir: &Path) -> Result<PathBuf> {
     Ok(base_dir.join(text))
 }
 
-/// `host:port` with a port from 1 to 65535 and a host that is an IPv4 literal, a bracketed
-/// IPv6 literal, or a DNS name.
-fn check_endpoint_addr(addr: &str) -> std::result::Result<(), String> {
+/// `host:port` as discovery reads it (lb-discovery-static's [`EndpointSpec`], the one
+/// grammar for `check` and the running proxy): an IPv4 literal, a bracketed IPv6 literal
+/// or a DNS name, and a port from 1 to 65535. The socket address, for a literal.
+fn check_endpoint_addr(addr: &str) -> std::result::Result<Option<SocketAddr>, String> {
     let expected = "expected HOST:PORT, as in \"10.0.0.1:80\", \"[::1]:80\" or \"web1:80\"";
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("invalid endpoint address {addr:?}: no port ({expected})"));
-    };
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => {
-            return Err(format!(
-                "invalid port {port:?} in endpoint address {addr:?} ({expected})"
-            ))
+    let spec = EndpointSpec::new(addr);
+    match spec.validate() {
+        Ok(()) => Ok(spec.literal_addr()),
+        Err(lb_discovery_static::Error::InvalidSpec { reason, .. }) => {
+            Err(format!("invalid endpoint address {addr:?}: {reason} ({expected})"))
         }
-        Ok(_) => {}
+        Err(other) => Err(format!("invalid endpoint address {addr:?}: {other} ({expected})")),
     }
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6
-            .parse::<Ipv6Addr>()
-            .map(drop)
-            .map_err(|_| format!("invalid IPv6 address in endpoint address {addr:?} ({expected})"));
-    }
-    if host.contains(':') {
-        return Err(format!(
-            "invalid endpoint address {addr:?}: write an IPv6 address in brackets, as in \"[::1]:80\""
-        ));
-    }
-    if !is_dns_name(host) {
-        return Err(format!(
-            "invalid host {host:?} in endpoint address {addr:?} ({expected})"
-        ));
-    }
-    Ok(())
 }
 
 /// Dot-separated non-empty labels of letters, digits, `-` and `_`.

@@ -4,8 +4,14 @@
 //! fraction; the units are `ms`, `s`, `m` and `h`. `"0"` alone is zero. Nothing else is
 //! accepted (no spaces, no bare numbers), so that `"2"` cannot be read as two seconds by one
 //! reader and two milliseconds by another.
+//!
+//! A duration is at most [`MAX`] (365 days): every timer of the proxy adds a duration to
+//! the clock, and a value that checks must never overflow it at run time.
 
 use std::time::Duration;
+
+/// The longest duration a config may give: 365 days.
+pub(crate) const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
 const UNITS: [(&str, u128); 4] = [
     ("ms", 1_000_000),
@@ -50,7 +56,7 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
             .find(|(name, _)| *name == unit)
             .map(|(_, scale)| *scale)
             .ok_or_else(invalid)?;
-        let too_large = || format!("duration {text:?} is too large");
+        let too_large = || format!("duration {text:?} is too large (at most 365 days, \"8760h\")");
         let int: u128 = if int.is_empty() {
             0
         } else {
@@ -68,7 +74,12 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok_or_else(too_large)?;
         rest = after;
     }
-    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| format!("duration {text:?} is too large"))?;
+    let too_long = || format!("duration {text:?} is too large (at most 365 days, \"8760h\")");
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
     // The remainder is below 10^9, so it fits.
-    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+    let d = Duration::new(secs, (nanos % 1_000_000_000) as u32);
+    if d > MAX {
+        return Err(too_long());
+    }
+    Ok(d)
 }

@@ -71,14 +71,14 @@ impl fmt::Display for Location {
 }
 
 /// One step of a [`KeyPath`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// A path from the document root to a key, written `services[0].health.rise`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub(super) struct KeyPath(Vec<Seg>);
 
 // === impl KeyPath ===
@@ -160,6 +160,11 @@ struct Entry {
 #[derive(Debug, Default)]
 pub(super) struct SpanIndex {
     entries: Vec<Entry>,
+    /// The first entry of each path, so that placing a fault costs a lookup, not a scan
+    /// (a file with thousands of warnings places them all in linear time).
+    by_path: std::collections::HashMap<KeyPath, usize>,
+    /// The byte offset where each line starts, for the same reason.
+    line_starts: Vec<usize>,
 }
 
 // === impl SpanIndex ===
@@ -167,7 +172,12 @@ pub(super) struct SpanIndex {
 impl SpanIndex {
     /// Indexes `text`; an unparsable text gives an empty index (every lookup then misses).
     pub(super) fn new(text: &str) -> Self {
-        let mut index = Self::default();
+        let mut index = Self {
+            line_starts: std::iter::once(0)
+                .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+            ..Self::default()
+        };
         if let Ok(doc) = ImDocument::parse(text) {
             index.table(doc.as_table(), &mut KeyPath::root());
         }
@@ -230,6 +240,7 @@ impl SpanIndex {
     }
 
     fn push(&mut self, path: &KeyPath, key: Option<Range<usize>>, value: Option<Range<usize>>) {
+        self.by_path.entry(path.clone()).or_insert(self.entries.len());
         self.entries.push(Entry {
             path: path.clone(),
             key,
@@ -260,7 +271,7 @@ impl SpanIndex {
     fn span_of(&self, path: &KeyPath) -> usize {
         let mut path = Some(path.clone());
         while let Some(p) = path {
-            if let Some(e) = self.entries.iter().find(|e| e.path == p) {
+            if let Some(e) = self.by_path.get(&p).map(|&i| &self.entries[i]) {
                 if let Some(span) = e.value.as_ref().or(e.key.as_ref()) {
                     return span.start;
                 }
@@ -282,6 +293,22 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     (line, column)
+}
+
+impl SpanIndex {
+    /// [`line_column`] with the line found by a binary search of the line starts.
+    fn line_column(&self, text: &str, offset: usize) -> (usize, usize) {
+        if self.line_starts.is_empty() {
+            return line_column(text, offset);
+        }
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        (line, text[start..offset].chars().count() + 1)
+    }
 }
 
 fn invalid(file: &Path, text: &str, offset: usize, key: String, message: String) -> ConfigError {
@@ -319,11 +346,31 @@ pub(super) fn from_toml(file: &Path, text: &str, err: &toml::de::Error) -> Confi
         .path_at(span.start)
         .map(ToString::to_string)
         .unwrap_or_default();
+    // A value of the wrong type is quoted in serde's message: never a secret's.
+    let message = if is_secret(&key) {
+        "not a valid value (it is not shown: this key holds a secret)".to_string()
+    } else {
+        message
+    };
     invalid(file, text, span.start, key, message)
+}
+
+/// Keys whose values are secrets: no message may quote them.
+fn is_secret(key: &str) -> bool {
+    matches!(key, "admin.token" | "admin.password")
 }
 
 /// A fault found by validation, placed in the file.
 pub(super) fn from_invalid(file: &Path, text: &str, index: &SpanIndex, fault: Invalid) -> ConfigError {
     let offset = index.span_of(&fault.path);
-    invalid(file, text, offset, fault.path.to_string(), fault.message)
+    let (line, column) = index.line_column(text, offset);
+    ConfigError::Invalid {
+        location: Location {
+            file: file.to_owned(),
+            line,
+            column,
+            key: fault.path.to_string(),
+        },
+        message: fault.message,
+    }
 }

@@ -15,8 +15,9 @@ use serde::Deserialize;
 pub(super) struct RawConfig {
     pub(super) server: Option<RawServer>,
     pub(super) admin: Option<RawAdmin>,
-    #[serde(default)]
-    pub(super) services: Vec<RawService>,
+    /// `None` when the file has no services at all; `Some(vec![])` when it says
+    /// `services = []`, on purpose.
+    pub(super) services: Option<Vec<RawService>>,
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
     #[serde(default)]
@@ -55,6 +56,11 @@ pub(super) struct RawServer {
     pub(super) max_header_bytes: Option<i64>,
     pub(super) max_body_bytes: Option<i64>,
     pub(super) header_read_timeout: Option<RawDuration>,
+    pub(super) body_read_timeout: Option<RawDuration>,
+    pub(super) send_timeout: Option<RawDuration>,
+    pub(super) idle_timeout: Option<RawDuration>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) forwarded: Option<String>,
     pub(super) shutdown_grace: Option<RawDuration>,
 }
 
@@ -145,6 +151,7 @@ pub(super) struct RawRoute {
     pub(super) host: Option<String>,
     pub(super) path_prefix: Option<String>,
     pub(super) service: Option<String>,
+    pub(super) upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

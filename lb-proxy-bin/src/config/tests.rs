@@ -102,6 +102,7 @@ fn example_parses_to_expected_values() {
             host: Some(HostMatch::Exact("web.localhost".into())),
             path_prefix: Some("/".into()),
             service: "web".into(),
+            upgrades: vec!["websocket".into()],
         }],
         tcp: vec![],
         providers: vec![],
@@ -110,6 +111,7 @@ fn example_parses_to_expected_values() {
              \"consistent_hash\" (this service uses \"round_robin\")"
                 .into(),
         ],
+        empty_on_purpose: false,
     };
     assert_eq!(config, expected);
 }
@@ -519,14 +521,18 @@ fn weight_out_of_range() {
 
 #[test]
 fn bad_endpoint_addresses() {
+    // The messages are discovery's (lb-discovery-static's EndpointSpec): one grammar.
     for (written, message) in [
-        ("127.0.0.1", "no port"),
-        ("web1:0", "invalid port \"0\""),
-        ("web1:http", "invalid port \"http\""),
-        (":80", "invalid host \"\""),
-        ("::1:80", "write an IPv6 address in brackets"),
-        ("[::g]:80", "invalid IPv6 address"),
-        ("we b:80", "invalid host \"we b\""),
+        ("127.0.0.1", "expected `ip:port`"),
+        ("web1:0", "the port is 0"),
+        ("web1:http", "the port is not a number"),
+        (":80", "the host is empty"),
+        ("::1:80", "an IPv6 address must be written `[addr]:port`"),
+        ("[::g]:80", "an IPv6 address must be written `[addr]:port`"),
+        ("we b:80", "the host is not a valid name"),
+        ("1.2.3.400:80", "looks like an IPv4 address but is not one"),
+        ("-a:80", "the host is not a valid name"),
+        ("a..b:80", "the host is not a valid name"),
     ] {
         let err = parse_err(&format!(
             "[[services]]\nname = \"web\"\nendpoints = [\"127.0.0.1:1\", \"{written}\"]\n"
@@ -772,8 +778,40 @@ fn durations() {
         let err = parse_duration(text).unwrap_err();
         assert!(err.starts_with(&format!("invalid duration {text:?}")), "{text}: {err}");
     }
-    let err = parse_duration("99999999999999999999999h").unwrap_err();
-    assert!(err.ends_with("is too large"), "{err}");
+    for huge in [
+        "99999999999999999999999h",
+        "5124095576030431h",
+        "8761h",
+        "365.0001h0m8760h",
+    ] {
+        let err = parse_duration(huge).unwrap_err();
+        assert!(err.contains("is too large (at most 365 days"), "{err}");
+    }
+    assert_eq!(parse_duration("8760h"), Ok(super::MAX_DURATION));
+}
+
+#[test]
+fn durations_that_check_are_bounded_for_every_key() {
+    // Each of these once passed `check` and then overflowed a timer at run time.
+    for (table, key) in [
+        ("[server]\n", "header_read_timeout"),
+        ("[server]\n", "shutdown_grace"),
+        ("[server]\n", "body_read_timeout"),
+        ("[server]\n", "send_timeout"),
+        ("[server]\n", "idle_timeout"),
+    ] {
+        let err = parse_err(&format!("{table}{key} = \"5124095576030431h\"\n{WEB}"));
+        assert!(err.contains(&format!("server.{key}: duration")), "{err}");
+        assert!(err.contains("too large"), "{err}");
+    }
+    for key in ["connect_timeout", "response_timeout", "slow_start", "dns_refresh"] {
+        let err = parse_err(&format!("{WEB}{key} = \"5124095576030431h\"\n"));
+        assert!(err.contains(&format!("services[0].{key}: duration")), "{err}");
+    }
+    let err = parse_err(&format!("{WEB}outlier = {{ base_ejection = \"5124095576030431h\" }}\n"));
+    assert!(err.contains("services[0].outlier.base_ejection: duration"), "{err}");
+    let err = parse_err(&format!("{WEB}health = {{ tcp = true, interval = \"9000h\" }}\n"));
+    assert!(err.contains("services[0].health.interval: duration"), "{err}");
 }
 
 #[test]
@@ -900,4 +938,195 @@ fn bad_provider_keys_name_the_key() {
         err.contains("services[0].docker.service: invalid service name"),
         "{err}"
     );
+}
+
+// --- issue 8: limits, secrets, empty files, upgrades, linear checks ---
+
+#[test]
+fn server_limits_and_their_defaults() {
+    let config = parse_ok(WEB);
+    let s = &config.server;
+    assert_eq!(
+        (s.body_read_timeout, s.send_timeout, s.idle_timeout),
+        (
+            Duration::from_secs(30),
+            Duration::from_secs(30),
+            Duration::from_secs(60)
+        )
+    );
+    assert_eq!(s.max_connections, None, "derived from the fd limit at start");
+    assert_eq!(s.forwarded, Forwarded::Append);
+    let config = parse_ok(&format!(
+        "[server]\nbody_read_timeout = \"5s\"\nsend_timeout = \"7s\"\nidle_timeout = \"2m\"\n\
+         max_connections = 1000\nforwarded = \"replace\"\n{WEB}"
+    ));
+    let s = &config.server;
+    assert_eq!(
+        (s.body_read_timeout, s.send_timeout, s.idle_timeout),
+        (Duration::from_secs(5), Duration::from_secs(7), Duration::from_secs(120))
+    );
+    assert_eq!(s.max_connections, Some(1000));
+    assert_eq!(s.forwarded, Forwarded::Replace);
+    for (text, message) in [
+        (
+            "max_connections = 0",
+            "server.max_connections: max_connections must be at least 1",
+        ),
+        (
+            "max_connections = -3",
+            "server.max_connections: max_connections -3 is out of range",
+        ),
+        (
+            "forwarded = \"keep\"",
+            "server.forwarded: unknown forwarded mode \"keep\"",
+        ),
+        (
+            "send_timeout = \"0s\"",
+            "server.send_timeout: send_timeout must be longer than zero",
+        ),
+        (
+            "idle_timeout = \"0\"",
+            "server.idle_timeout: idle_timeout must be longer than zero",
+        ),
+        (
+            "body_read_timeout = \"0ms\"",
+            "server.body_read_timeout: body_read_timeout must be longer than zero",
+        ),
+    ] {
+        let err = parse_err(&format!("[server]\n{text}\n{WEB}"));
+        assert!(err.contains(message), "{text}: {err}");
+    }
+}
+
+#[test]
+fn admin_secrets_are_checked_and_never_echoed() {
+    // As written in TOML, and the part of it a message must not show.
+    for (written, secret) in [
+        (r#""   ""#, ""),
+        (r#""\t""#, ""),
+        (r#"" padded""#, "padded"),
+        (r#""padded ""#, "padded"),
+        (r#""a\u0007b""#, "a\u{7}b"),
+    ] {
+        let err = parse_err(&format!("{WEB}[admin]\ntoken = {written}\n"));
+        assert!(err.contains("admin.token: "), "{written}: {err}");
+        assert!(
+            secret.is_empty() || !err.contains(secret),
+            "the token {written} is echoed: {err}"
+        );
+    }
+    let err = parse_err(&format!("{WEB}[admin]\nuser = \"u\"\npassword = \"  \"\n"));
+    assert!(err.contains("admin.password: empty password"), "{err}");
+    // A value of the wrong type is quoted by serde: never for a secret.
+    let err = parse_err(&format!("{WEB}[admin]\ntoken = 987654321\n"));
+    assert!(err.contains("admin.token: ") && !err.contains("987654321"), "{err}");
+    let err = parse_err(&format!("{WEB}[admin]\nuser = \"u\"\npassword = 13579246\n"));
+    assert!(err.contains("admin.password: ") && !err.contains("13579246"), "{err}");
+    let err = parse_err(&format!("{WEB}[admin]\nuser = \"u\"\npassword = [\"hunter2\"]\n"));
+    assert!(!err.contains("hunter2"), "{err}");
+    // And Debug, which a log line may print, hides both.
+    let config = parse_ok(&format!(
+        "{WEB}[admin]\ntoken = \"tok-3141\"\nuser = \"u\"\npassword = \"pw-2718\"\n"
+    ));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("tok-3141") && !shown.contains("pw-2718"), "{shown}");
+}
+
+#[test]
+fn an_empty_file_is_not_an_explicitly_empty_one() {
+    for text in ["", "\n", "[server]\nlisten = \"127.0.0.1:0\"\n"] {
+        let config = parse_ok(text);
+        assert!(config.is_empty() && !config.empty_on_purpose, "{text:?}");
+    }
+    let config = parse_ok("services = []\n");
+    assert!(config.is_empty() && config.empty_on_purpose);
+    assert!(!parse_ok(WEB).is_empty());
+    let err = parse_err("services = []\n[[services]]\nname = \"web\"\n");
+    assert!(err.starts_with("web.toml:"), "{err}");
+}
+
+#[test]
+fn routes_name_the_upgrades_they_pass() {
+    let config = parse_ok(&format!("{WEB}[[routes]]\nservice = \"web\"\n"));
+    assert_eq!(config.routes[0].upgrades, ["websocket"], "WebSocket by default");
+    let config = parse_ok(&format!(
+        "{WEB}[[routes]]\nservice = \"web\"\nupgrades = [\"WebSocket\", \"x-echo\", \"websocket\"]\n"
+    ));
+    assert_eq!(config.routes[0].upgrades, ["websocket", "x-echo"]);
+    let config = parse_ok(&format!("{WEB}[[routes]]\nservice = \"web\"\nupgrades = []\n"));
+    assert!(config.routes[0].upgrades.is_empty());
+    let err = parse_err(&format!(
+        "{WEB}[[routes]]\nservice = \"web\"\nupgrades = [\"websocket\", \"h2c\"]\n"
+    ));
+    assert!(
+        err.contains("routes[0].upgrades[1]: h2c upgrades are never passed"),
+        "{err}"
+    );
+    let err = parse_err(&format!(
+        "{WEB}[[routes]]\nservice = \"web\"\nupgrades = [\"web socket\"]\n"
+    ));
+    assert!(err.contains("invalid upgrade protocol"), "{err}");
+}
+
+#[test]
+fn check_and_discovery_accept_the_same_endpoint_addresses() {
+    // Every address `check` accepts, discovery accepts too, and the reverse.
+    for addr in [
+        "10.0.0.1:80",
+        "[::1]:80",
+        "web1:80",
+        "Web-1.example.com:8080",
+        "web_1:80",
+        "web1.:80",
+        "1.2.3.400:80",
+        "-a:80",
+        "a-:80",
+        "a..b:80",
+        "[::1]:0",
+        "a:65536",
+        "256.1.1.1:1",
+        &format!("{}:80", "a".repeat(64)),
+    ] {
+        let checked = parse(
+            &format!("[[services]]\nname = \"w\"\nendpoints = [\"{addr}\"]\n"),
+            Path::new("w.toml"),
+        )
+        .is_ok();
+        let discovered = lb_discovery_static::EndpointSpec::new(addr).validate().is_ok();
+        assert_eq!(
+            checked, discovered,
+            "{addr}: check says {checked}, discovery {discovered}"
+        );
+    }
+}
+
+#[test]
+fn checks_are_linear_in_the_size_of_the_file() {
+    // 20,000 endpoints, 4,000 services and 4,000 routes: quadratic duplicate checks took
+    // seconds for less; hash maps take milliseconds, even unoptimised.
+    let mut text = String::from("[[services]]\nname = \"big\"\nendpoints = [");
+    for i in 0..20_000u32 {
+        text.push_str(&format!("\"10.{}.{}.{}:80\", ", i >> 16, (i >> 8) & 255, i & 255));
+    }
+    text.push_str("]\n");
+    for i in 0..4_000 {
+        text.push_str(&format!(
+            "[[services]]\nname = \"s{i}\"\nendpoints = [\"s{i}.internal:80\"]\nhash_key = \"path\"\n\
+             [[routes]]\nhost = \"s{i}.example.com\"\nservice = \"s{i}\"\n"
+        ));
+    }
+    let t = std::time::Instant::now();
+    let config = parse_ok(&text);
+    let took = t.elapsed();
+    assert_eq!(config.services.len(), 4_001);
+    assert_eq!(
+        config.warnings.len(),
+        4_000,
+        "each ignored hash_key is placed in the file"
+    );
+    assert!(took < Duration::from_secs(10), "checking took {took:?}");
+    // A duplicate at the very end is still found, and named.
+    text.push_str("[[routes]]\nhost = \"s3999.example.com\"\nservice = \"s1\"\n");
+    let err = parse_err(&text);
+    assert!(err.contains("same host and path_prefix as routes[3999]"), "{err}");
 }

@@ -91,8 +91,16 @@ async fn least_conn_avoids_the_endpoint_holding_slow_requests() {
         })
         .await
         .expect("released requests finish");
-        // The proxy counts a request in flight until its body is sent: give it a moment.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The proxy counts a request in flight until its body is sent: wait until it has
+        // counted B's and C's out, with A's N still in.
+        let (a_addr, b_addr, c_addr) = (a.addr, b.addr, c.addr);
+        super::support::wait_for("the proxy to count B and C out", Duration::from_secs(3), || {
+            let rt = p.state.load();
+            let st = rt.upstream("web").expect("web").balancer.status();
+            let in_flight = |addr| st.endpoints.iter().find(|e| e.addr == addr).map_or(0, |e| e.in_flight);
+            in_flight(b_addr) == 0 && in_flight(c_addr) == 0 && in_flight(a_addr) == N as u32
+        })
+        .await;
         let before = (a.hits(), b.hits(), c.hits());
         let cl = client();
         for i in 0..30 {

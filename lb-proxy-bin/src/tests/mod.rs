@@ -2,8 +2,13 @@
 //! ([`support::Backend`]), real clients, the stack started from a config text.
 
 mod balance;
+mod blame;
 mod dns;
+mod fuzz;
+mod limits;
 mod protocol;
+mod reload;
+mod requests;
 mod resilience;
 mod support;
 mod tls;

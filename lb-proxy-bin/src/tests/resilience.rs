@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use lb_core::Health;
 
 use super::support::{
-    bounded, client, endpoints, free_port, get, head, health, one_service, proxy, proxy_at, ready, Backend, TempDir,
+    bounded, client, endpoints, free_port, get, head, health, one_service, proxy, proxy_at, ready, wait_for, Backend,
+    TempDir,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,26 +132,33 @@ async fn reload_swapping_endpoints_under_load_drops_nothing() {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            old[0].hits() > 0 && old[1].hits() > 0,
-            "traffic flows before the reload"
-        );
+        wait_for("traffic to flow before the reload", Duration::from_secs(3), || {
+            old[0].hits() > 0 && old[1].hits() > 0
+        })
+        .await;
         std::fs::write(&path, reload_config(&head, &[&new[0], &new[1]])).expect("rewrite the config");
-        let t = Instant::now();
-        while new[0].hits() == 0 || new[1].hits() == 0 {
-            assert!(
-                t.elapsed() < Duration::from_secs(4),
-                "the new endpoints got no traffic after the reload"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for("the new endpoints to get traffic", Duration::from_secs(4), || {
+            new[0].hits() > 0 && new[1].hits() > 0
+        })
+        .await;
         // Old endpoints are out of rotation: once their last requests end, close them.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_for(
+            "the old endpoints' last requests to end",
+            Duration::from_secs(3),
+            || old[0].in_flight() + old[1].in_flight() == 0,
+        )
+        .await;
         let old_hits = old[0].hits() + old[1].hits();
         old[0].kill().await;
         old[1].kill().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Traffic goes on after the kill: fifty more answers from the new endpoints.
+        let after = new[0].hits() + new[1].hits();
+        wait_for(
+            "traffic after the old endpoints are gone",
+            Duration::from_secs(3),
+            || new[0].hits() + new[1].hits() >= after + 50,
+        )
+        .await;
         stop.store(true, Ordering::SeqCst);
         let mut total: HashMap<String, usize> = HashMap::new();
         let mut failed = Vec::new();
@@ -181,33 +189,35 @@ async fn reload_swapping_endpoints_under_load_drops_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_requests_in_flight() {
     bounded(async {
-        let a = Backend::with_delays("a", &[("/slow", Duration::from_millis(500))]).await;
+        let a = Backend::start("a").await;
         let p = proxy(&one_service("round_robin", &[&a], None, "")).await;
         ready(&p, "web", 1).await;
         let addr = p.http_addrs[0];
-        let slow = tokio::spawn(async move {
-            let t = Instant::now();
-            let r = get(&client(), addr, "/slow", &[]).await;
-            (r, t.elapsed())
-        });
-        while a.in_flight() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let t = Instant::now();
+        // Held at the backend until released: in flight for as long as the test says.
+        let slow = tokio::spawn(async move { get(&client(), addr, "/gate", &[]).await });
+        wait_for("the request to reach the backend", Duration::from_secs(3), || {
+            a.in_flight() == 1
+        })
+        .await;
         let shutdown = tokio::spawn(p.shutdown());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!slow.is_finished(), "the slow request is still in flight");
-        let refused = tokio::net::TcpStream::connect(addr).await;
-        assert!(refused.is_err(), "a new connection was accepted during shutdown");
-        let (r, took) = slow.await.expect("join");
-        let r = r.expect("the in-flight request completes");
+        // The listener closes first...
+        let t = Instant::now();
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            assert!(t.elapsed() < Duration::from_secs(3), "still accepting during shutdown");
+            tokio::task::yield_now().await;
+        }
+        // ...while the request in flight, and so the shutdown, wait for the backend.
+        assert!(
+            !slow.is_finished() && !shutdown.is_finished(),
+            "the request in flight was cut"
+        );
+        a.release();
+        let r = slow.await.expect("join").expect("the in-flight request completes");
         assert_eq!(r.status, 200, "{}", r.body);
-        assert!(took >= Duration::from_millis(500));
         tokio::time::timeout(Duration::from_secs(3), shutdown)
             .await
             .expect("shutdown ends once the request is done")
             .expect("join");
-        assert!(t.elapsed() < Duration::from_secs(3));
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "still listening after shutdown"

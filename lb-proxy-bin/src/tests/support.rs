@@ -32,6 +32,23 @@ pub(crate) async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
         .expect("test ran longer than its time limit");
 }
 
+/// Runs a test body on Tokio's paused clock under `limit` of that clock (so a test of
+/// deadlines may wait through several of them), and under [`TEST_LIMIT`] of real time: a
+/// test that spins without letting the clock move still fails.
+pub(crate) async fn bounded_paused<F: std::future::Future<Output = ()>>(limit: Duration, f: F) {
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    let watchdog =
+        std::thread::spawn(move || watched.recv_timeout(TEST_LIMIT) != Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+    tokio::time::timeout(limit, f)
+        .await
+        .expect("test ran longer than its time limit (paused clock)");
+    let _ = done.send(());
+    assert!(
+        watchdog.join().unwrap_or(false),
+        "test ran longer than its real-time limit"
+    );
+}
+
 /// Shared state of one backend.
 #[derive(Debug, Default)]
 struct Inner {
@@ -411,4 +428,65 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Waits until `cond` holds, checking every few milliseconds; panics naming `what` if it
+/// does not within `limit`.
+pub(crate) async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The `[server]` and `[admin]` tables of a test config with `server` keys added.
+pub(crate) fn head_with(server: &str) -> String {
+    format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n")
+}
+
+/// A config of one service `web` over `backends`, routed from `/`, with `server` keys
+/// in `[server]` and `extra` keys in the service.
+pub(crate) fn service_with(server: &str, backends: &[&Backend], extra: &str) -> String {
+    format!(
+        "{}[[services]]\nname = \"web\"\nendpoints = {}\n{extra}\n\n[[routes]]\npath_prefix = \"/\"\nservice = \"web\"\n",
+        head_with(server),
+        endpoints(backends, None),
+    )
+}
+
+/// One endpoint's status line of `service`: (failures, health).
+pub(crate) fn endpoint_state(p: &Started, service: &str, addr: SocketAddr) -> (u64, lb_core::Health) {
+    let rt = p.state.load();
+    let up = rt.upstream(service).expect("the service exists");
+    let st = up.balancer.status();
+    let e = st
+        .endpoints
+        .iter()
+        .find(|e| e.addr == addr)
+        .expect("the endpoint is listed");
+    (e.failures, e.health)
+}
+
+/// Reads from `s` until the end of a response head (or EOF), at most `limit`; the text.
+pub(crate) async fn read_head(s: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    out.extend_from_slice(&buf[..n]);
+                    if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                        // And the body, if it is short and already here.
+                        let _ = end;
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, read).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

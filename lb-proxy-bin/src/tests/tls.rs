@@ -125,3 +125,55 @@ async fn https_with_alpn_and_sni() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_silent_in_or_after_its_handshake_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    super::support::bounded_paused(std::time::Duration::from_secs(60), async {
+        let dir = TempDir::new("tls-silent");
+        let (dcert, dkey, droot) = cert(&dir, "default", &["web.localhost"]);
+        let a = Backend::start("a").await;
+        let text = format!(
+            "{}[server.tls]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\n\n\
+             [[services]]\nname = \"web\"\nendpoints = [\"{}\"]\n\n[[routes]]\nservice = \"web\"\n",
+            super::support::head_with("header_read_timeout = \"4s\""),
+            a.addr
+        );
+        let p = proxy(&text).await;
+        let addr = p.http_addrs[0];
+        // Half a ClientHello's worth of nothing: connected, silent.
+        let mut raw = TcpStream::connect(addr).await.expect("connect");
+        let t = tokio::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = raw.read_to_end(&mut buf).await;
+        let took = t.elapsed();
+        assert!(
+            took >= std::time::Duration::from_secs(4) && took <= std::time::Duration::from_secs(6),
+            "{took:?}"
+        );
+        // A completed handshake, then nothing: the same deadline, counted from the accept.
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let t = tokio::time::Instant::now();
+        let server = ServerName::try_from("web.localhost".to_string()).expect("name");
+        let mut tls = connector(droot, &[b"h2", b"http/1.1"])
+            .connect(server, tcp)
+            .await
+            .expect("handshake");
+        let mut buf = [0u8; 1024];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let took = t.elapsed();
+        assert!(
+            took >= std::time::Duration::from_secs(4) && took <= std::time::Duration::from_secs(6),
+            "{took:?}"
+        );
+        let _ = tls.shutdown().await;
+        assert_eq!(a.hits(), 0);
+        p.shutdown().await;
+    })
+    .await;
+}
