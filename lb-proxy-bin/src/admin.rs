@@ -440,6 +440,32 @@ fn status_json(rt: &Runtime) -> Value {
             }),
         );
     }
+    let consul: Vec<Value> = rt
+        .sources
+        .consul_statuses()
+        .iter()
+        .map(|c| {
+            let unix =
+                |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            json!({
+                "agent": c.agent,
+                "watching": c.watching,
+                "last_index": c.last_index,
+                "last_success_unix": c.last_success.map(unix),
+                "last_success_ago_s": c.last_success.and_then(|t| t.elapsed().ok()).map(|d| d.as_secs_f64()),
+                "requests": c.requests,
+                "errors": c.errors,
+                "consecutive_failures": c.consecutive_failures,
+                "backoff_s": c.backoff.map(|b| b.as_secs_f64()),
+                "last_error": c.last_error,
+                "instances": c.instances,
+                "index_resets": c.index_resets,
+            })
+        })
+        .collect();
+    if !consul.is_empty() {
+        sources.insert("consul".into(), Value::Array(consul));
+    }
     json!({
         "generation": rt.generation,
         "services": services,

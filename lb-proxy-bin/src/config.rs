@@ -283,6 +283,106 @@ pub(crate) enum EndpointSource {
         /// The service name the containers carry.
         service: String,
     },
+    /// `consul = { service = "...", ... }`: the instances of a Consul service, by
+    /// blocking queries on its health.
+    Consul(ConsulSource),
+    /// A service of the Consul provider's catalog (catalog mode): its tagged instances.
+    ConsulCatalog {
+        /// The Consul service name.
+        service: String,
+    },
+}
+
+/// `consul = {...}` on a service: which instances of which Consul service.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ConsulSource {
+    /// `address`: the agent. Default `CONSUL_HTTP_ADDR`, else `http://127.0.0.1:8500`.
+    pub(crate) address: Option<String>,
+    /// `service`: the Consul service name.
+    pub(crate) service: String,
+    /// `tag`: instances must carry all of these.
+    pub(crate) tags: Vec<String>,
+    /// `statuses`: accepted health (default passing only).
+    pub(crate) statuses: Vec<lb_discovery_consul::Status>,
+    /// `token`: the ACL token. Default `CONSUL_HTTP_TOKEN`.
+    pub(crate) token: Option<String>,
+    /// `dc`: another datacenter.
+    pub(crate) dc: Option<String>,
+    /// `filter`: a server-side filter expression.
+    pub(crate) filter: Option<String>,
+    /// `consistency`: default, stale or consistent.
+    pub(crate) consistency: lb_discovery_consul::Consistency,
+    /// `ca_file`: a CA for an `https://` agent, resolved against the config's directory.
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for ConsulSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulSource")
+            .field("address", &self.address)
+            .field("service", &self.service)
+            .field("tags", &self.tags)
+            .field("statuses", &self.statuses)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("dc", &self.dc)
+            .field("filter", &self.filter)
+            .field("consistency", &self.consistency)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+impl ConsulSource {
+    /// The adapter's watch for this source (equal sources make equal watches, which the
+    /// proxy shares).
+    pub(crate) fn watch(&self) -> lb_discovery_consul::ConsulService {
+        let mut w = lb_discovery_consul::ConsulService::new(self.service.clone())
+            .statuses(self.statuses.iter().copied())
+            .consistency(self.consistency);
+        if let Some(a) = &self.address {
+            w = w.address(a.clone());
+        }
+        for t in &self.tags {
+            w = w.tag(t.clone());
+        }
+        if let Some(t) = &self.token {
+            w = w.token(t.clone());
+        }
+        if let Some(d) = &self.dc {
+            w = w.dc(d.clone());
+        }
+        if let Some(f) = &self.filter {
+            w = w.filter(f.clone());
+        }
+        if let Some(c) = &self.ca_file {
+            w = w.ca_file(c.clone());
+        }
+        w
+    }
+}
+
+/// `[[providers]] kind = "consul"`: services and routes from Consul tags (catalog mode).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct ConsulProviderConfig {
+    /// The agent and the settings of every service watch (service name unused).
+    pub(crate) source: ConsulSource,
+    /// `tag_prefix`, without the dot. Default `lb`.
+    pub(crate) tag_prefix: String,
+    /// `default_host`: the route of a service without `lb.host`, `{service}` replaced.
+    pub(crate) default_host: Option<String>,
+    /// `linger`: how long a service whose tag or last instance went keeps answering 503.
+    pub(crate) linger: Duration,
+}
+
+impl fmt::Debug for ConsulProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsulProviderConfig")
+            .field("source", &self.source)
+            .field("tag_prefix", &self.tag_prefix)
+            .field("default_host", &self.default_host)
+            .field("linger", &self.linger)
+            .finish()
+    }
 }
 
 /// Where a service was defined.
@@ -292,6 +392,8 @@ pub(crate) enum Origin {
     File,
     /// A Docker provider, from container labels.
     Docker,
+    /// A Consul provider, from service tags.
+    Consul,
 }
 
 impl Origin {
@@ -300,6 +402,7 @@ impl Origin {
         match self {
             Origin::File => "file",
             Origin::Docker => "docker",
+            Origin::Consul => "consul",
         }
     }
 }
@@ -309,6 +412,8 @@ impl Origin {
 pub(crate) enum ProviderConfig {
     /// `kind = "docker"`.
     Docker(DockerProviderConfig),
+    /// `kind = "consul"`.
+    Consul(ConsulProviderConfig),
 }
 
 /// `[[providers]] kind = "docker"`: services and routes from container labels.

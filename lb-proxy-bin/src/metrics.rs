@@ -304,6 +304,7 @@ impl Metrics {
             let mut scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
             scrape.services = services;
             scrape.docker = rt.sources.docker_status();
+            scrape.consul = rt.sources.consul_statuses();
         }
         let mut out = String::with_capacity(16 * 1024);
         let encoded = encode_registry(&mut out, &self.registry).and_then(|()| encode_eof(&mut out));
@@ -409,6 +410,7 @@ impl Metrics {
 struct Scrape {
     services: Vec<(Label<Arc<str>>, BalancerStatus)>,
     docker: Option<lb_discovery_docker::SourceStatus>,
+    consul: Vec<lb_discovery_consul::ConsulStatus>,
 }
 
 /// Encodes endpoint and service state from the runtime being scraped.
@@ -416,6 +418,84 @@ struct Scrape {
 struct EndpointCollector(Arc<Mutex<Scrape>>);
 
 impl EndpointCollector {
+    /// Each Consul watch (the catalog's, and one per watched service): whether it answers,
+    /// its index, requests, errors, backoff.
+    fn consul(
+        encoder: &mut DescriptorEncoder<'_>,
+        watches: &[lb_discovery_consul::ConsulStatus],
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        if watches.is_empty() {
+            return Ok(());
+        }
+        // Two watches of one service with different settings (tags, statuses) get `#2`,
+        // `#3`...: label sets must be unique in a family.
+        let mut seen: std::collections::HashMap<(&str, &str), usize> = std::collections::HashMap::new();
+        let names: Vec<(String, String)> = watches
+            .iter()
+            .map(|c| {
+                let n = seen.entry((c.agent.as_str(), c.watching.as_str())).or_default();
+                *n += 1;
+                let watch = if *n == 1 {
+                    c.watching.clone()
+                } else {
+                    format!("{}#{n}", c.watching)
+                };
+                (c.agent.clone(), watch)
+            })
+            .collect();
+        type Get = fn(&lb_discovery_consul::ConsulStatus) -> f64;
+        let gauges: [(&str, &str, Get); 4] = [
+            (
+                "consul_watch_up",
+                "1 while the watch's last request was answered.",
+                |c| f64::from(u8::from(c.consecutive_failures == 0 && c.last_success.is_some())),
+            ),
+            ("consul_watch_index", "The last X-Consul-Index seen.", |c| {
+                c.last_index as f64
+            }),
+            (
+                "consul_watch_backoff_seconds",
+                "The current retry backoff; 0 while Consul answers.",
+                |c| c.backoff.map_or(0.0, |b| b.as_secs_f64()),
+            ),
+            (
+                "consul_watch_last_success_age_seconds",
+                "Time since Consul last answered (-1 before the first answer).",
+                |c| {
+                    c.last_success
+                        .and_then(|t| t.elapsed().ok())
+                        .map_or(-1.0, |d| d.as_secs_f64())
+                },
+            ),
+        ];
+        for (metric, help, get) in gauges {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Gauge)?;
+            for (c, (agent, watch)) in watches.iter().zip(&names) {
+                let labels = [("agent", agent.as_str()), ("watch", watch.as_str())];
+                ConstGauge::new(get(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        type Count = fn(&lb_discovery_consul::ConsulStatus) -> u64;
+        let counters: [(&str, &str, Count); 3] = [
+            ("consul_watch_requests", "Requests sent to Consul.", |c| c.requests),
+            ("consul_watch_errors", "Failed requests to Consul.", |c| c.errors),
+            (
+                "consul_watch_index_resets",
+                "Index resets (a backwards or missing index, repeated failures).",
+                |c| c.index_resets,
+            ),
+        ];
+        for (metric, help, get) in counters {
+            let mut family = encoder.encode_descriptor(metric, help, None, MetricType::Counter)?;
+            for (c, (agent, watch)) in watches.iter().zip(&names) {
+                let labels = [("agent", agent.as_str()), ("watch", watch.as_str())];
+                ConstCounter::new(get(c)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// A discovery source's own health: reachable, stale, events, listings, errors.
     fn source(
         encoder: &mut DescriptorEncoder<'_>,
@@ -517,6 +597,7 @@ impl Collector for EndpointCollector {
         if let Some(d) = &s.docker {
             Self::source(enc, "docker", d)?;
         }
+        Self::consul(enc, &s.consul)?;
         Self::per_service(
             enc,
             s,

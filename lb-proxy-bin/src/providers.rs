@@ -5,8 +5,9 @@
 //! changes nothing here, and the balancer keeps its state.
 //!
 //! Merge rules: the file wins a service name (a warning, unless the file's service reads
-//! that very Docker service); a route (host and path prefix) belongs to its first
-//! claimant, the file's routes first, then providers' services in name order.
+//! that very Docker or Consul service); between providers, Docker's services come first;
+//! a route (host and path prefix) belongs to its first claimant, the file's routes first,
+//! then providers' services (Docker's, then Consul's) in name order.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -15,8 +16,8 @@ use lb_core::discover::catalog::{Catalog, CatalogService};
 
 use crate::config::build::{hash_key, host_match};
 use crate::config::{
-    Balance, Config, DockerProviderConfig, EndpointSource, HealthConfig, HostMatch, Origin, Probe, RouteConfig,
-    ServiceConfig,
+    Balance, Config, ConsulProviderConfig, DockerProviderConfig, EndpointSource, HealthConfig, HostMatch, Origin,
+    Probe, RouteConfig, ServiceConfig,
 };
 
 /// A service a provider asks for, with its routes.
@@ -34,26 +35,57 @@ pub(crate) fn from_docker(
     provider: &DockerProviderConfig,
     warn: &mut dyn FnMut(String),
 ) -> BTreeMap<String, Provided> {
+    from_catalog(catalog, Origin::Docker, provider.default_host.as_deref(), warn)
+}
+
+/// The services and routes the Consul catalog (tags) asks for.
+pub(crate) fn from_consul(
+    catalog: &Catalog,
+    provider: &ConsulProviderConfig,
+    warn: &mut dyn FnMut(String),
+) -> BTreeMap<String, Provided> {
+    from_catalog(catalog, Origin::Consul, provider.default_host.as_deref(), warn)
+}
+
+fn from_catalog(
+    catalog: &Catalog,
+    origin: Origin,
+    default_host: Option<&str>,
+    warn: &mut dyn FnMut(String),
+) -> BTreeMap<String, Provided> {
     let mut out = BTreeMap::new();
     for (name, svc) in &catalog.services {
-        match docker_service(name, svc, provider) {
+        match provided_service(name, svc, origin, default_host) {
             Ok(p) => {
                 out.insert(name.clone(), p);
             }
-            Err(msg) => warn(format!("docker service {name:?} skipped: {msg}")),
+            Err(msg) => warn(format!("{} service {name:?} skipped: {msg}", origin.as_str())),
         }
     }
     out
 }
 
-fn docker_service(name: &str, svc: &CatalogService, provider: &DockerProviderConfig) -> Result<Provided, String> {
+fn provided_service(
+    name: &str,
+    svc: &CatalogService,
+    origin: Origin,
+    default_host: Option<&str>,
+) -> Result<Provided, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err("the name is not a valid service name (letters, digits, `-`, `_`, `.`)".to_string());
+    }
     let defaults = crate::config::parse(
         &format!("[[services]]\nname = {name:?}\ndocker = {{ service = {name:?} }}\n"),
-        std::path::Path::new("<docker>"),
+        std::path::Path::new("<provider>"),
     )
     .map_err(|e| e.to_string())?;
     let mut service = defaults.services.into_iter().next().ok_or("no service")?;
-    service.origin = Origin::Docker;
+    service.origin = origin;
+    if origin == Origin::Consul {
+        service.endpoints = EndpointSource::ConsulCatalog {
+            service: name.to_string(),
+        };
+    }
     let hints = &svc.hints;
     if let Some(b) = &hints.balance {
         service.balance = Balance::from_name(b).ok_or_else(|| format!("unknown policy {b:?}"))?;
@@ -84,7 +116,7 @@ fn docker_service(name: &str, svc: &CatalogService, provider: &DockerProviderCon
     }
     let mut hosts: Vec<String> = hints.hosts.clone();
     if hosts.is_empty() {
-        if let Some(template) = &provider.default_host {
+        if let Some(template) = default_host {
             hosts.push(template.replace("{service}", name));
         }
     }
@@ -124,11 +156,16 @@ pub(crate) fn merge<'a>(
         .collect();
     for p in provided {
         let name = &p.service.name;
+        let kind = p.service.origin.as_str();
         if let Some(own) = own.get(name.as_str()) {
-            let reads_it = matches!(&own.endpoints, EndpointSource::Docker { service } if service == name);
+            let reads_it = match (&own.endpoints, p.service.origin) {
+                (EndpointSource::Docker { service }, Origin::Docker) => service == name,
+                (EndpointSource::Consul(src), Origin::Consul) => &src.service == name,
+                _ => false,
+            };
             if !reads_it {
                 warn(format!(
-                    "docker service {name:?} ignored: the config file defines a service of that name"
+                    "{kind} service {name:?} ignored: the config file defines a service of that name"
                 ));
             }
             continue;
@@ -137,7 +174,7 @@ pub(crate) fn merge<'a>(
         for r in &p.routes {
             match owners.entry((r.host.clone(), r.path_prefix.clone())) {
                 Entry::Occupied(owner) => warn(format!(
-                    "route {} of docker service {name:?} ignored: it belongs to service {:?}",
+                    "route {} of {kind} service {name:?} ignored: it belongs to service {:?}",
                     route_text(r),
                     owner.get()
                 )),

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::admin::AdminAuth;
-use crate::config::Config;
+use crate::config::{Config, Origin};
 use crate::metrics::Metrics;
 use crate::providers::{self, Provided};
 use crate::runtime::Runtime;
@@ -87,20 +87,22 @@ pub(crate) async fn run(
         warned: HashSet::new(),
         last_provider_apply: None,
     };
-    // The provider's catalog, if there is a Docker provider.
-    let mut catalog: Option<watch::Receiver<Arc<Catalog>>> = match sources.docker_provider() {
-        Some(_) => match sources.docker() {
-            Ok(h) => Some(h.catalog()),
-            Err(e) => {
-                tracing::error!(error = %e, "docker provider not started");
-                None
-            }
-        },
-        None => None,
-    };
-    if let Some(rx) = &mut catalog {
-        let cat = rx.borrow_and_update().clone();
-        r.read_catalog(&cat);
+    // The providers' catalogs: Docker's first (it wins a name both have), then Consul's.
+    let mut catalogs: Vec<(Origin, watch::Receiver<Arc<Catalog>>)> = Vec::new();
+    if sources.docker_provider().is_some() {
+        match sources.docker() {
+            Ok(h) => catalogs.push((Origin::Docker, h.catalog())),
+            Err(e) => tracing::error!(error = %e, "docker provider not started"),
+        }
+    }
+    if sources.consul_provider().is_some() {
+        match sources.consul_catalog() {
+            Ok(h) => catalogs.push((Origin::Consul, h.catalog())),
+            Err(e) => tracing::error!(error = %e, "consul provider not started"),
+        }
+    }
+    if !catalogs.is_empty() {
+        r.read_catalogs(&mut catalogs);
         r.apply("start").await;
     }
     let mut due: Option<Instant> = None;
@@ -126,13 +128,12 @@ pub(crate) async fn run(
                 }
                 None => return,
             },
-            changed = changed(&mut catalog) => {
-                if changed.is_err() {
-                    catalog = None;
+            changed = any_changed(&mut catalogs) => {
+                if let Err(i) = changed {
+                    catalogs.remove(i);
                     continue;
                 }
-                let cat = catalog.as_mut().map(|rx| rx.borrow_and_update().clone()).unwrap_or_default();
-                if r.read_catalog(&cat) && due.is_none() {
+                if r.read_catalogs(&mut catalogs) && due.is_none() {
                     let earliest = r.last_provider_apply.map_or_else(Instant::now, |t| t + MIN_INTERVAL);
                     due = Some(earliest.max(Instant::now() + DEBOUNCE));
                 }
@@ -151,11 +152,16 @@ pub(crate) async fn run(
     }
 }
 
-async fn changed(rx: &mut Option<watch::Receiver<Arc<Catalog>>>) -> Result<(), watch::error::RecvError> {
-    match rx {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
+/// Waits for any catalog to change: `Ok(i)`, or `Err(i)` if catalog `i`'s source is gone.
+async fn any_changed(catalogs: &mut [(Origin, watch::Receiver<Arc<Catalog>>)]) -> Result<usize, usize> {
+    if catalogs.is_empty() {
+        return std::future::pending().await;
     }
+    let waits = catalogs
+        .iter_mut()
+        .enumerate()
+        .map(|(i, (_, rx))| Box::pin(async move { rx.changed().await.map(|()| i).map_err(|_| i) }));
+    futures_util::future::select_all(waits).await.0
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -185,18 +191,47 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    /// Takes the provider's new catalog; `true` if the desired set changed (more than
-    /// endpoints).
-    fn read_catalog(&mut self, cat: &Catalog) -> bool {
-        if !cat.synced {
-            return false;
-        }
+    /// Reads the providers' current catalogs; `true` if the desired set of services and
+    /// routes changed (more than endpoints). A catalog not synced yet contributes nothing.
+    fn read_catalogs(&mut self, catalogs: &mut [(Origin, watch::Receiver<Arc<Catalog>>)]) -> bool {
         let sources = self.sources.clone();
-        let Some(provider) = sources.docker_provider() else {
-            return false;
-        };
         let mut said = Vec::new();
-        let next = providers::from_docker(cat, provider, &mut |w| said.push(w));
+        let mut next: BTreeMap<String, Provided> = BTreeMap::new();
+        for (origin, rx) in catalogs.iter_mut() {
+            let cat = rx.borrow_and_update().clone();
+            let provided = match origin {
+                Origin::Docker => match sources.docker_provider() {
+                    Some(p) => providers::from_docker(&cat, p, &mut |w| said.push(w)),
+                    None => continue,
+                },
+                Origin::Consul => match sources.consul_provider() {
+                    Some(p) => providers::from_consul(&cat, p, &mut |w| said.push(w)),
+                    None => continue,
+                },
+                Origin::File => continue,
+            };
+            if !cat.synced {
+                // Not listed yet: keep what this provider had, so a slow start empties nothing.
+                for (name, p) in &self.present {
+                    if p.service.origin == *origin {
+                        next.entry(name.clone()).or_insert_with(|| p.clone());
+                    }
+                }
+                continue;
+            }
+            for (name, p) in provided {
+                match next.get(&name) {
+                    Some(first) => said.push(format!(
+                        "{} service {name:?} ignored: the {} provider has a service of that name",
+                        origin.as_str(),
+                        first.service.origin.as_str()
+                    )),
+                    None => {
+                        next.insert(name, p);
+                    }
+                }
+            }
+        }
         self.warn_all(said);
         if next == self.present {
             return false;
@@ -204,8 +239,14 @@ impl Reconciler {
         let now = Instant::now();
         for (name, p) in &self.present {
             if !next.contains_key(name) {
-                tracing::info!(service = %name, linger = ?provider.linger, "docker: the service's last container left; its routes stay (503) for the linger time");
-                self.lingering.insert(name.clone(), (p.clone(), now + provider.linger));
+                let linger = match p.service.origin {
+                    Origin::Docker => sources.docker_provider().map(|d| d.linger),
+                    Origin::Consul => sources.consul_provider().map(|c| c.linger),
+                    Origin::File => None,
+                }
+                .unwrap_or_default();
+                tracing::info!(service = %name, source = p.service.origin.as_str(), linger = ?linger, "the service's last endpoint left its provider; its routes stay (503) for the linger time");
+                self.lingering.insert(name.clone(), (p.clone(), now + linger));
             }
         }
         for name in next.keys() {
@@ -220,7 +261,7 @@ impl Reconciler {
         self.lingering.retain(|name, (_, at)| {
             let keep = *at > now;
             if !keep {
-                tracing::info!(service = %name, "docker: service removed (no container for the linger time)");
+                tracing::info!(service = %name, "provider service removed (no endpoint for the linger time)");
             }
             keep
         });

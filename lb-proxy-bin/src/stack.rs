@@ -138,6 +138,24 @@ pub(crate) fn build_upstream(
                 .map(|u| u.map_err(|never| -> lb_discovery_static::Error { match never {} }))
                 .boxed()
         }
+        EndpointSource::Consul(src) => {
+            let watch = sources
+                .consul_service(src)
+                .map_err(|e| StackError::Other(format!("service {}: consul: {e}", cfg.name)))?;
+            watch
+                .updates()
+                .map(|u| u.map_err(|never| -> lb_discovery_static::Error { match never {} }))
+                .boxed()
+        }
+        EndpointSource::ConsulCatalog { service } => {
+            let catalog = sources
+                .consul_catalog()
+                .map_err(|e| StackError::Other(format!("service {}: consul: {e}", cfg.name)))?;
+            catalog
+                .service(service.clone())
+                .map(|u| u.map_err(|never| -> lb_discovery_static::Error { match never {} }))
+                .boxed()
+        }
     };
     let counted = {
         let metrics = metrics.clone();

@@ -196,7 +196,18 @@
     );
   }
 
+  function consulLine(c) {
+    const failing = c.consecutive_failures > 0;
+    let text = "consul " + c.watching + " (" + c.agent + "): " + (failing ? "FAILING" : c.last_success_unix ? "ok" : "not reached yet") +
+      " · index " + c.last_index + " · " + c.instances + (c.watching === "catalog" ? " services" : " instances") +
+      " · " + c.requests + " requests · " + c.errors + " errors";
+    if (c.last_success_ago_s !== null && c.last_success_ago_s !== undefined) text += " · last answer " + c.last_success_ago_s.toFixed(1) + " s ago";
+    if (failing) text += " · retry in " + (c.backoff_s || 0).toFixed(1) + " s, serving the last known set · " + (c.last_error || "");
+    return el("p", { class: failing ? "source-line stale" : "source-line", "data-source": "consul" }, text);
+  }
+
   function sourceLine(name, s) {
+    if (name === "consul" && Array.isArray(s)) return s.map(consulLine);
     const state = !s.synced && !s.reachable ? "not reached yet" : s.stale ? "STALE" : "ok";
     const cls = s.stale || !s.reachable ? "source-line stale" : "source-line";
     let text = name + " (" + s.endpoint + "): " + state + " · " + s.containers + " containers · " + s.events + " events · " + s.relists + " listings · " + s.errors + " errors";
@@ -210,7 +221,7 @@
   function render(status, source) {
     if (!status || !Array.isArray(status.services)) return;
     generation.textContent = "config generation " + status.generation;
-    const sections = Object.entries(status.sources || {}).map(([name, s]) => sourceLine(name, s));
+    const sections = Object.entries(status.sources || {}).flatMap(([name, s]) => sourceLine(name, s));
     sections.push(...status.services.map(serviceSection));
     if (status.services.length === 0) sections.push(el("p", { class: "muted" }, "no services configured"));
     root.replaceChildren(...sections);

@@ -13,13 +13,13 @@ use lb_discovery_static::EndpointSpec;
 use super::duration::parse_duration;
 use super::error::{Invalid, KeyPath};
 use super::raw::{
-    OneOrMany, RawAdmin, RawConfig, RawDuration, RawEndpoint, RawHealth, RawOutlier, RawProvider, RawRoute, RawServer,
-    RawService, RawTcp, RawTls,
+    OneOrMany, RawAdmin, RawConfig, RawConsulRef, RawDuration, RawEndpoint, RawHealth, RawOutlier, RawProvider,
+    RawRoute, RawServer, RawService, RawTcp, RawTls,
 };
 use super::{
-    AdminConfig, Balance, BasicAuth, CertKey, Config, DockerProviderConfig, EndpointConfig, EndpointSource, Forwarded,
-    HashKey, HealthConfig, HostMatch, Origin, OutlierConfig, Probe, ProviderConfig, RouteConfig, ServerConfig,
-    ServiceConfig, SniCert, TcpConfig, TlsConfig,
+    AdminConfig, Balance, BasicAuth, CertKey, Config, ConsulProviderConfig, ConsulSource, DockerProviderConfig,
+    EndpointConfig, EndpointSource, Forwarded, HashKey, HealthConfig, HostMatch, Origin, OutlierConfig, Probe,
+    ProviderConfig, RouteConfig, ServerConfig, ServiceConfig, SniCert, TcpConfig, TlsConfig,
 };
 
 type Result<T> = std::result::Result<T, Invalid>;
@@ -94,15 +94,16 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
     let mut providers = Vec::with_capacity(raw.providers.len());
     for (i, raw) in raw.providers.into_iter().enumerate() {
         let path = root.key("providers").index(i);
-        let provider = provider(raw, &path)?;
-        if providers
+        let provider = provider(raw, &path, base_dir)?;
+        let same_kind = providers
             .iter()
-            .any(|p| p == &provider || matches!(p, ProviderConfig::Docker(_)))
-        {
-            return Err(Invalid::new(
-                &path.key("kind"),
-                "a second docker provider: one proxy follows one Docker Engine",
-            ));
+            .any(|p| std::mem::discriminant(p) == std::mem::discriminant(&provider));
+        if same_kind {
+            let message = match provider {
+                ProviderConfig::Docker(_) => "a second docker provider: one proxy follows one Docker Engine",
+                ProviderConfig::Consul(_) => "a second consul provider: one proxy follows one Consul catalog",
+            };
+            return Err(Invalid::new(&path.key("kind"), message));
         }
         providers.push(provider);
     }
@@ -138,12 +139,215 @@ struct Defined<'a> {
 }
 
 /// One `[[providers]]` entry.
-fn provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
-    let kind = required(raw.kind, path, "kind")?;
-    if kind != "docker" {
-        return Err(Invalid::new(
+fn provider(raw: RawProvider, path: &KeyPath, base_dir: &Path) -> Result<ProviderConfig> {
+    let kind = required(raw.kind.clone(), path, "kind")?;
+    match kind.as_str() {
+        "docker" => docker_provider(raw, path),
+        "consul" => consul_provider(raw, path, base_dir),
+        _ => Err(Invalid::new(
             &path.key("kind"),
-            format!("unknown provider kind {kind:?} (expected \"docker\")"),
+            format!("unknown provider kind {kind:?} (expected \"docker\" or \"consul\")"),
+        )),
+    }
+}
+
+/// `kind = "consul"`: catalog mode.
+fn consul_provider(raw: RawProvider, path: &KeyPath, base_dir: &Path) -> Result<ProviderConfig> {
+    // The Docker-only keys are refused by name rather than ignored.
+    let docker_only = [
+        ("endpoint", raw.endpoint.is_some()),
+        ("label_prefix", raw.label_prefix.is_some()),
+        ("exposed_by_default", raw.exposed_by_default.is_some()),
+        ("network", raw.network.is_some()),
+        ("host_ip", raw.host_ip.is_some()),
+        ("compat", raw.compat.is_some()),
+        ("resync", raw.resync.is_some()),
+    ];
+    if let Some((key, _)) = docker_only.iter().find(|(_, set)| *set) {
+        return Err(Invalid::new(
+            &path.key(key),
+            format!("`{key}` is a docker provider key (this provider is kind = \"consul\")"),
+        ));
+    }
+    let tag_prefix = match raw.tag_prefix {
+        None => "lb".to_string(),
+        Some(p)
+            if !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !p.ends_with('.') =>
+        {
+            p
+        }
+        Some(p) => {
+            return Err(Invalid::new(
+                &path.key("tag_prefix"),
+                format!("invalid tag prefix {p:?} (letters, digits, `-`, `_`, `.`; without the final dot)"),
+            ))
+        }
+    };
+    let default_host = default_host(raw.default_host, path)?;
+    let linger = duration(raw.linger, &path.key("linger"))?.unwrap_or(Duration::from_secs(10));
+    let source = consul_source(
+        RawConsulRef {
+            address: raw.address,
+            service: Some(String::new()),
+            tag: None,
+            statuses: raw.statuses,
+            token: raw.token,
+            dc: raw.dc,
+            filter: None,
+            consistency: raw.consistency,
+            ca_file: raw.ca_file,
+        },
+        path,
+        base_dir,
+        false,
+    )?;
+    Ok(ProviderConfig::Consul(ConsulProviderConfig {
+        source,
+        tag_prefix,
+        default_host,
+        linger,
+    }))
+}
+
+/// `consul = {...}` of a service, or the Consul keys of a provider (`named`: whether a
+/// service name is required).
+fn consul_source(raw: RawConsulRef, path: &KeyPath, base_dir: &Path, named: bool) -> Result<ConsulSource> {
+    let service = if named {
+        let service = required(raw.service, path, "service")?;
+        if service.is_empty() || service.contains('/') || service.chars().any(char::is_whitespace) {
+            return Err(Invalid::new(
+                &path.key("service"),
+                format!("invalid Consul service name {service:?}"),
+            ));
+        }
+        service
+    } else {
+        String::new()
+    };
+    let address = match raw.address {
+        None => None,
+        Some(a) => {
+            let rest = a
+                .strip_prefix("http://")
+                .or_else(|| a.strip_prefix("https://"))
+                .unwrap_or(&a);
+            let bad = a.contains("://") && !(a.starts_with("http://") || a.starts_with("https://"));
+            if bad || rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+                return Err(Invalid::new(
+                    &path.key("address"),
+                    format!("invalid Consul address {a:?} (expected http://host:port, https://host:port or host:port)"),
+                ));
+            }
+            Some(a)
+        }
+    };
+    let tags = match raw.tag {
+        None => Vec::new(),
+        Some(OneOrMany { values, .. }) => {
+            if let Some(i) = values.iter().position(String::is_empty) {
+                return Err(Invalid::new(&path.key("tag").index(i), "empty tag"));
+            }
+            values
+        }
+    };
+    let statuses = match raw.statuses {
+        None => vec![lb_discovery_consul::Status::Passing],
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, s) in list.iter().enumerate() {
+                match s.as_str() {
+                    "passing" => out.push(lb_discovery_consul::Status::Passing),
+                    "warning" => out.push(lb_discovery_consul::Status::Warning),
+                    other => {
+                        return Err(Invalid::new(
+                            &path.key("statuses").index(i),
+                            format!("unknown status {other:?} (expected \"passing\" or \"warning\")"),
+                        ))
+                    }
+                }
+            }
+            if out.is_empty() {
+                return Err(Invalid::new(
+                    &path.key("statuses"),
+                    "no status: give at least \"passing\"",
+                ));
+            }
+            out.sort();
+            out.dedup();
+            out
+        }
+    };
+    let token = match raw.token {
+        Some(t) if t.trim().is_empty() || t.trim() != t => {
+            // The value is a secret: never quoted.
+            return Err(Invalid::new(
+                &path.key("token"),
+                "the token is empty or has leading or trailing whitespace",
+            ));
+        }
+        other => other,
+    };
+    let consistency = match raw.consistency.as_deref() {
+        None | Some("default") => lb_discovery_consul::Consistency::Default,
+        Some("stale") => lb_discovery_consul::Consistency::Stale,
+        Some("consistent") => lb_discovery_consul::Consistency::Consistent,
+        Some(other) => {
+            return Err(Invalid::new(
+                &path.key("consistency"),
+                format!("unknown consistency {other:?} (expected \"default\", \"stale\" or \"consistent\")"),
+            ))
+        }
+    };
+    let ca_file = raw
+        .ca_file
+        .map(|f| file_path(&f, &path.key("ca_file"), base_dir))
+        .transpose()?;
+    if let Some(f) = &raw.filter {
+        if f.trim().is_empty() {
+            return Err(Invalid::new(&path.key("filter"), "empty filter"));
+        }
+    }
+    Ok(ConsulSource {
+        address,
+        service,
+        tags,
+        statuses,
+        token,
+        dc: raw.dc.filter(|d| !d.is_empty()),
+        filter: raw.filter,
+        consistency,
+        ca_file,
+    })
+}
+
+/// `default_host`, checked with a sample name: what is left must be a host rule.
+fn default_host(template: Option<String>, path: &KeyPath) -> Result<Option<String>> {
+    match template {
+        None => Ok(None),
+        Some(template) => {
+            let sample = template.replace("{service}", "svc");
+            host_match(&sample).map_err(|msg| Invalid::new(&path.key("default_host"), msg))?;
+            Ok(Some(template))
+        }
+    }
+}
+
+/// `kind = "docker"`.
+fn docker_provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
+    let consul_only = [
+        ("tag_prefix", raw.tag_prefix.is_some()),
+        ("token", raw.token.is_some()),
+        ("dc", raw.dc.is_some()),
+        ("statuses", raw.statuses.is_some()),
+        ("consistency", raw.consistency.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+    ];
+    if let Some((key, _)) = consul_only.iter().find(|(_, set)| *set) {
+        return Err(Invalid::new(
+            &path.key(key),
+            format!("`{key}` is a consul provider key (this provider is kind = \"docker\")"),
         ));
     }
     let defaults = DockerProviderConfig::default();
@@ -198,15 +402,7 @@ fn provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
             .parse()
             .map_err(|_| Invalid::new(&path.key("host_ip"), format!("invalid IP address {text:?}")))?,
     };
-    let default_host = match raw.default_host {
-        None => None,
-        Some(template) => {
-            // Checked with a sample name: what is left must be a host rule.
-            let sample = template.replace("{service}", "svc");
-            host_match(&sample).map_err(|msg| Invalid::new(&path.key("default_host"), msg))?;
-            Some(template)
-        }
-    };
+    let default_host = default_host(raw.default_host, path)?;
     let mut traefik = false;
     for (i, c) in raw.compat.unwrap_or_default().iter().enumerate() {
         match c.as_str() {
@@ -482,38 +678,42 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
         }
     };
 
-    let endpoints = match (raw.endpoints, raw.endpoints_file, raw.docker) {
-        (None, None, None) => {
+    let given: Vec<&str> = [
+        ("endpoints", raw.endpoints.is_some()),
+        ("endpoints_file", raw.endpoints_file.is_some()),
+        ("docker", raw.docker.is_some()),
+        ("consul", raw.consul.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(key, _)| *key)
+    .collect();
+    if given.len() > 1 {
+        return Err(Invalid::new(
+            &path.key(given[1]),
+            "set one of `endpoints`, `endpoints_file`, `docker` and `consul`, not several",
+        ));
+    }
+    let endpoints = if let Some(file) = raw.endpoints_file {
+        EndpointSource::File(file_path(&file, &path.key("endpoints_file"), base_dir)?)
+    } else if let Some(list) = raw.endpoints {
+        EndpointSource::Static(endpoints(list, &path.key("endpoints"))?)
+    } else if let Some(docker) = raw.docker {
+        let service = required(docker.service, &path.key("docker"), "service")?;
+        if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(Invalid::new(
-                path,
-                format!("service {name:?} has no endpoints: set `endpoints`, `endpoints_file` or `docker`"),
-            ))
-        }
-        (None, Some(file), None) => EndpointSource::File(file_path(&file, &path.key("endpoints_file"), base_dir)?),
-        (Some(list), None, None) => EndpointSource::Static(endpoints(list, &path.key("endpoints"))?),
-        (None, None, Some(docker)) => {
-            let service = required(docker.service, &path.key("docker"), "service")?;
-            if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                return Err(Invalid::new(
-                    &path.key("docker").key("service"),
-                    format!("invalid service name {service:?} (use letters, digits, `-`, `_` and `.`)"),
-                ));
-            }
-            EndpointSource::Docker { service }
-        }
-        (_, file, docker) => {
-            let second = if docker.is_some() {
-                "docker"
-            } else if file.is_some() {
-                "endpoints_file"
-            } else {
-                "endpoints"
-            };
-            return Err(Invalid::new(
-                &path.key(second),
-                "set one of `endpoints`, `endpoints_file` and `docker`, not several",
+                &path.key("docker").key("service"),
+                format!("invalid service name {service:?} (use letters, digits, `-`, `_` and `.`)"),
             ));
         }
+        EndpointSource::Docker { service }
+    } else if let Some(consul) = raw.consul {
+        EndpointSource::Consul(consul_source(consul, &path.key("consul"), base_dir, true)?)
+    } else {
+        return Err(Invalid::new(
+            path,
+            format!("service {name:?} has no endpoints: set `endpoints`, `endpoints_file`, `docker` or `consul`"),
+        ));
     };
 
     let health = raw.health.map(|h| health(h, &path.key("health"))).transpose()?;

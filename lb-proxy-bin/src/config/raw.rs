@@ -40,12 +40,33 @@ pub(super) struct RawProvider {
     pub(super) compat: Option<Vec<String>>,
     pub(super) linger: Option<RawDuration>,
     pub(super) resync: Option<RawDuration>,
+    // Consul's (kind = "consul"; `address` is the agent there).
+    pub(super) tag_prefix: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) dc: Option<String>,
+    pub(super) statuses: Option<Vec<String>>,
+    pub(super) consistency: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDockerRef {
     pub(super) service: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConsulRef {
+    pub(super) address: Option<String>,
+    pub(super) service: Option<String>,
+    pub(super) tag: Option<OneOrMany>,
+    pub(super) statuses: Option<Vec<String>>,
+    pub(super) token: Option<String>,
+    pub(super) dc: Option<String>,
+    pub(super) filter: Option<String>,
+    pub(super) consistency: Option<String>,
+    pub(super) ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +120,7 @@ pub(super) struct RawService {
     pub(super) endpoints: Option<Vec<RawEndpoint>>,
     pub(super) endpoints_file: Option<String>,
     pub(super) docker: Option<RawDockerRef>,
+    pub(super) consul: Option<RawConsulRef>,
     pub(super) health: Option<RawHealth>,
     pub(super) connect_timeout: Option<RawDuration>,
     pub(super) response_timeout: Option<RawDuration>,

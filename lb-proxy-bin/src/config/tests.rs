@@ -484,7 +484,7 @@ fn endpoints_and_endpoints_file_both() {
     let err = parse_err(&format!("{WEB}endpoints_file = \"web.toml\"\n"));
     assert_eq!(
         err,
-        "web.toml:4:18: services[0].endpoints_file: set one of `endpoints`, `endpoints_file` and `docker`, not several"
+        "web.toml:4:18: services[0].endpoints_file: set one of `endpoints`, `endpoints_file`, `docker` and `consul`, not several"
     );
 }
 
@@ -493,7 +493,7 @@ fn endpoints_and_endpoints_file_neither() {
     let err = parse_err("[server]\n\n[[services]]\nname = \"web\"\n");
     assert_eq!(
         err,
-        "web.toml:3:1: services[0]: service \"web\" has no endpoints: set `endpoints`, `endpoints_file` or `docker`"
+        "web.toml:3:1: services[0]: service \"web\" has no endpoints: set `endpoints`, `endpoints_file`, `docker` or `consul`"
     );
 }
 
@@ -834,6 +834,7 @@ fn docs_examples_parse() {
 fn docker_docs_and_the_compose_example_parse() {
     for doc in [
         include_str!("../../../docs/docker.md"),
+        include_str!("../../../docs/consul.md"),
         include_str!("../../../examples/compose/lb.toml"),
     ] {
         let blocks: Vec<&str> = if doc.contains("```toml") {
@@ -1129,4 +1130,75 @@ fn checks_are_linear_in_the_size_of_the_file() {
     text.push_str("[[routes]]\nhost = \"s3999.example.com\"\nservice = \"s1\"\n");
     let err = parse_err(&text);
     assert!(err.contains("same host and path_prefix as routes[3999]"), "{err}");
+}
+
+#[test]
+fn the_consul_keys_parse_as_written() {
+    let config = parse_ok(
+        r#"
+[[services]]
+name = "web"
+consul = { address = "http://127.0.0.1:8500", service = "web", tag = ["v2"], statuses = ["passing"], token = "secret", dc = "dc1" }
+
+[[providers]]
+kind = "consul"
+address = "http://127.0.0.1:8500"
+tag_prefix = "lb"
+default_host = "{service}.consul.localhost"
+"#,
+    );
+    let EndpointSource::Consul(src) = &config.services[0].endpoints else {
+        panic!("a consul source: {:?}", config.services[0].endpoints)
+    };
+    assert_eq!(src.address.as_deref(), Some("http://127.0.0.1:8500"));
+    assert_eq!((src.service.as_str(), &src.tags[..]), ("web", &["v2".to_string()][..]));
+    assert_eq!(src.statuses, [lb_discovery_consul::Status::Passing]);
+    assert_eq!((src.token.as_deref(), src.dc.as_deref()), (Some("secret"), Some("dc1")));
+    assert!(!format!("{src:?}").contains("secret"), "the token is redacted in Debug");
+    let [ProviderConfig::Consul(p)] = &config.providers[..] else {
+        panic!("one consul provider: {:?}", config.providers)
+    };
+    assert_eq!(p.tag_prefix, "lb");
+    assert_eq!(p.default_host.as_deref(), Some("{service}.consul.localhost"));
+    // Both kinds side by side.
+    let both = parse_ok("[[providers]]\nkind = \"docker\"\n[[providers]]\nkind = \"consul\"\n");
+    assert_eq!(both.providers.len(), 2);
+}
+
+#[test]
+fn bad_consul_keys_name_the_key_and_never_the_token() {
+    let svc = |body: &str| parse_err(&format!("[[services]]\nname = \"w\"\nconsul = {{ {body} }}\n"));
+    let err = svc("address = \"ftp://x\", service = \"a\"");
+    assert!(
+        err.contains("services[0].consul.address: invalid Consul address"),
+        "{err}"
+    );
+    let err = svc("statuses = [\"critical\"], service = \"a\"");
+    assert!(
+        err.contains("services[0].consul.statuses[0]: unknown status \"critical\""),
+        "{err}"
+    );
+    let err = svc("tag = \"v2\"");
+    assert!(err.contains("services[0].consul: missing key `service`"), "{err}");
+    let err = svc("service = \"a\", token = \" hunter2 \"");
+    assert!(
+        err.contains("services[0].consul.token") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let err = svc("service = \"a\", consistency = \"eventual\"");
+    assert!(err.contains("unknown consistency \"eventual\""), "{err}");
+    let err = parse_err("[[services]]\nname = \"w\"\nendpoints = [\"127.0.0.1:1\"]\nconsul = { service = \"a\" }\n");
+    assert!(err.contains("services[0].consul: set one of"), "{err}");
+    let err = parse_err("[[providers]]\nkind = \"consul\"\nnetwork = \"x\"\n");
+    assert!(
+        err.contains("providers[0].network: `network` is a docker provider key"),
+        "{err}"
+    );
+    let err = parse_err("[[providers]]\nkind = \"docker\"\ntag_prefix = \"x\"\n");
+    assert!(
+        err.contains("providers[0].tag_prefix: `tag_prefix` is a consul provider key"),
+        "{err}"
+    );
+    let err = parse_err("[[providers]]\nkind = \"consul\"\n[[providers]]\nkind = \"consul\"\n");
+    assert!(err.contains("a second consul provider"), "{err}");
 }
