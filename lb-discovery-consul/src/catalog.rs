@@ -17,7 +17,8 @@ use lb_core::discover::catalog::{Catalog, CatalogService, Hints};
 use tokio::sync::{watch, Notify};
 
 use crate::client::{Answer, Client, Error};
-use crate::service::{jitter, AbortOnDrop, ConsulService, ConsulStatus, ServiceHandle, TokenBucket};
+use crate::service::{next_index, AbortOnDrop, ConsulService, ConsulStatus, ServiceHandle, TokenBucket};
+use lb_core::discover::Backoff;
 
 /// Builds a catalog-mode watch.
 #[derive(Debug, Clone)]
@@ -140,7 +141,7 @@ impl CatalogTask {
         let t = self.cfg.template.clone();
         let mut bucket = TokenBucket::new(2, t.min_interval);
         let mut index: u64 = 0;
-        let mut backoff = t.backoff_min;
+        let mut backoff = Backoff::new(t.backoff_min, t.backoff_max);
         let mut failures: u32 = 0;
         let mut dc = String::new();
         if let Some(d) = &t.dc {
@@ -191,13 +192,9 @@ impl CatalogTask {
                                 .get("x-consul-index")
                                 .and_then(|v| v.to_str().ok())
                                 .and_then(|v| v.parse::<u64>().ok());
-                            index = match got {
-                                None => 0,
-                                Some(new) if new < sent_index => 0,
-                                Some(new) => new.max(1),
-                            };
+                            index = next_index(sent_index, got);
                             failures = 0;
-                            backoff = t.backoff_min;
+                            backoff.reset();
                             self.status.send_modify(|s| {
                                 s.last_index = got.unwrap_or(0);
                                 s.last_success = Some(SystemTime::now());
@@ -212,7 +209,11 @@ impl CatalogTask {
                             if failures >= 3 {
                                 index = 0;
                             }
-                            let wait = jitter(if e.is_transient() { backoff } else { t.backoff_max });
+                            let wait = if e.is_transient() {
+                                backoff.next_wait()
+                            } else {
+                                backoff.longest_wait()
+                            };
                             let message = e.to_string();
                             self.status.send_modify(|s| {
                                 s.errors += 1;
@@ -227,7 +228,6 @@ impl CatalogTask {
                                 () = tokio::time::sleep(wait) => {}
                                 () = self.catalog.closed() => return,
                             }
-                            backoff = (backoff * 2).min(t.backoff_max);
                         }
                     }
                 }

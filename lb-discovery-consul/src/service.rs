@@ -22,6 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use lb_core::discover::Backoff;
+
 use lb_core::discover::Update;
 use lb_core::Endpoint;
 use tokio::sync::{watch, Notify};
@@ -342,7 +344,7 @@ impl Watch {
         let query = self.cfg.query();
         let mut bucket = TokenBucket::new(2, self.cfg.min_interval);
         let mut index: u64 = 0;
-        let mut backoff = self.cfg.backoff_min;
+        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
         let mut failures: u32 = 0;
         loop {
             tokio::select! {
@@ -382,18 +384,14 @@ impl Watch {
                         .get("x-consul-index")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok());
-                    let next = match got {
-                        None => 0,
-                        Some(new) if new < index => 0,
-                        Some(new) => new.max(1),
-                    };
+                    let next = next_index(index, got);
                     if next == 0 && (index > 0 || got.is_none()) {
                         self.status.send_modify(|s| s.index_resets += 1);
                         tracing::debug!(service = %self.cfg.service, prev = index, got = ?got, "consul: index reset");
                     }
                     index = next;
                     failures = 0;
-                    backoff = self.cfg.backoff_min;
+                    backoff.reset();
                     let set = self.instances(entries).await;
                     let count = set.endpoints.len();
                     let changed = self.set.send_if_modified(|cur| {
@@ -430,11 +428,10 @@ impl Watch {
                     }
                     // A configuration problem will not fix itself soon: the longest backoff.
                     let wait = if e.is_transient() {
-                        backoff
+                        backoff.next_wait()
                     } else {
-                        self.cfg.backoff_max
+                        backoff.longest_wait()
                     };
-                    let wait = jitter(wait);
                     let message = e.to_string();
                     self.status.send_modify(|s| {
                         s.errors += 1;
@@ -451,7 +448,6 @@ impl Watch {
                         () = tokio::time::sleep(wait) => {}
                         () = self.set.closed() => return,
                     }
-                    backoff = (backoff * 2).min(self.cfg.backoff_max);
                 }
             }
         }
@@ -559,16 +555,15 @@ impl TokenBucket {
     }
 }
 
-/// `d` scaled by a factor in [0.5, 1.5), from the clock's nanoseconds.
-pub(crate) fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    let mut x = u64::from(nanos) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    d.mul_f64(0.5 + (x % 1000) as f64 / 1000.0)
+/// The index for the next request, by Consul's client rules: a missing header or an index
+/// that went backwards (a snapshot restore) means a plain read (0); otherwise the new
+/// index, never below 1 (an index of 0 would never block).
+pub(crate) fn next_index(sent: u64, got: Option<u64>) -> u64 {
+    match got {
+        None => 0,
+        Some(new) if new < sent => 0,
+        Some(new) => new.max(1),
+    }
 }
 
 #[cfg(test)]
@@ -593,6 +588,16 @@ mod tests {
         assert_eq!(t1.elapsed(), Duration::ZERO, "refilled to the burst, not beyond");
         b.take().await;
         assert_eq!(t1.elapsed(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn index_rules() {
+        assert_eq!(next_index(0, Some(57)), 57);
+        assert_eq!(next_index(57, Some(60)), 60);
+        assert_eq!(next_index(57, Some(57)), 57, "a timeout: the same index");
+        assert_eq!(next_index(57, Some(3)), 0, "backwards: a plain read");
+        assert_eq!(next_index(57, None), 0, "no header: a plain read");
+        assert_eq!(next_index(0, Some(0)), 1, "never block on 0");
     }
 
     #[test]

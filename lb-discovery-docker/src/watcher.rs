@@ -24,7 +24,7 @@ use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListCont
 use bollard::Docker;
 use futures_util::StreamExt;
 use lb_core::discover::catalog::{self, Catalog, CatalogService};
-use lb_core::discover::Update;
+use lb_core::discover::{Backoff, Update};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -292,9 +292,13 @@ enum SessionEnd {
 
 impl Task {
     async fn run(mut self) {
-        let mut backoff = self.source.backoff_min;
+        let mut backoff = Backoff::new(self.source.backoff_min, self.source.backoff_max);
         loop {
             let SessionEnd::Error(why) = self.session().await;
+            // A session that got through to the daemon starts the backoff over.
+            if self.status.borrow().reachable {
+                backoff.reset();
+            }
             let first_failure = self.status.borrow().stale_since.is_none();
             self.status.send_modify(|s| {
                 s.reachable = false;
@@ -302,18 +306,15 @@ impl Task {
                 s.last_error = Some(why.clone());
                 s.stale_since.get_or_insert_with(SystemTime::now);
             });
+            let wait = backoff.next_wait();
             if first_failure {
-                tracing::warn!(endpoint = %self.endpoint, error = %why, "docker: daemon unreachable; keeping the last known containers");
+                tracing::warn!(endpoint = %self.endpoint, error = %why, retry_in = ?wait, "docker: daemon unreachable; keeping the last known containers");
             } else {
-                tracing::debug!(endpoint = %self.endpoint, error = %why, retry_in = ?backoff, "docker: still unreachable");
+                tracing::debug!(endpoint = %self.endpoint, error = %why, retry_in = ?wait, "docker: still unreachable");
             }
             tokio::select! {
-                _ = tokio::time::sleep(jitter(backoff)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.catalog.closed() => return,
-            }
-            backoff = (backoff * 2).min(self.source.backoff_max);
-            if self.status.borrow().reachable {
-                backoff = self.source.backoff_min;
             }
         }
     }
@@ -719,19 +720,6 @@ fn parse_rfc3339_unix(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + sec - offset)
 }
 
-/// `d` scaled by a factor in [0.5, 1.5), from the clock's nanoseconds: enough to keep
-/// many proxies from reconnecting in step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    let mut x = u64::from(nanos) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    d.mul_f64(0.5 + (x % 1000) as f64 / 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -755,13 +743,5 @@ mod tests {
         assert!(check_endpoint("tcp://127.0.0.1:2375").is_ok());
         assert!(check_endpoint("ssh://host").is_err());
         assert!(check_endpoint("unix://").is_err());
-    }
-
-    #[test]
-    fn jitter_stays_within_half_to_one_and_a_half() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(2));
-            assert!(j >= Duration::from_secs(1) && j < Duration::from_secs(3), "{j:?}");
-        }
     }
 }

@@ -44,7 +44,7 @@ mod least_conn;
 mod maglev;
 mod p2c;
 mod random;
-mod rng;
+pub(crate) mod rng;
 mod round_robin;
 mod wrr;
 

@@ -18,11 +18,13 @@ use futures_core::Stream;
 
 use crate::endpoint::{Endpoint, EndpointId};
 
+mod backoff;
 pub mod catalog;
 mod hints;
 mod push;
 mod tower_interop;
 
+pub use self::backoff::Backoff;
 pub use self::hints::HintError;
 pub use self::push::{channel, Publisher, Subscription};
 pub use self::tower_interop::{from_tower, into_tower, FromTower, IntoTower};

@@ -169,22 +169,7 @@ fn consul_provider(raw: RawProvider, path: &KeyPath, base_dir: &Path) -> Result<
             format!("`{key}` is a docker provider key (this provider is kind = \"consul\")"),
         ));
     }
-    let tag_prefix = match raw.tag_prefix {
-        None => "lb".to_string(),
-        Some(p)
-            if !p.is_empty()
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && !p.ends_with('.') =>
-        {
-            p
-        }
-        Some(p) => {
-            return Err(Invalid::new(
-                &path.key("tag_prefix"),
-                format!("invalid tag prefix {p:?} (letters, digits, `-`, `_`, `.`; without the final dot)"),
-            ))
-        }
-    };
+    let tag_prefix = prefix(raw.tag_prefix, path, "tag_prefix")?;
     let default_host = default_host(raw.default_host, path)?;
     let linger = duration(raw.linger, &path.key("linger"))?.unwrap_or(Duration::from_secs(10));
     let source = consul_source(
@@ -322,6 +307,28 @@ fn consul_source(raw: RawConsulRef, path: &KeyPath, base_dir: &Path, named: bool
     })
 }
 
+/// A label or tag prefix (`key` of the table at `path`), default `lb`: letters, digits,
+/// `-`, `_`, `.`, without the final dot.
+fn prefix(value: Option<String>, path: &KeyPath, key: &str) -> Result<String> {
+    match value {
+        None => Ok("lb".to_string()),
+        Some(p)
+            if !p.is_empty()
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !p.ends_with('.') =>
+        {
+            Ok(p)
+        }
+        Some(p) => Err(Invalid::new(
+            &path.key(key),
+            format!(
+                "invalid {} {p:?} (letters, digits, `-`, `_`, `.`; without the final dot)",
+                key.replace('_', " ")
+            ),
+        )),
+    }
+}
+
 /// `default_host`, checked with a sample name: what is left must be a host rule.
 fn default_host(template: Option<String>, path: &KeyPath) -> Result<Option<String>> {
     match template {
@@ -366,22 +373,7 @@ fn docker_provider(raw: RawProvider, path: &KeyPath) -> Result<ProviderConfig> {
             Some(ep)
         }
     };
-    let label_prefix = match raw.label_prefix {
-        None => defaults.label_prefix,
-        Some(p)
-            if !p.is_empty()
-                && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && !p.ends_with('.') =>
-        {
-            p
-        }
-        Some(p) => {
-            return Err(Invalid::new(
-                &path.key("label_prefix"),
-                format!("invalid label prefix {p:?} (letters, digits, `-`, `_`, `.`; without the final dot)"),
-            ))
-        }
-    };
+    let label_prefix = prefix(raw.label_prefix, path, "label_prefix")?;
     let network = match raw.network {
         Some(n) if n.is_empty() => return Err(Invalid::new(&path.key("network"), "empty network name")),
         other => other,
