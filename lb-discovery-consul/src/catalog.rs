@@ -76,6 +76,8 @@ impl ConsulCatalog {
                 watches: BTreeMap::new(),
                 changed: Arc::new(Notify::new()),
                 warned: Default::default(),
+                tags: HashMap::new(),
+                synced_once: false,
             }
             .run(),
         );
@@ -114,7 +116,14 @@ impl CatalogHandle {
         name: impl Into<String>,
     ) -> impl futures_core::Stream<Item = Result<lb_core::discover::Update, std::convert::Infallible>> + Send + Unpin + 'static
     {
-        lb_core::discover::catalog::service_updates(self.catalog.clone(), name)
+        let keep = self._task.clone();
+        futures_util::StreamExt::map(
+            lb_core::discover::catalog::service_updates(self.catalog.clone(), name),
+            move |u| {
+                let _ = &keep;
+                u
+            },
+        )
     }
 
     /// The catalog watch's own status (the per-service watches are summed in `errors`).
@@ -134,6 +143,10 @@ struct CatalogTask {
     changed: Arc<Notify>,
     /// Warnings already logged.
     warned: std::collections::HashSet<String>,
+    /// Each selected service's tags, from the catalog.
+    tags: HashMap<String, Vec<String>>,
+    /// Whether a catalog was published (every selected service had answered).
+    synced_once: bool,
 }
 
 impl CatalogTask {
@@ -224,9 +237,15 @@ impl CatalogTask {
                             if failures == 1 {
                                 tracing::warn!(error = %message, retry_in = ?wait, "consul: catalog read failed; keeping the last services");
                             }
-                            tokio::select! {
-                                () = tokio::time::sleep(wait) => {}
-                                () = self.catalog.closed() => return,
+                            // Service watches' changes are still published while the catalog
+                            // read waits to be retried.
+                            let until = tokio::time::Instant::now() + wait;
+                            loop {
+                                tokio::select! {
+                                    () = tokio::time::sleep_until(until) => break,
+                                    () = self.changed.notified() => self.publish(),
+                                    () = self.catalog.closed() => return,
+                                }
                             }
                         }
                     }
@@ -237,8 +256,19 @@ impl CatalogTask {
         }
     }
 
-    /// Starts watches for newly selected services and stops those no longer selected.
+    /// Starts watches for newly selected services and stops those no longer selected; keeps
+    /// each selected service's tags (the union over its instances, whatever their health)
+    /// for its hints.
     fn select(&mut self, names: &HashMap<String, Vec<String>>) {
+        self.tags = names
+            .iter()
+            .filter(|(_, tags)| tags.iter().any(|t| t == &self.enable))
+            .map(|(n, tags)| {
+                let mut tags = tags.clone();
+                tags.sort();
+                (n.clone(), tags)
+            })
+            .collect();
         let selected: BTreeSet<&String> = names
             .iter()
             .filter(|(_, tags)| tags.iter().any(|t| t == &self.enable))
@@ -268,18 +298,25 @@ impl CatalogTask {
         }
     }
 
-    /// Publishes the catalog once the catalog and every selected service have answered.
+    /// Publishes the catalog. The first time, only once every selected service has
+    /// answered (a synced catalog says what each service has); after that, a service that
+    /// has not answered yet (newly tagged) is left out until it does, and the others go on.
     fn publish(&mut self) {
         let mut services = BTreeMap::new();
         let mut errors = 0;
         for (name, h) in &self.watches {
             errors += h.status().errors;
             let Some(set) = h.set.borrow().clone() else {
-                // Not answered yet: publish nothing rather than an empty service.
-                return;
+                if !self.synced_once {
+                    return;
+                }
+                continue;
             };
+            // Hints from the catalog's tags, which do not depend on health: with every
+            // instance failing its check the service keeps its routes and policy.
+            let tags = self.tags.get(name).cloned().unwrap_or_else(|| set.tags.clone());
             let mut hints = Hints::default();
-            for tag in &set.tags {
+            for tag in &tags {
                 let Some((key, value)) = tag.strip_prefix(&self.prefix).and_then(|kv| kv.split_once('=')) else {
                     continue;
                 };
@@ -305,6 +342,7 @@ impl CatalogTask {
             );
         }
         let count = services.len();
+        self.synced_once = true;
         let next = Catalog::synced(services);
         self.catalog.send_if_modified(|cur| {
             if **cur == next {

@@ -209,6 +209,11 @@ impl ConsulService {
         self
     }
 
+    /// The service this watch follows.
+    pub fn service_name(&self) -> &str {
+        &self.service
+    }
+
     /// The agent this watch reads, as it will be dialled.
     pub fn agent_address(&self) -> String {
         self.address.clone().unwrap_or_else(crate::client::default_address)
@@ -238,6 +243,7 @@ impl ConsulService {
             Watch {
                 cfg: self,
                 client,
+                resolved: Default::default(),
                 set: set_tx,
                 status: status_tx,
                 notify,
@@ -333,6 +339,8 @@ impl Drop for AbortOnDrop {
 struct Watch {
     cfg: ConsulService,
     client: Client,
+    /// The last address each instance's host name resolved to, by instance id.
+    resolved: std::sync::Mutex<std::collections::HashMap<String, (String, u16, SocketAddr)>>,
     set: watch::Sender<Option<Arc<Instances>>>,
     status: watch::Sender<ConsulStatus>,
     notify: Option<Arc<Notify>>,
@@ -472,9 +480,36 @@ impl Watch {
             } else {
                 e.service.address.as_str()
             };
-            let Some(addr) = resolve(host, e.service.port).await else {
-                tracing::warn!(service = %self.cfg.service, id = %e.service.id, host, "consul: instance address does not resolve; skipped");
-                continue;
+            let id = format!("{}/{}", e.node.name, e.service.id);
+            let addr = match resolve(host, e.service.port).await {
+                Some(addr) => {
+                    self.resolved
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id.clone(), (host.to_string(), e.service.port, addr));
+                    addr
+                }
+                None => {
+                    // A resolver hiccup must not drain an instance Consul still lists:
+                    // the last address it resolved to stands.
+                    let cached = self
+                        .resolved
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .get(&id)
+                        .filter(|(h, p, _)| h == host && *p == e.service.port)
+                        .map(|(_, _, a)| *a);
+                    match cached {
+                        Some(addr) => {
+                            tracing::warn!(service = %self.cfg.service, id = %e.service.id, host, "consul: instance address does not resolve now; keeping the last one");
+                            addr
+                        }
+                        None => {
+                            tracing::warn!(service = %self.cfg.service, id = %e.service.id, host, "consul: instance address does not resolve; skipped");
+                            continue;
+                        }
+                    }
+                }
             };
             let weight = if status == Status::Warning {
                 e.service.weights.warning
@@ -482,7 +517,7 @@ impl Watch {
                 e.service.weights.passing
             };
             let mut ep = Endpoint::new(addr)
-                .with_id(format!("{}/{}", e.node.name, e.service.id))
+                .with_id(id)
                 .with_weight(weight)
                 .with_metadata("consul.node", e.node.name.clone())
                 .with_metadata("consul.service", e.service.name.clone())

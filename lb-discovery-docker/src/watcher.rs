@@ -158,8 +158,10 @@ impl DockerSource {
         })
     }
 
-    /// Starts the watcher task on the current Tokio runtime. The task ends when the
-    /// returned [`DockerHandle`] and every receiver cloned from it are dropped.
+    /// Starts the watcher task on the current Tokio runtime. The task ends when the last
+    /// clone of the returned [`DockerHandle`] and every stream from
+    /// [`DockerHandle::service`] are dropped (a receiver from [`DockerHandle::catalog`]
+    /// alone does not keep it).
     ///
     /// # Errors
     ///
@@ -284,6 +286,9 @@ const READY_SLOW: Duration = Duration::from_secs(10);
 /// Time one readiness connect may take.
 const READY_CONNECT: Duration = Duration::from_millis(200);
 
+/// A session that lasted this long was a good one: the backoff starts over after it.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
 /// Why one session with the daemon ended.
 #[derive(Debug)]
 enum SessionEnd {
@@ -293,13 +298,19 @@ enum SessionEnd {
 impl Task {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.source.backoff_min, self.source.backoff_max);
+        let mut warned = false;
         loop {
+            let began = tokio::time::Instant::now();
             let SessionEnd::Error(why) = self.session().await;
-            // A session that got through to the daemon starts the backoff over.
-            if self.status.borrow().reachable {
+            // A session that followed the daemon for a while starts the backoff (and the
+            // warning) over; one that fails right after listing (a proxy in front that
+            // refuses `/events`, say) keeps backing off, and warns once.
+            if self.status.borrow().reachable && began.elapsed() >= STABLE_SESSION {
                 backoff.reset();
+                warned = false;
             }
-            let first_failure = self.status.borrow().stale_since.is_none();
+            let first_failure = !warned;
+            warned = true;
             self.status.send_modify(|s| {
                 s.reachable = false;
                 s.errors += 1;
@@ -379,11 +390,23 @@ impl Task {
                 .collect(),
             ),
         ]);
-        let mut events = docker.events(Some(EventsOptions {
+        // The stream is lazy: a task polls it from now on, so the request is on its way
+        // before the listing starts (and `since` covers the moment between the two).
+        let mut stream = docker.events(Some(EventsOptions {
             since: Some(since),
             until: None,
             filters: Some(filters),
         }));
+        let (tx, mut events) = tokio::sync::mpsc::channel(1024);
+        let _forward = AbortOnDrop(tokio::spawn(async move {
+            while let Some(ev) = stream.next().await {
+                let end = ev.is_err();
+                if tx.send(ev).await.is_err() || end {
+                    return;
+                }
+            }
+        }));
+        tokio::task::yield_now().await;
         if let Err(e) = self.relist(&docker).await {
             return SessionEnd::Error(e);
         }
@@ -400,7 +423,7 @@ impl Task {
         resync.reset();
         loop {
             tokio::select! {
-                ev = events.next() => match ev {
+                ev = events.recv() => match ev {
                     Some(Ok(ev)) => {
                         self.status.send_modify(|s| s.events += 1);
                         if let Some(id) = event_container(&ev) {
@@ -431,11 +454,12 @@ impl Task {
     async fn relist(&mut self, docker: &Docker) -> Result<(), String> {
         let opts = &self.source.options;
         let mut filters = HashMap::new();
-        // Only `lb.enable=true` containers can be selected, unless everything is exposed by
+        // Only containers with `lb.enable` can be selected, unless everything is exposed by
         // default or Traefik's own enable label counts too (labels filters AND, so the
         // daemon cannot OR the two).
+        // By the key only: the value is judged here, where `True` counts as `true` too.
         if !opts.exposed_by_default && !opts.traefik {
-            filters.insert("label".to_string(), vec![format!("{}.enable=true", opts.label_prefix)]);
+            filters.insert("label".to_string(), vec![format!("{}.enable", opts.label_prefix)]);
         }
         let list = docker
             .list_containers(Some(ListContainersOptions {

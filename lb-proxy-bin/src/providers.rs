@@ -142,18 +142,26 @@ fn provided_service(
 
 /// The file's config with the providers' services and routes added (linear in their
 /// number: names and routes are looked up in hash maps).
+///
+/// `previous` is the config running now: a route a provider service owns there stays its
+/// own while it still claims it, so a newly started service cannot take over a route by
+/// sorting first. Among providers, Docker's services come before Consul's.
 pub(crate) fn merge<'a>(
     file: &Config,
     provided: impl IntoIterator<Item = &'a Provided>,
+    previous: Option<&Config>,
     warn: &mut dyn FnMut(String),
 ) -> Config {
     let mut merged = file.clone();
     let own: HashMap<&str, &ServiceConfig> = file.services.iter().map(|s| (s.name.as_str(), s)).collect();
-    let mut owners: HashMap<(Option<HostMatch>, Option<String>), String> = file
-        .routes
-        .iter()
-        .map(|r| ((r.host.clone(), r.path_prefix.clone()), r.service.clone()))
-        .collect();
+    let mut provided: Vec<&Provided> = provided.into_iter().collect();
+    let rank = |o: Origin| match o {
+        Origin::File => 0,
+        Origin::Docker => 1,
+        Origin::Consul => 2,
+    };
+    provided.sort_by(|a, b| (rank(a.service.origin), &a.service.name).cmp(&(rank(b.service.origin), &b.service.name)));
+    let mut accepted: Vec<&Provided> = Vec::with_capacity(provided.len());
     for p in provided {
         let name = &p.service.name;
         let kind = p.service.origin.as_str();
@@ -171,16 +179,46 @@ pub(crate) fn merge<'a>(
             continue;
         }
         merged.services.push(p.service.clone());
-        for r in &p.routes {
-            match owners.entry((r.host.clone(), r.path_prefix.clone())) {
-                Entry::Occupied(owner) => warn(format!(
-                    "route {} of {kind} service {name:?} ignored: it belongs to service {:?}",
-                    route_text(r),
-                    owner.get()
-                )),
-                Entry::Vacant(v) => {
-                    v.insert(name.clone());
-                    merged.routes.push(r.clone());
+        accepted.push(p);
+    }
+    type Key = (Option<HostMatch>, Option<String>);
+    let mut owners: HashMap<Key, String> = file
+        .routes
+        .iter()
+        .map(|r| ((r.host.clone(), r.path_prefix.clone()), r.service.clone()))
+        .collect();
+    let held: HashMap<Key, &str> = previous
+        .map(|c| {
+            c.routes
+                .iter()
+                .map(|r| ((r.host.clone(), r.path_prefix.clone()), r.service.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    // First the routes their services already held, then the rest in order.
+    for first in [true, false] {
+        for p in &accepted {
+            let name = &p.service.name;
+            for r in &p.routes {
+                let key = (r.host.clone(), r.path_prefix.clone());
+                if (held.get(&key) == Some(&name.as_str())) != first {
+                    continue;
+                }
+                match owners.entry(key) {
+                    Entry::Occupied(owner) => {
+                        if owner.get() != name {
+                            warn(format!(
+                                "route {} of {} service {name:?} ignored: it belongs to service {:?}",
+                                route_text(r),
+                                p.service.origin.as_str(),
+                                owner.get()
+                            ));
+                        }
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(name.clone());
+                        merged.routes.push(r.clone());
+                    }
                 }
             }
         }
@@ -289,7 +327,7 @@ mod tests {
             &mut |w| panic!("{w}"),
         );
         let mut warnings = Vec::new();
-        let merged = merge(&f, provided.values(), &mut |w| warnings.push(w));
+        let merged = merge(&f, provided.values(), None, &mut |w| warnings.push(w));
         let names: Vec<&str> = merged.services.iter().map(|s| s.name.as_str()).collect();
         // `web` is the file's; `whoami` is read by the file's own service: no warning for it.
         assert_eq!(names, ["web", "whoami", "shop"]);
@@ -304,5 +342,38 @@ mod tests {
                 "route shop.example.com of docker service \"shop\" ignored: it belongs to service \"web\"",
             ]
         );
+    }
+
+    #[test]
+    fn a_route_stays_with_the_service_that_held_it() {
+        let f = file("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
+        let hints = Hints {
+            hosts: vec!["shop.example.com".into()],
+            ..Hints::default()
+        };
+        let shop_only = from_docker(
+            &catalog(&[("shop", hints.clone())]),
+            &DockerProviderConfig::default(),
+            &mut |w| panic!("{w}"),
+        );
+        let running = merge(&f, shop_only.values(), None, &mut |w| panic!("{w}"));
+        assert_eq!(running.routes[0].service, "shop");
+        // A new service, sorting first, claims the same host: the holder keeps it.
+        let both = from_docker(
+            &catalog(&[("aaa", hints.clone()), ("shop", hints)]),
+            &DockerProviderConfig::default(),
+            &mut |w| panic!("{w}"),
+        );
+        let mut warnings = Vec::new();
+        let next = merge(&f, both.values(), Some(&running), &mut |w| warnings.push(w));
+        assert_eq!(next.routes.len(), 1);
+        assert_eq!(next.routes[0].service, "shop", "{warnings:?}");
+        assert!(
+            warnings[0].contains("of docker service \"aaa\" ignored"),
+            "{warnings:?}"
+        );
+        // With no history, the first by name wins.
+        let fresh = merge(&f, both.values(), None, &mut |_| {});
+        assert_eq!(fresh.routes[0].service, "aaa");
     }
 }

@@ -35,7 +35,9 @@ const DEBOUNCE: Duration = Duration::from_millis(25);
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// A new file config and why it was read.
-pub(crate) type FileUpdate = (Config, &'static str);
+/// Whether it was applied (or was what already ran) is sent back, so that the reloader
+/// compares the next read with what runs, not with a config that was refused.
+pub(crate) type FileUpdate = (Config, &'static str, tokio::sync::oneshot::Sender<bool>);
 
 /// What the reconciler writes: the running configuration, and the admin listener's
 /// credentials.
@@ -114,7 +116,7 @@ pub(crate) async fn run(
         };
         tokio::select! {
             f = files.recv() => match f {
-                Some((cfg, why)) => {
+                Some((cfg, why, done)) => {
                     let restart = restart_only_changes(&r.started, &cfg);
                     if !restart.is_empty() {
                         tracing::warn!(
@@ -123,8 +125,13 @@ pub(crate) async fn run(
                             restart.join(", ")
                         );
                     }
-                    r.file = cfg;
-                    r.apply(why).await;
+                    let previous = std::mem::replace(&mut r.file, cfg);
+                    let applied = r.apply(why).await;
+                    if !applied {
+                        // The refused file must not ride along with the next provider change.
+                        r.file = previous;
+                    }
+                    let _ = done.send(applied);
                 }
                 None => return,
             },
@@ -275,14 +282,15 @@ impl Reconciler {
         }
     }
 
-    /// Builds and swaps in the merged config, if it differs from the running one.
-    async fn apply(&mut self, why: &'static str) {
+    /// Builds and swaps in the merged config, if it differs from the running one; `false`
+    /// if it could not be built (the running one stays).
+    async fn apply(&mut self, why: &'static str) -> bool {
         let mut said = Vec::new();
         let provided = self.present.values().chain(self.lingering.values().map(|(p, _)| p));
-        let merged = providers::merge(&self.file, provided, &mut |w| said.push(w));
+        let merged = providers::merge(&self.file, provided, self.applied.as_ref(), &mut |w| said.push(w));
         self.warn_all(said);
         if self.applied.as_ref() == Some(&merged) {
-            return;
+            return true;
         }
         let old = self.state.load_full();
         let generation = old.generation + 1;
@@ -310,12 +318,15 @@ impl Reconciler {
                     "configuration applied"
                 );
                 self.applied = Some(merged);
+                self.sources.prune(self.applied.as_ref().expect("just set"));
+                true
             }
             Err(e) => {
                 if why != "providers" && why != "start" {
                     self.metrics.reload(false);
                 }
                 tracing::error!(reason = why, error = %e, "configuration refused; the running one stays");
+                false
             }
         }
     }

@@ -97,9 +97,15 @@ pub(crate) async fn watch(
         for w in &next.warnings {
             tracing::warn!("config: {w}");
         }
-        current = next.clone();
-        if to_reconciler.send((next, why)).is_err() {
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if to_reconciler.send((next.clone(), why, done)).is_err() {
             return;
+        }
+        // Only what was applied becomes the config the next read is compared with: a file
+        // refused because, say, its endpoints file did not exist yet is applied on the next
+        // SIGHUP once it does.
+        if applied.await == Ok(true) {
+            current = next;
         }
     }
 }

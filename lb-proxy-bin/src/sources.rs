@@ -119,6 +119,27 @@ impl Sources {
         Ok(handle)
     }
 
+    /// Stops the Consul watches no service of `cfg` uses any more (a reload removed the
+    /// service or changed its `consul = {...}`).
+    pub(crate) fn prune(&self, cfg: &Config) {
+        let used: std::collections::HashSet<ConsulService> = cfg
+            .services
+            .iter()
+            .filter_map(|s| match &s.endpoints {
+                crate::config::EndpointSource::Consul(src) => Some(src.watch()),
+                _ => None,
+            })
+            .collect();
+        let mut watches = self.consul.lock().unwrap_or_else(PoisonError::into_inner);
+        watches.retain(|key, _| {
+            let keep = used.contains(key);
+            if !keep {
+                tracing::info!(agent = %key.agent_address(), service = %key.service_name(), "consul: a watch no service uses any more is stopped");
+            }
+            keep
+        });
+    }
+
     /// Every Consul watch's status: the catalog's first, then the services' by name.
     pub(crate) fn consul_statuses(&self) -> Vec<ConsulStatus> {
         let mut out = Vec::new();

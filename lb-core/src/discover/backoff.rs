@@ -30,11 +30,13 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// From `min`, doubling, capped at `max` (at least `min`).
+    /// From `min` (at least 1 ms), doubling, capped at `max` (at least `min`, at most a
+    /// day).
     pub fn new(min: Duration, max: Duration) -> Self {
+        let min = min.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
         Self {
             min,
-            max: max.max(min),
+            max: max.clamp(min, Duration::from_secs(86_400)),
             step: min,
             rng: Rng::from_entropy(),
         }
@@ -43,7 +45,7 @@ impl Backoff {
     /// The next wait: the current step with jitter; the step then doubles, up to the cap.
     pub fn next_wait(&mut self) -> Duration {
         let wait = self.jitter(self.step);
-        self.step = (self.step * 2).min(self.max);
+        self.step = self.step.saturating_mul(2).min(self.max);
         wait
     }
 
@@ -83,6 +85,17 @@ mod tests {
         b.reset();
         let w = b.next_wait();
         assert!(w < Duration::from_millis(150), "{w:?}");
+    }
+
+    #[test]
+    fn extreme_bounds_neither_spin_nor_panic() {
+        let mut zero = Backoff::new(Duration::ZERO, Duration::ZERO);
+        assert!(zero.next_wait() > Duration::ZERO, "a zero minimum would be a busy loop");
+        let mut huge = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        for _ in 0..100 {
+            huge.next_wait();
+        }
+        assert!(huge.longest_wait() <= Duration::from_secs(86_400 * 3 / 2));
     }
 
     #[test]
