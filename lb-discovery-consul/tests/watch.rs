@@ -349,12 +349,18 @@ async fn catalog_mode_follows_tags() {
     // Every instance failing its check: no endpoint, but the route and policy stay (they
     // come from the catalog's tags, not from the instances that pass).
     emu.set_check("agent-a", "shop-1-check", "critical", "down");
-    tokio::time::timeout(LIMIT, rx.wait_for(|c| c.services.get("shop").is_some_and(|s| s.endpoints.is_empty())))
-        .await
-        .expect("shop without endpoints")
-        .unwrap();
+    tokio::time::timeout(
+        LIMIT,
+        rx.wait_for(|c| c.services.get("shop").is_some_and(|s| s.endpoints.is_empty())),
+    )
+    .await
+    .expect("shop without endpoints")
+    .unwrap();
     assert_eq!(rx.borrow().services["shop"].hints.hosts, ["shop.example.com"]);
-    assert_eq!(rx.borrow().services["shop"].hints.balance.as_deref(), Some("least_conn"));
+    assert_eq!(
+        rx.borrow().services["shop"].hints.balance.as_deref(),
+        Some("least_conn")
+    );
     emu.set_check("agent-a", "shop-1-check", "passing", "");
     // A newly tagged service appears; when its tag goes, it goes.
     register(

@@ -260,3 +260,48 @@ fn a_second_sigterm_exits_at_once() {
     drop(held);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_reload_refused_while_building_is_applied_by_the_next_sighup() {
+    let dir = std::env::temp_dir().join(format!("lb-signals-{}-refused", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg: PathBuf = dir.join("lb.toml");
+    let more = dir.join("more.toml");
+    let _ = std::fs::remove_file(&more);
+    let (listen, admin) = (free_port(), free_port());
+    let (web, other) = (backend("web"), backend("more"));
+    std::fs::write(&cfg, config(listen, admin, web, "/old")).expect("write config");
+    let (mut child, log) = run(&cfg);
+    let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
+    wait_for("the proxy to serve /old", || {
+        get(addr, "/old").is_some_and(|(s, _)| s == 200)
+    });
+
+    // A valid file whose new service reads an endpoints file that does not exist yet:
+    // the build fails, and the running config stays.
+    let next = format!(
+        "{}[[services]]\nname = \"more\"\nendpoints_file = \"more.toml\"\n\
+         [[routes]]\npath_prefix = \"/more\"\nservice = \"more\"\n",
+        config(listen, admin, web, "/old")
+    );
+    std::fs::write(&cfg, next).expect("rewrite config");
+    wait_for("the reload refused", || logged(&log, &["configuration refused"]));
+    assert_eq!(get(addr, "/old").map(|r| r.0), Some(200), "the running config stays");
+
+    // Once the endpoints file exists, SIGHUP applies the same config file: it is not
+    // taken for "unchanged", since it never ran.
+    std::fs::write(&more, format!("endpoints = [{{ addr = \"{other}\" }}]\n")).expect("write endpoints");
+    signal(&child, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !get(addr, "/more").is_some_and(|(s, b)| s == 200 && b.trim() == "more") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not apply the refused config: {:#?}",
+            log.lock().expect("log")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "TERM");
+    exit_within(&mut child, Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
