@@ -17,8 +17,9 @@
 //! Traefik's own labels). A container with a `HEALTHCHECK` is eligible only while
 //! healthy; paused or stopped containers never are.
 //!
-//! The adapter only reads: `/_ping`, `/version`, `/info`, `/containers/json`,
-//! `/containers/{id}/json` and `/events`, so it works behind a read-only socket proxy.
+//! The adapter only reads: `/_ping`, `/version`, `/containers/json`,
+//! `/containers/{id}/json` and `/events` (and `/info` for the daemon's clock when allowed),
+//! so it works behind a read-only socket proxy.
 //! An unreachable daemon keeps the last known set (nothing is emptied) and the watcher
 //! retries with a capped, jittered backoff.
 //!

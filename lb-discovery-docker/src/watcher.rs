@@ -4,7 +4,8 @@
 //! The loop follows the resync algorithm Docker's own behaviour asks for (the daemon keeps
 //! only its last 256 events and drops events for slow readers):
 //!
-//! 1. negotiate the API version, read the daemon's clock;
+//! 1. negotiate the API version, read the daemon's clock (`/info`; the local clock if a
+//!    socket proxy refuses it);
 //! 2. open `GET /events?since=<daemon time - 1 s>` *before* listing, so nothing that
 //!    happens between the list and the stream is missed (a duplicate only causes an
 //!    idempotent inspect);
@@ -358,15 +359,20 @@ impl Task {
                 MIN_API_VERSION.0, MIN_API_VERSION.1
             ));
         }
-        // The daemon's clock, so `since` means the same thing to it as to us.
+        // The daemon's clock, so `since` means the same thing to it as to us. `/info` is
+        // optional: a socket proxy that refuses it leaves our own clock, a few seconds
+        // back for skew (replayed events are harmless: each only triggers an inspect).
         let since = match docker.info().await {
             Ok(info) => info
                 .system_time
                 .as_deref()
                 .and_then(parse_rfc3339_unix)
                 .map(|t| format!("{}", t - 1))
-                .unwrap_or_else(|| format!("{}", unix_now() - 1)),
-            Err(e) => return SessionEnd::Error(format!("info: {e}")),
+                .unwrap_or_else(|| format!("{}", unix_now() - 5)),
+            Err(e) => {
+                tracing::debug!(endpoint = %self.endpoint, error = %e, "docker: /info refused; `since` from the local clock");
+                format!("{}", unix_now() - 5)
+            }
         };
         let filters = HashMap::from([
             ("type".to_string(), vec!["container".to_string(), "network".to_string()]),
