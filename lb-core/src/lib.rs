@@ -61,7 +61,7 @@ pub use crate::endpoint::{Endpoint, EndpointId, DEFAULT_WEIGHT, MAX_WEIGHT};
 pub use crate::error::{BoxError, NoEndpoints};
 pub use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Outcome, TrackCompletion, TrackedBody};
 pub use crate::service::{
-    connect_fn, Avoid, BalanceLayer, Balancer, BalancerStatus, Builder, ConnectFn, EndpointStatus, ExtensionKey,
-    HashKey, KeyFn, NoKey, Picked, RequestKey, ResponseFuture,
+    connect_fn, Avoid, AvoidHint, BalanceLayer, Balancer, BalancerStatus, Builder, ConnectFn, Connection,
+    EndpointStatus, ExtensionKey, HashKey, KeyFn, NoKey, Picked, RequestKey, ResponseFuture,
 };
 pub use crate::state::{CheckRecord, EndpointState, Health};

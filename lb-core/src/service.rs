@@ -69,11 +69,56 @@ impl<B> RequestKey<http::Request<B>> for ExtensionKey {
 
     #[inline]
     fn avoid<'r>(&self, req: &'r http::Request<B>) -> Option<&'r EndpointId> {
-        req.extensions().get::<Avoid>().map(|a| &a.0)
+        req.avoid_hint()
     }
 }
 
-/// A key computed by a closure.
+/// A request that can name an endpoint to avoid, for a retry: what [`KeyFn`] reads
+/// besides the key.
+///
+/// An `http::Request` names it with an [`Avoid`] in its extensions. Requests of other
+/// types name none unless their type says otherwise: a request type of your own
+/// implements it (`impl AvoidHint for MyRequest {}` for none); integers, strings,
+/// byte vectors and `()` name none.
+pub trait AvoidHint {
+    /// The endpoint this request should not go to if another can take it.
+    fn avoid_hint(&self) -> Option<&EndpointId> {
+        None
+    }
+}
+
+impl<B> AvoidHint for http::Request<B> {
+    #[inline]
+    fn avoid_hint(&self) -> Option<&EndpointId> {
+        self.extensions().get::<Avoid>().map(|a| &a.0)
+    }
+}
+
+macro_rules! avoids_nothing {
+    ($($t:ty),* $(,)?) => { $(impl AvoidHint for $t {})* };
+}
+
+avoids_nothing!(
+    (),
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    String,
+    &str,
+    Vec<u8>,
+);
+
+/// A key computed by a closure. The endpoint to avoid (a retry's [`Avoid`]) comes
+/// from the request ([`AvoidHint`]), as with [`ExtensionKey`].
 #[derive(Clone, Copy)]
 pub struct KeyFn<F>(pub F);
 
@@ -83,10 +128,15 @@ impl<F> fmt::Debug for KeyFn<F> {
     }
 }
 
-impl<Req, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for KeyFn<F> {
+impl<Req: AvoidHint, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for KeyFn<F> {
     #[inline]
     fn key(&self, req: &Req) -> Option<u64> {
         (self.0)(req)
+    }
+
+    #[inline]
+    fn avoid<'r>(&self, req: &'r Req) -> Option<&'r EndpointId> {
+        req.avoid_hint()
     }
 }
 
@@ -189,6 +239,8 @@ impl<P: Balance> Balancer<P, (), CompleteOnResponse, NoKey> {
                 track_latency: false,
                 name: Arc::from("default"),
                 admin_drained: Default::default(),
+                connect_timeout: Duration::from_secs(10),
+                connect_backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             },
             completion: CompleteOnResponse,
             key: NoKey,
@@ -307,6 +359,23 @@ impl<P: Balance, C, K> Builder<P, C, K> {
         self
     }
 
+    /// A time limit on each attempt of the connector (`make` in [`spawn`](Self::spawn))
+    /// at making an endpoint's service. Default 10 s. An attempt over it fails like a
+    /// connector error: retried after a backoff (see
+    /// [`connect_backoff`](Self::connect_backoff)).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// The backoff between failed attempts of the connector for one endpoint: from
+    /// `min`, doubling up to `max`, with jitter (a [`Backoff`](crate::discover::Backoff)).
+    /// Default 250 ms to 30 s.
+    pub fn connect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.connect_backoff = (min, max);
+        self
+    }
+
     /// Times every request, so [`EndpointStatus::ewma_latency`] is kept even when the
     /// policy does not need it (two clock reads per request). Policies that need
     /// latency (peak EWMA) turn it on themselves.
@@ -345,7 +414,18 @@ impl<P: Balance, C, K> Builder<P, C, K> {
     /// Spawns the writer task on the current tokio runtime and returns the balancer.
     ///
     /// `make` turns each endpoint into the service that requests to it go through (a
-    /// `MakeService`-shaped factory; see [`connect_fn`] for a plain closure).
+    /// `MakeService`-shaped factory; see [`connect_fn`] for a plain closure). Its futures
+    /// run concurrently, off the writer's loop, each within
+    /// [`connect_timeout`](Self::connect_timeout); a failed one is retried with a
+    /// [`connect_backoff`](Self::connect_backoff). An endpoint takes no request until its
+    /// service is made; [`EndpointStatus::connection`] tells where that stands.
+    ///
+    /// Before returning, `spawn` applies what `discover` has ready at once (polled
+    /// once, without waiting) and makes the services `make` can make at once (a
+    /// [`connect_fn`], a connector whose future is ready when called): a call right
+    /// after `spawn` goes to those endpoints. Endpoints a source or a connector only has
+    /// later arrive through the writer task; a call that should wait for them sets
+    /// [`wait`](Self::wait) (or awaits [`Balancer::ready_endpoints`]).
     ///
     /// # Panics
     ///
@@ -381,8 +461,10 @@ impl<P: Balance, C, K> Builder<P, C, K> {
             commands: tx,
             timed,
         });
-        let writer = Writer::new(Arc::downgrade(&shared), policy, events, config, make, rx);
-        tokio::spawn(writer.run(discover));
+        let mut writer = Writer::new(Arc::downgrade(&shared), policy, events, config, make, rx);
+        let mut discover = Box::pin(discover);
+        let discovering = writer.prime(discover.as_mut());
+        tokio::spawn(writer.run(discover, discovering));
         Balancer {
             shared,
             completion: self.completion,
@@ -449,12 +531,47 @@ pub struct EndpointStatus {
     pub times_ejected: u32,
     /// The peak-EWMA latency (only measured when latency is tracked): successes' times,
     /// failures' penalised ones ([`Builder::failure_penalty`]); cancelled requests
-    /// record nothing.
+    /// record nothing. Until a first sample ([`latency_measured`](Self::latency_measured)
+    /// false) it is the assumed [`Builder::default_rtt`], not a measurement.
     pub ewma_latency: Duration,
+    /// Whether [`ewma_latency`](Self::ewma_latency) comes from at least one measured
+    /// request.
+    pub latency_measured: bool,
+    /// Whether the endpoint's service is made (an endpoint takes requests only then).
+    pub connection: Connection,
     /// The last active health check.
     pub last_check: Option<crate::state::CheckRecord>,
     /// Metadata from discovery.
     pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// Where making an endpoint's service (the connector given to [`Builder::spawn`])
+/// stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Connection {
+    /// The service is made: the endpoint can take requests.
+    Ready,
+    /// Being made, or waiting for the connector to be ready; not pickable yet.
+    Connecting {
+        /// Attempts so far, this one included (0: not started yet).
+        attempts: u32,
+    },
+    /// The last attempt failed (an error, or over [`Builder::connect_timeout`]); another
+    /// follows after a backoff. Not pickable.
+    Failed {
+        /// Attempts that failed in a row.
+        attempts: u32,
+        /// The last error, with its sources.
+        error: Arc<str>,
+    },
+}
+
+impl Connection {
+    /// Whether the service is made.
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Self::Ready)
+    }
 }
 
 /// A balancer as the status page shows it.
@@ -509,15 +626,21 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     pub fn status(&self) -> BalancerStatus {
         let snap = self.shared.snapshot.load();
         let all = self.shared.all.load();
+        // Each state's place in the snapshot, by address: one pass, not a scan per endpoint.
+        let index: std::collections::HashMap<*const crate::state::EndpointState, usize> = snap
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Arc::as_ptr(s), i))
+            .collect();
         let mut endpoints: Vec<EndpointStatus> = all
             .iter()
-            .map(|st| {
+            .map(|listed| {
+                let st = &listed.state;
                 let ep = st.endpoint();
-                let effective_weight = snap
-                    .endpoints
-                    .iter()
-                    .position(|s| std::ptr::eq(&**s, &**st))
-                    .map(|i| snap.weights[i] as f64 / WEIGHT_SCALE as f64);
+                let effective_weight = index
+                    .get(&Arc::as_ptr(st))
+                    .map(|&i| snap.weights[i] as f64 / WEIGHT_SCALE as f64);
                 EndpointStatus {
                     id: ep.id().clone(),
                     addr: ep.addr(),
@@ -529,6 +652,8 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
                     failures: st.failures(),
                     times_ejected: st.times_ejected(),
                     ewma_latency: st.ewma_latency(),
+                    latency_measured: st.latency_measured(),
+                    connection: listed.connection.clone(),
                     last_check: st.last_check(),
                     metadata: ep.metadata().clone(),
                 }
@@ -546,7 +671,8 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     }
 
     /// Drains an endpoint by operator action: no new requests, in-flight ones finish.
-    /// It stays drained until [`enable`](Self::enable)d, whatever discovery says.
+    /// It stays drained until [`enable`](Self::enable)d, whatever discovery says. Returns
+    /// once the snapshot without the endpoint is published.
     ///
     /// # Errors
     ///
@@ -588,8 +714,8 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
         if self.shared.commands.send(f(id, tx)).is_err() {
             return Err(missing);
         }
-        // The flag is set when this returns (picks re-check it); the snapshot without
-        // the endpoint follows on the writer's next publish.
+        // The writer answers once the snapshot that reflects the command is published:
+        // when this returns, no new pick reaches a drained endpoint.
         rx.await.unwrap_or(Err(missing))
     }
 }
@@ -705,6 +831,14 @@ impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
         let mut overloaded = false;
         for _ in 0..3 {
             match snap.policy.pick(&snap.state, &set, cx) {
+                Some(i) if i >= n => {
+                    debug_assert!(
+                        false,
+                        "policy {} picked index {i} out of range (0..{n}): a bug in the policy",
+                        snap.policy.name()
+                    );
+                    return Err(false);
+                }
                 Some(i) if snap.usable(i) && allowed(i) => {
                     if fits(i) {
                         return Ok(i);
@@ -760,7 +894,8 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let key = self.key.key(&req);
-        let state = match self.shared.pick(key, self.key.avoid(&req)) {
+        let avoid = self.key.avoid(&req);
+        let state = match self.shared.pick(key, avoid) {
             Ok(p) => State::Ready {
                 service: p.service,
                 req: Some(req),
@@ -768,7 +903,7 @@ where
             },
             Err(overloaded) => match self.shared.config.wait {
                 Some(wait) if !overloaded => State::Waiting {
-                    wait: Box::pin(wait_for_endpoint(self.shared.clone(), key, wait)),
+                    wait: Box::pin(wait_for_endpoint(self.shared.clone(), key, avoid.cloned(), wait)),
                     req: Some(req),
                 },
                 _ => State::Failed {
@@ -791,12 +926,13 @@ type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoEndpoints>>
 async fn wait_for_endpoint<P: Balance, S: Clone + Send + Sync + 'static>(
     shared: Arc<Shared<P, S>>,
     key: Option<u64>,
+    avoid: Option<EndpointId>,
     wait: Duration,
 ) -> Result<Picked<S>, NoEndpoints> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let notified = shared.published.notified();
-        match shared.pick(key, None) {
+        match shared.pick(key, avoid.as_ref()) {
             Ok(p) => return Ok(p),
             Err(true) => return Err(NoEndpoints::new(Some(wait), true)),
             Err(false) => {}
@@ -938,12 +1074,29 @@ where
 /// `BalanceLayer::new(builder, discover)` wraps a connector `M: Service<Endpoint>`
 /// into a [`Balancer`]. Anything a tower user has composes around it (timeouts,
 /// retries, concurrency limits) or inside it, on the connector's services.
+///
+/// A discovery stream feeds one balancer, so the layer spawns one, the first time it is
+/// applied. Applied again (tower's `ServiceBuilder::service` may apply a layer more
+/// than once), it returns a handle to that same balancer, and the connector it is given
+/// then is dropped unused. Applied again to a connector of another type (so a balancer
+/// of another type), it cannot share.
+///
+/// # Panics
+///
+/// Applied a second time to a connector whose services are of another type than the
+/// first time's (a programming error: one stream cannot feed two balancers).
 pub struct BalanceLayer<P, D, C = CompleteOnResponse, K = NoKey> {
-    builder: std::sync::Mutex<Option<Unapplied<P, D, C, K>>>,
+    state: std::sync::Mutex<Applied<P, D, C, K>>,
 }
 
 /// What a [`BalanceLayer`] holds until it is applied.
 type Unapplied<P, D, C, K> = (Builder<P, C, K>, D);
+
+/// A [`BalanceLayer`]'s builder until it is applied, then the balancer it spawned.
+enum Applied<P, D, C, K> {
+    Not(Option<Box<Unapplied<P, D, C, K>>>),
+    Once(Box<dyn std::any::Any + Send>),
+}
 
 impl<P: Balance, D, C, K> fmt::Debug for BalanceLayer<P, D, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -953,12 +1106,9 @@ impl<P: Balance, D, C, K> fmt::Debug for BalanceLayer<P, D, C, K> {
 
 impl<P: Balance, D: Discover, C, K> BalanceLayer<P, D, C, K> {
     /// A layer that spawns one balancer, configured by `builder`, fed by `discover`.
-    ///
-    /// A discovery stream can only feed one balancer, so the layer can be applied
-    /// once; applying it again panics.
     pub fn new(builder: Builder<P, C, K>, discover: D) -> Self {
         Self {
-            builder: std::sync::Mutex::new(Some((builder, discover))),
+            state: std::sync::Mutex::new(Applied::Not(Some(Box::new((builder, discover))))),
         }
     }
 }
@@ -967,6 +1117,8 @@ impl<P, D, C, K, M, S> Layer<M> for BalanceLayer<P, D, C, K>
 where
     P: Balance,
     D: Discover,
+    C: Clone + Send + 'static,
+    K: Clone + Send + 'static,
     M: Service<Endpoint, Response = S> + Send + 'static,
     M::Error: Into<BoxError>,
     M::Future: Send,
@@ -975,12 +1127,21 @@ where
     type Service = Balancer<P, S, C, K>;
 
     fn layer(&self, make: M) -> Self::Service {
-        let (builder, discover) = self
-            .builder
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .expect("a BalanceLayer is applied once: its discovery stream feeds one balancer");
-        builder.spawn(discover, make)
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *state {
+            Applied::Not(unapplied) => {
+                let (builder, discover) = *unapplied.take().expect("taken only here, under the lock");
+                let lb = builder.spawn(discover, make);
+                *state = Applied::Once(Box::new(lb.clone()));
+                lb
+            }
+            Applied::Once(spawned) => spawned
+                .downcast_ref::<Balancer<P, S, C, K>>()
+                .expect(
+                    "a BalanceLayer applied again to a connector of another type: its discovery stream \
+                     already feeds a balancer of another type",
+                )
+                .clone(),
+        }
     }
 }

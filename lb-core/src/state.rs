@@ -5,7 +5,7 @@
 //! that re-inserts an endpoint updates this state in place; a removal marks it
 //! draining, and it is freed when the last guard drops.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -141,6 +141,8 @@ pub struct EndpointState {
     last_pick: AtomicU64,
     rtt_ns: AtomicU64,
     rtt_stamp_ns: AtomicU64,
+    /// Whether `rtt_ns` holds a measurement, not the assumed default.
+    rtt_measured: AtomicBool,
     health_streak: AtomicU32,
     last_check: Mutex<Option<CheckRecord>>,
     /// How a finished request reaches the balancer's writer (set when the writer
@@ -186,6 +188,7 @@ impl EndpointState {
             // The estimate is kept as the bits of an `f64` of nanoseconds.
             rtt_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
             rtt_stamp_ns: AtomicU64::new(now_ns()),
+            rtt_measured: AtomicBool::new(false),
             health_streak: AtomicU32::new(0),
             last_check: Mutex::new(None),
             link: OnceLock::new(),
@@ -427,6 +430,10 @@ impl EndpointState {
             prev * w + sample * (1.0 - w)
         };
         self.rtt_ns.store(next.to_bits(), Relaxed);
+        // Read first: a store on every sample would bounce the cache line for nothing.
+        if !self.rtt_measured.load(Relaxed) {
+            self.rtt_measured.store(true, Relaxed);
+        }
     }
 
     /// The peak-EWMA round-trip estimate, decayed toward zero for the time since the
@@ -445,8 +452,16 @@ impl EndpointState {
     }
 
     /// The latency estimate as last stored, not decayed: what the status page shows.
+    /// Until a first sample it is the assumed default; see
+    /// [`latency_measured`](Self::latency_measured).
     pub fn ewma_latency(&self) -> Duration {
         Duration::from_nanos(f64::from_bits(self.rtt_ns.load(Relaxed)) as u64)
+    }
+
+    /// Whether [`ewma_latency`](Self::ewma_latency) comes from at least one measured
+    /// request (not the assumed default).
+    pub fn latency_measured(&self) -> bool {
+        self.rtt_measured.load(Relaxed)
     }
 
     // --- active health ---

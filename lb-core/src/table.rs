@@ -8,25 +8,29 @@
 //! runs whether or not traffic flows, so an idle balancer is always current, and it
 //! ends when the last [`Balancer`](crate::Balancer) handle is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::balance::{Balance, Candidates, WEIGHT_SCALE};
-use crate::discover::{Discover, Update};
+use crate::discover::{Backoff, Discover, Update};
 use crate::endpoint::{Endpoint, EndpointId};
-use crate::error::{BoxError, UnknownEndpoint};
+use crate::error::{BoxError, Elapsed, UnknownEndpoint};
 use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
 use crate::load::Release;
+use crate::service::Connection;
 use crate::state::{EndpointState, Flag, Link};
 
 /// Balancer settings shared by the writer and the pickers.
@@ -51,6 +55,10 @@ pub(crate) struct Config {
     /// Endpoints drained by an operator before this balancer existed (carried over from
     /// a balancer it replaces).
     pub(crate) admin_drained: std::collections::BTreeSet<EndpointId>,
+    /// How long one attempt of the connector may take.
+    pub(crate) connect_timeout: Duration,
+    /// The backoff between failed attempts of the connector (least, most).
+    pub(crate) connect_backoff: (Duration, Duration),
 }
 
 impl std::fmt::Debug for Config {
@@ -65,6 +73,8 @@ impl std::fmt::Debug for Config {
             .field("failure_penalty", &self.failure_penalty)
             .field("slow_start", &self.slow_start)
             .field("health", &self.health.as_ref().map(|h| h.1))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("connect_backoff", &self.connect_backoff)
             .finish()
     }
 }
@@ -118,6 +128,12 @@ impl<P: Balance, S: Send + Sync + 'static> Release for Snapshot<P, S> {
     }
 }
 
+/// One endpoint the table holds, for status.
+pub(crate) struct Listed {
+    pub(crate) state: Arc<EndpointState>,
+    pub(crate) connection: Connection,
+}
+
 /// An operator action, sent to the writer.
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -129,7 +145,7 @@ pub(crate) enum Command {
 pub(crate) struct Shared<P: Balance, S> {
     pub(crate) snapshot: ArcSwap<Snapshot<P, S>>,
     /// Every endpoint the table holds, draining ones included, for status.
-    pub(crate) all: ArcSwap<Vec<Arc<EndpointState>>>,
+    pub(crate) all: ArcSwap<Vec<Listed>>,
     pub(crate) policy: Arc<P>,
     pub(crate) config: Arc<Config>,
     pub(crate) events: Arc<Events>,
@@ -166,9 +182,29 @@ pub(crate) fn empty_snapshot<P: Balance, S>(policy: &Arc<P>) -> Snapshot<P, S> {
     }
 }
 
+/// Where making an endpoint's service stands.
+#[derive(Debug, Clone, PartialEq)]
+enum Connect {
+    /// Made: the entry has its service.
+    Ready,
+    /// Waiting for the connector to be ready.
+    Queued,
+    /// The connector's future for attempt `seq` runs.
+    Connecting(u64),
+    /// The last attempt failed; the next one starts at `retry_at`.
+    Failed { error: Arc<str>, retry_at: Instant },
+}
+
 struct Entry<S> {
     state: Arc<EndpointState>,
-    service: S,
+    /// `None` until the connector made it: the endpoint is not pickable until then.
+    service: Option<S>,
+    connect: Connect,
+    /// Attempts at making the current service, failed or running.
+    attempts: u32,
+    backoff: Backoff,
+    /// Slow start begins when the service is made (an endpoint that joined late).
+    ramp_on_ready: bool,
     eject_until: Option<Instant>,
     last_eject_end: Option<Instant>,
     ramp_from: Option<Instant>,
@@ -184,6 +220,21 @@ impl<S> Drop for Entry<S> {
     }
 }
 
+/// One finished attempt of the connector.
+struct Made<S> {
+    id: EndpointId,
+    seq: u64,
+    result: Result<S, BoxError>,
+}
+
+type MakeFuture<S> = Pin<Box<dyn Future<Output = Made<S>> + Send>>;
+
+/// A reply to an operator, sent once the snapshot that reflects the command is out.
+type Reply = (
+    oneshot::Sender<Result<(), UnknownEndpoint>>,
+    Result<(), UnknownEndpoint>,
+);
+
 pub(crate) struct Writer<P: Balance, S, M> {
     pub(crate) shared: Weak<Shared<P, S>>,
     pub(crate) policy: Arc<P>,
@@ -197,6 +248,18 @@ pub(crate) struct Writer<P: Balance, S, M> {
     retiring: Vec<Arc<EndpointState>>,
     generation: u64,
     seen_first_set: bool,
+    /// Endpoints waiting for the connector (stale ids are skipped).
+    queue: VecDeque<EndpointId>,
+    /// The connector's running futures, polled by the writer's loop, never awaited
+    /// inline: a slow connect holds up nothing else.
+    connecting: FuturesUnordered<MakeFuture<S>>,
+    next_seq: u64,
+    /// Something a picker sees changed without changing the set or the weights (an
+    /// endpoint's metadata, a service made again): the next publish rebuilds.
+    dirty: bool,
+    replies: Vec<Reply>,
+    /// Removed, still in rotation until `publish` retires them (see there).
+    held: Vec<Entry<S>>,
 }
 
 impl<P, S, M> Writer<P, S, M>
@@ -227,28 +290,65 @@ where
             retiring: Vec::new(),
             generation: 0,
             seen_first_set: false,
+            queue: VecDeque::new(),
+            connecting: FuturesUnordered::new(),
+            next_seq: 0,
+            dirty: false,
+            replies: Vec::new(),
+            held: Vec::new(),
         }
     }
 
-    /// Runs until every balancer handle is gone.
-    pub(crate) async fn run<D: Discover>(mut self, discover: D) {
-        let mut discover = Box::pin(discover);
+    /// Applies what `discover` has ready now, makes the services that the connector can
+    /// make without waiting, and publishes: called by `spawn` before it returns, so a
+    /// call right after `spawn` sees the endpoints a source had ready (e.g.
+    /// `discover::fixed`). Never waits: it polls with a no-op waker (the writer's loop
+    /// polls everything again with its own). Returns whether discovery goes on.
+    pub(crate) fn prime<D: Discover>(&mut self, mut discover: Pin<&mut D>) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         let mut discovering = true;
+        // Bounded: a source that is always ready must not hold `spawn` forever.
+        for _ in 0..1024 {
+            match discover.as_mut().poll_next(&mut cx) {
+                Poll::Ready(Some(Ok(u))) => self.apply(u),
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(balancer = %self.config.name, error = %e, "discovery error; keeping the last endpoint set");
+                }
+                Poll::Ready(None) => {
+                    discovering = false;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        self.start_connects(&mut cx);
+        while let Poll::Ready(Some(made)) = self.connecting.poll_next_unpin(&mut cx) {
+            self.made(made);
+        }
+        self.publish();
+        discovering
+    }
+
+    /// Runs until every balancer handle is gone.
+    pub(crate) async fn run<D: Discover>(mut self, mut discover: Pin<Box<D>>, mut discovering: bool) {
         let name = self.config.name.clone();
         loop {
             if self.events.closed.load(Relaxed) {
                 tracing::debug!(balancer = %name, "balancer dropped; writer stops");
                 return;
             }
+            self.start_connects(&mut Context::from_waker(futures_util::task::noop_waker_ref()));
             let wake = self.next_wake();
+            let queued = !self.queue.is_empty();
+            let connecting = !self.connecting.is_empty();
             tokio::select! {
                 biased;
                 u = discover.next(), if discovering => match u {
                     Some(Ok(update)) => {
-                        self.apply(update).await;
+                        self.apply(update);
                         // Take whatever else is ready before publishing once.
                         while let Some(Some(Ok(u))) = futures_util::FutureExt::now_or_never(discover.next()) {
-                            self.apply(u).await;
+                            self.apply(u);
                         }
                     }
                     Some(Err(e)) => {
@@ -262,10 +362,22 @@ where
                 },
                 Some(cmd) = self.commands.recv() => self.command(cmd),
                 _ = self.events.notify.notified() => {}
+                Some(made) = self.connecting.next(), if connecting => self.made(made),
+                r = std::future::poll_fn(|cx| self.make.poll_ready(cx)), if queued => match r {
+                    Ok(()) => self.start_next_connect(),
+                    Err(e) => {
+                        if let Some(id) = self.queue.pop_front() {
+                            self.connect_failed(&id, e.into());
+                        }
+                    }
+                },
                 _ = sleep_until(wake) => {}
             }
             self.tick();
             self.publish();
+            for (reply, res) in self.replies.drain(..) {
+                let _ = reply.send(res);
+            }
         }
     }
 
@@ -276,6 +388,9 @@ where
         for e in self.table.values() {
             if let Some(t) = e.eject_until {
                 at(t);
+            }
+            if let Connect::Failed { retry_at, .. } = e.connect {
+                at(retry_at);
             }
             if let (Some(from), Some(ss)) = (e.ramp_from, self.config.slow_start) {
                 if now < from + ss.window {
@@ -291,24 +406,100 @@ where
         wake
     }
 
-    async fn make_service(&mut self, ep: &Endpoint) -> Option<S> {
-        let ready: Result<&mut M, BoxError> = self.make.ready().await.map_err(Into::into);
-        let made: Result<S, BoxError> = match ready {
-            Ok(m) => m.call(ep.clone()).await.map_err(Into::into),
-            Err(e) => Err(e),
-        };
-        match made {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(balancer = %self.config.name, endpoint = %ep.id(), error = %e, "could not make a service for endpoint; skipped");
-                None
+    /// Starts the connector on queued endpoints while it is ready.
+    fn start_connects(&mut self, cx: &mut Context<'_>) {
+        loop {
+            self.skip_stale();
+            if self.queue.is_empty() {
+                return;
+            }
+            match self.make.poll_ready(cx) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(())) => self.start_next_connect(),
+                Poll::Ready(Err(e)) => {
+                    if let Some(id) = self.queue.pop_front() {
+                        self.connect_failed(&id, e.into());
+                    }
+                }
             }
         }
     }
 
-    async fn apply(&mut self, update: Update) {
+    /// Drops queued ids that no longer wait for a connect (removed, or queued twice).
+    fn skip_stale(&mut self) {
+        while let Some(id) = self.queue.front() {
+            if self.table.get(id).is_some_and(|e| e.connect == Connect::Queued) {
+                return;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// Calls the connector (just found ready) for the first queued endpoint.
+    fn start_next_connect(&mut self) {
+        self.skip_stale();
+        let Some(id) = self.queue.pop_front() else {
+            return;
+        };
+        let Some(entry) = self.table.get_mut(&id) else {
+            return;
+        };
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        entry.connect = Connect::Connecting(seq);
+        entry.attempts += 1;
+        let fut = self.make.call((*entry.state.endpoint()).clone());
+        let timeout = self.config.connect_timeout;
+        self.connecting.push(Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(Elapsed::new(timeout)) as BoxError),
+            };
+            Made { id, seq, result }
+        }));
+    }
+
+    /// An attempt finished.
+    fn made(&mut self, made: Made<S>) {
+        let Some(entry) = self.table.get_mut(&made.id) else {
+            return;
+        };
+        if entry.connect != Connect::Connecting(made.seq) {
+            return; // An attempt for an address the endpoint no longer has.
+        }
+        match made.result {
+            Ok(service) => {
+                entry.service = Some(service);
+                entry.connect = Connect::Ready;
+                entry.attempts = 0;
+                entry.backoff.reset();
+                if std::mem::take(&mut entry.ramp_on_ready) && self.config.slow_start.is_some() {
+                    entry.ramp_from = Some(Instant::now());
+                }
+                self.dirty = true;
+                tracing::debug!(balancer = %self.config.name, endpoint = %made.id, "service made for endpoint");
+            }
+            Err(e) => self.connect_failed(&made.id, e),
+        }
+    }
+
+    /// The connector failed for `id`: retried after a backoff.
+    fn connect_failed(&mut self, id: &EndpointId, error: BoxError) {
+        let Some(entry) = self.table.get_mut(id) else {
+            return;
+        };
+        let wait = entry.backoff.next_wait();
+        let error = crate::error::chain(&*error);
+        tracing::warn!(balancer = %self.config.name, endpoint = %id, attempts = entry.attempts, retry_in = ?wait, error = %error, "could not make a service for endpoint; will retry");
+        entry.connect = Connect::Failed {
+            error: Arc::from(error),
+            retry_at: Instant::now() + wait,
+        };
+    }
+
+    fn apply(&mut self, update: Update) {
         match update {
-            Update::Insert(ep) => self.insert(ep).await,
+            Update::Insert(ep) => self.insert(ep),
             Update::Remove(id) => self.remove(&id),
             Update::Reset(set) => {
                 let mut next: BTreeMap<EndpointId, Endpoint> = BTreeMap::new();
@@ -320,14 +511,14 @@ where
                     self.remove(&id);
                 }
                 for (_, ep) in next {
-                    self.insert(ep).await;
+                    self.insert(ep);
                 }
             }
         }
         self.seen_first_set = true;
     }
 
-    async fn insert(&mut self, ep: Endpoint) {
+    fn insert(&mut self, ep: Endpoint) {
         if let Some(entry) = self.table.get_mut(ep.id()) {
             let old = entry.state.endpoint();
             if *old == ep {
@@ -336,18 +527,28 @@ where
             let readdr = old.addr() != ep.addr();
             tracing::debug!(balancer = %self.config.name, endpoint = %ep.id(), weight = ep.weight(), "endpoint updated in place");
             entry.state.set_endpoint(ep.clone());
+            // Metadata or weight: the policy state is rebuilt from the new values.
+            self.dirty = true;
             if readdr {
-                if let Some(s) = self.make_service(&ep).await {
-                    if let Some(entry) = self.table.get_mut(ep.id()) {
-                        entry.service = s;
-                    }
+                if let Some((check, _)) = &self.config.health {
+                    check.forget(&old);
                 }
+                // The old service keeps serving until the new one is made.
+                entry.connect = Connect::Queued;
+                entry.attempts = 0;
+                entry.backoff.reset();
+                self.queue.push_back(ep.id().clone());
             }
             return;
         }
-        let Some(service) = self.make_service(&ep).await else {
+        // An endpoint removed and added back before it left keeps its entry (and is
+        // then updated in place).
+        if let Some(i) = self.held.iter().position(|e| e.state.id() == ep.id()) {
+            let entry = self.held.swap_remove(i);
+            self.table.insert(ep.id().clone(), entry);
+            self.insert(ep);
             return;
-        };
+        }
         // An endpoint that comes back while still draining keeps its state.
         let revived = self
             .draining
@@ -384,7 +585,6 @@ where
                 Arc::new(st)
             }
         };
-        let ramp_from = (self.seen_first_set && self.config.slow_start.is_some()).then(Instant::now);
         let probe = self.config.health.clone().map(|(check, cfg)| {
             tokio::spawn(probe_loop(
                 state.clone(),
@@ -394,30 +594,50 @@ where
                 self.config.name.clone(),
             ))
         });
+        let (min, max) = self.config.connect_backoff;
         self.table.insert(
             ep.id().clone(),
             Entry {
                 state,
-                service,
+                service: None,
+                connect: Connect::Queued,
+                attempts: 0,
+                backoff: Backoff::new(min, max),
+                ramp_on_ready: self.seen_first_set,
                 eject_until: None,
                 last_eject_end: None,
-                ramp_from,
+                ramp_from: None,
                 was_out: false,
                 probe,
             },
         );
+        self.queue.push_back(ep.id().clone());
     }
 
     fn remove(&mut self, id: &EndpointId) {
         if let Some(entry) = self.table.remove(id) {
-            // Flagged draining only once a snapshot without it is out (see `publish`):
-            // the snapshot pickers use until then still offers it, and flagging it now
-            // would leave them nothing usable while a whole set is being replaced.
-            self.retiring.push(entry.state.clone());
             tracing::info!(balancer = %self.config.name, endpoint = %id, in_flight = entry.state.in_flight(), "endpoint removed; draining");
-            if entry.state.in_flight() > 0 {
-                self.draining.push(entry.state.clone());
+            if entry.service.is_some() {
+                // `publish` retires it, or holds it while its replacements are made.
+                self.held.push(entry);
+            } else {
+                self.retire_entry(entry);
             }
+        }
+    }
+
+    /// An endpoint leaves rotation for good: it drains.
+    fn retire_entry(&mut self, entry: Entry<S>) {
+        // Flagged draining only once a snapshot without it is out (see `publish`):
+        // the snapshot pickers use until then still offers it, and flagging it now
+        // would leave them nothing usable while a whole set is being replaced.
+        self.retiring.push(entry.state.clone());
+        if entry.state.in_flight() > 0 {
+            self.draining.push(entry.state.clone());
+        }
+        // Its probe stops with the entry; the probe's connection to it goes too.
+        if let Some((check, _)) = &self.config.health {
+            check.forget(&entry.state.endpoint());
         }
     }
 
@@ -447,7 +667,8 @@ where
             }
             None => Err(UnknownEndpoint(id.to_string())),
         };
-        let _ = reply.send(res);
+        // Answered after the next publish: the caller then knows the snapshot reflects it.
+        self.replies.push((reply, res));
     }
 
     /// Ejections, re-admissions, drains finished.
@@ -487,6 +708,13 @@ where
                 tracing::warn!(balancer = %name, endpoint = %id, times, ejected_for = ?dur, "endpoint ejected after consecutive failures");
             }
         }
+        // Connects to retry.
+        for (id, e) in self.table.iter_mut() {
+            if matches!(e.connect, Connect::Failed { retry_at, .. } if retry_at <= now) {
+                e.connect = Connect::Queued;
+                self.queue.push_back(id.clone());
+            }
+        }
         // Drains finished.
         self.draining.retain(|s| {
             let busy = s.in_flight() > 0;
@@ -506,6 +734,9 @@ where
         let mut active = 0usize;
         let mut eligible = 0usize;
         for (id, e) in self.table.iter_mut() {
+            if e.service.is_none() {
+                continue; // Not made yet: neither in rotation nor out of it.
+            }
             let weighted = e.state.endpoint().weight() > 0;
             let admin = e.state.is_admin_drained();
             if weighted && !admin {
@@ -542,7 +773,26 @@ where
         let mut endpoints = Vec::with_capacity(self.table.len());
         let mut weights = Vec::with_capacity(self.table.len());
         let mut services = Vec::with_capacity(self.table.len());
-        for e in self.table.values() {
+        // Removed endpoints are held in rotation while nothing else can serve and the
+        // endpoints that replace them are still being made (a blue/green `Reset`), so
+        // that a slow connector never leaves a gap; otherwise they leave now.
+        let warming = self
+            .table
+            .values()
+            .any(|e| e.service.is_none() && matches!(e.connect, Connect::Queued | Connect::Connecting(_)));
+        let servable = self
+            .table
+            .values()
+            .any(|e| e.service.is_some() && e.state.endpoint().weight() > 0 && !e.state.is_admin_drained());
+        if servable || !warming {
+            for e in std::mem::take(&mut self.held) {
+                self.retire_entry(e);
+            }
+        }
+        for e in self.table.values().chain(&self.held) {
+            let Some(service) = &e.service else {
+                continue;
+            };
             let w = e.state.endpoint().weight();
             if w == 0 || e.state.is_admin_drained() {
                 continue;
@@ -557,7 +807,7 @@ where
             let eff = ((w as f64 * WEIGHT_SCALE as f64 * factor).round() as u32).max(1);
             endpoints.push(e.state.clone());
             weights.push(eff);
-            services.push(e.service.clone());
+            services.push(service.clone());
         }
         // Skip the rebuild when nothing a picker sees has changed.
         let cur = shared.snapshot.load();
@@ -565,9 +815,31 @@ where
             && cur.weights[..] == weights[..]
             && cur.endpoints.len() == endpoints.len()
             && cur.endpoints.iter().zip(&endpoints).all(|(a, b)| Arc::ptr_eq(a, b))
-            && self.generation > 0;
-        let mut all: Vec<Arc<EndpointState>> = self.table.values().map(|e| e.state.clone()).collect();
-        all.extend(self.draining.iter().cloned());
+            && self.generation > 0
+            && !self.dirty;
+        self.dirty = false;
+        let mut all: Vec<Listed> = self
+            .table
+            .values()
+            .chain(&self.held)
+            .map(|e| Listed {
+                state: e.state.clone(),
+                connection: match &e.connect {
+                    Connect::Ready => Connection::Ready,
+                    // An endpoint made again for a new address is still served.
+                    _ if e.service.is_some() => Connection::Ready,
+                    Connect::Queued | Connect::Connecting(_) => Connection::Connecting { attempts: e.attempts },
+                    Connect::Failed { error, .. } => Connection::Failed {
+                        attempts: e.attempts,
+                        error: error.clone(),
+                    },
+                },
+            })
+            .collect();
+        all.extend(self.draining.iter().map(|st| Listed {
+            state: st.clone(),
+            connection: Connection::Ready,
+        }));
         if same {
             self.retire();
             shared.all.store(Arc::new(all));

@@ -963,3 +963,380 @@ async fn a_body_at_its_end_ends_the_request() {
     assert_eq!(status_of(&lb, 0).in_flight, 0);
     assert_eq!(streak_of(&lb, 0), 0, "a success");
 }
+
+// === the connector runs off the writer's loop ===
+
+/// A connector whose futures the test finishes by hand: `gate(i)` opens endpoint `i`'s
+/// attempts; until then they hang. `fail_first[i]` attempts fail first.
+#[derive(Clone, Default)]
+struct Gates {
+    open: Arc<std::sync::Mutex<BTreeSet<usize>>>,
+    notify: Arc<tokio::sync::Notify>,
+    attempts: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, u32>>>,
+    fail_first: Arc<std::sync::Mutex<std::collections::BTreeMap<usize, u32>>>,
+}
+
+impl Gates {
+    fn open(&self, i: usize) {
+        self.open.lock().unwrap().insert(i);
+        self.notify.notify_waiters();
+    }
+
+    fn attempts(&self, i: usize) -> u32 {
+        self.attempts.lock().unwrap().get(&i).copied().unwrap_or(0)
+    }
+
+    fn connector(&self) -> impl Service<Endpoint, Response = Backend, Error = BoxError, Future: Send> + Send + 'static {
+        let gates = self.clone();
+        tower::service_fn(move |e: Endpoint| {
+            let gates = gates.clone();
+            async move {
+                let i = index_of(&e);
+                let n = {
+                    let mut a = gates.attempts.lock().unwrap();
+                    let n = a.entry(i).or_default();
+                    *n += 1;
+                    *n
+                };
+                if gates.fail_first.lock().unwrap().get(&i).is_some_and(|&k| n <= k) {
+                    return Err::<Backend, BoxError>(format!("connection to {i} refused").into());
+                }
+                loop {
+                    let opened = gates.notify.notified();
+                    if gates.open.lock().unwrap().contains(&i) {
+                        return Ok(Backend::new(i, Switches::new()));
+                    }
+                    opened.await;
+                }
+            }
+        })
+    }
+}
+
+use std::sync::Arc;
+
+use lb_core::Connection;
+
+fn connection_of<P: lb_core::balance::Balance, S, C, K>(lb: &Balancer<P, S, C, K>, i: usize) -> Connection {
+    status_of(lb, i).connection
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_connect_holds_up_neither_discovery_nor_drains_nor_other_endpoints() {
+    let gates = Gates::default();
+    gates.open(0);
+    gates.open(2);
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new())
+        .connect_timeout(Duration::from_secs(3600))
+        .spawn(subscription, gates.connector());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(1).await;
+    // Endpoint 1's connect hangs: it is listed as connecting and takes no request.
+    assert_eq!(connection_of(&lb, 1), Connection::Connecting { attempts: 1 });
+    assert_eq!(connection_of(&lb, 0), Connection::Ready);
+    for _ in 0..10 {
+        assert_eq!(
+            lb.clone().oneshot(()).await.unwrap(),
+            0,
+            "only the endpoint with a service is picked"
+        );
+    }
+    // Meanwhile the writer still follows discovery and operators.
+    publisher.insert(ep(2));
+    lb.ready_endpoints(2).await;
+    publisher.remove(id(2));
+    eventually("endpoint 2 leaves", STEP, 10, || {
+        !ids(&lb).contains(&"ep002".to_string())
+    })
+    .await;
+    lb.drain(id(0)).await.unwrap();
+    assert_eq!(lb.eligible(), 0);
+    lb.enable(id(0)).await.unwrap();
+    // And once the connect finishes, the endpoint joins.
+    gates.open(1);
+    lb.ready_endpoints(2).await;
+    let got: BTreeSet<usize> = [
+        lb.clone().oneshot(()).await.unwrap(),
+        lb.clone().oneshot(()).await.unwrap(),
+    ]
+    .into();
+    assert_eq!(got, BTreeSet::from([0, 1]));
+    assert_eq!(connection_of(&lb, 1), Connection::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_connect_is_shown_and_retried_with_backoff_until_it_succeeds() {
+    let gates = Gates::default();
+    gates.open(0);
+    gates.fail_first.lock().unwrap().insert(0, 2);
+    let lb = Balancer::builder(RoundRobin::new())
+        .connect_backoff(Duration::from_secs(1), Duration::from_secs(1))
+        .spawn(discover::fixed([ep(0)]), gates.connector());
+    settle().await;
+    match connection_of(&lb, 0) {
+        Connection::Failed { attempts: 1, error } => assert!(error.contains("refused"), "{error}"),
+        other => panic!("expected a failed first attempt, got {other:?}"),
+    }
+    assert_eq!(lb.eligible(), 0);
+    assert!(is_no_endpoints(&*lb.clone().oneshot(()).await.unwrap_err()));
+    // No retry before the backoff (1 s with jitter: at least 500 ms).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(gates.attempts(0), 1, "retried before the backoff");
+    // Then retried, failing once more, then made.
+    tokio::time::timeout(Duration::from_secs(5), lb.ready_endpoints(1))
+        .await
+        .expect("retried until made");
+    assert_eq!(gates.attempts(0), 3);
+    assert_eq!(connection_of(&lb, 0), Connection::Ready);
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_over_the_connect_timeout_fails_and_is_retried() {
+    let gates = Gates::default();
+    let lb = Balancer::builder(RoundRobin::new())
+        .connect_timeout(Duration::from_secs(2))
+        .connect_backoff(Duration::from_millis(100), Duration::from_millis(100))
+        .spawn(discover::fixed([ep(0)]), gates.connector());
+    tokio::time::sleep(Duration::from_millis(2010)).await;
+    match connection_of(&lb, 0) {
+        Connection::Failed { attempts: 1, error } => {
+            assert!(error.contains("timed out") || error.contains("2s"), "{error}")
+        }
+        other => panic!("expected a timed-out attempt, got {other:?}"),
+    }
+    gates.open(0);
+    tokio::time::timeout(Duration::from_secs(1), lb.ready_endpoints(1))
+        .await
+        .expect("retried and made");
+    assert_eq!(gates.attempts(0), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_endpoints_serve_until_the_set_that_replaces_them_is_made() {
+    let gates = Gates::default();
+    gates.open(0);
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, gates.connector());
+    publisher.reset([ep(0)]);
+    lb.ready_endpoints(1).await;
+    publisher.reset([ep(1)]);
+    settle().await;
+    assert_eq!(
+        lb.clone().oneshot(()).await.unwrap(),
+        0,
+        "no gap while the new set connects"
+    );
+    gates.open(1);
+    eventually("the new set takes over", STEP, 10, || ids(&lb) == ["ep001"]).await;
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 1);
+}
+
+// === discovery updates reach the policy ===
+
+/// A policy that sends everything to the first endpoint whose `zone` metadata is "a",
+/// read when the policy state is built.
+#[derive(Debug)]
+struct ZoneA;
+
+impl lb_core::balance::Balance for ZoneA {
+    type State = Option<usize>;
+
+    fn name(&self) -> &'static str {
+        "zone_a"
+    }
+
+    fn build(&self, set: &lb_core::balance::Candidates<'_>) -> Option<usize> {
+        (0..set.len()).find(|&i| set.endpoint(i).endpoint().metadata().get("zone").map(String::as_str) == Some("a"))
+    }
+
+    fn pick(
+        &self,
+        state: &Option<usize>,
+        _: &lb_core::balance::Candidates<'_>,
+        _: &lb_core::balance::PickContext,
+    ) -> Option<usize> {
+        *state
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_metadata_only_update_rebuilds_the_policy_state() {
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(ZoneA).spawn(subscription, healthy_backends());
+    publisher.reset([ep(0).with_metadata("zone", "a"), ep(1).with_metadata("zone", "b")]);
+    lb.ready_endpoints(2).await;
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
+    let generation = lb.status().generation;
+    publisher.reset([ep(0).with_metadata("zone", "b"), ep(1).with_metadata("zone", "a")]);
+    eventually("a new snapshot", STEP, 10, || lb.status().generation > generation).await;
+    assert_eq!(
+        lb.clone().oneshot(()).await.unwrap(),
+        1,
+        "the policy reads the new metadata"
+    );
+}
+
+// === every key source honours Avoid ===
+
+#[tokio::test(start_paused = true)]
+async fn a_key_fn_honours_avoid_on_http_requests() {
+    use lb_core::{Avoid, KeyFn};
+    let key = KeyFn(|req: &http::Request<()>| {
+        req.headers()
+            .get("x-user")
+            .map(|v| v.as_bytes().iter().fold(7u64, |h, b| h.wrapping_mul(31) ^ *b as u64))
+    });
+    let lb = Balancer::builder(lb_core::balance::Maglev::new())
+        .key(key)
+        .spawn(discover::fixed([ep(0), ep(1), ep(2)]), healthy_backends());
+    let request = |avoid: Option<usize>| {
+        let mut req = http::Request::builder().header("x-user", "alice").body(()).unwrap();
+        if let Some(i) = avoid {
+            req.extensions_mut().insert(Avoid(id(i)));
+        }
+        req
+    };
+    let home = lb.clone().oneshot(request(None)).await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            lb.clone().oneshot(request(None)).await.unwrap(),
+            home,
+            "the key stays on its endpoint"
+        );
+        let retry = lb.clone().oneshot(request(Some(home))).await.unwrap();
+        assert_ne!(retry, home, "a retry goes to another endpoint than the one that failed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_keeps_its_avoid() {
+    use lb_core::Avoid;
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new())
+        .key(lb_core::ExtensionKey)
+        .wait(Duration::from_secs(1))
+        .spawn(subscription, healthy_backends());
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let mut req = http::Request::new(());
+            req.extensions_mut().insert(Avoid(id(0)));
+            lb.clone().oneshot(req)
+        })
+        .collect();
+    let all = tokio::spawn(futures_util::future::join_all(calls));
+    settle().await;
+    publisher.reset([ep(0), ep(1)]);
+    for got in all.await.unwrap() {
+        assert_eq!(
+            got.unwrap(),
+            1,
+            "a call that waited for an endpoint still avoids endpoint 0"
+        );
+    }
+}
+
+// === what `spawn` returns is current ===
+
+#[tokio::test(start_paused = true)]
+async fn the_first_call_right_after_spawn_sees_what_discovery_had_ready() {
+    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0), ep(1)]), healthy_backends());
+    assert_eq!(lb.eligible(), 2, "applied before spawn returned");
+    lb.clone().oneshot(()).await.expect("the first call finds endpoints");
+    // A pushed set sent before spawn, too.
+    let (publisher, subscription) = discover::channel();
+    publisher.reset([ep(3)]);
+    let lb = Balancer::builder(RoundRobin::new()).spawn(subscription, healthy_backends());
+    assert_eq!(lb.clone().oneshot(()).await.unwrap(), 3);
+}
+
+// === robustness ===
+
+#[tokio::test(start_paused = true)]
+async fn a_balance_layer_applied_twice_shares_one_balancer() {
+    use tower::Layer;
+    let layer = BalanceLayer::new(Balancer::builder(RoundRobin::new()), discover::fixed([ep(0), ep(1)]));
+    let a = layer.layer(healthy_backends());
+    let b = layer.layer(healthy_backends());
+    a.ready_endpoints(2).await;
+    assert_eq!(b.eligible(), 2);
+    a.drain(id(0)).await.unwrap();
+    assert_eq!(b.eligible(), 1, "one balancer behind both");
+    assert_eq!(b.clone().oneshot(()).await.unwrap(), 1);
+}
+
+/// A policy with a bug: it picks past the end of the set.
+#[derive(Debug)]
+struct OutOfRange;
+
+impl lb_core::balance::Balance for OutOfRange {
+    type State = ();
+
+    fn name(&self) -> &'static str {
+        "out_of_range"
+    }
+
+    fn build(&self, _: &lb_core::balance::Candidates<'_>) {}
+
+    fn pick(&self, _: &(), set: &lb_core::balance::Candidates<'_>, _: &lb_core::balance::PickContext) -> Option<usize> {
+        Some(set.len() + 5)
+    }
+}
+
+/// In a release build the call fails with `NoEndpoints`; a debug build asserts, to
+/// point at the policy.
+#[tokio::test(start_paused = true)]
+#[cfg_attr(debug_assertions, should_panic(expected = "out of range"))]
+async fn a_policy_picking_out_of_range_is_no_pick() {
+    let lb = Balancer::builder(OutOfRange).spawn(discover::fixed([ep(0)]), healthy_backends());
+    let err = lb.clone().oneshot(()).await.unwrap_err();
+    no_endpoints(&err);
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_grows_linearly_with_the_endpoints() {
+    async fn fastest_status(n: usize) -> Duration {
+        let eps = (0..n).map(|i| Endpoint::new(std::net::SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16))));
+        let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed(eps), healthy_backends());
+        assert_eq!(lb.eligible(), n);
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let s = lb.status();
+                assert!(s.endpoints.iter().all(|e| e.effective_weight == Some(1.0)));
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    }
+    let small = fastest_status(250).await;
+    let large = fastest_status(8000).await;
+    // Linear: 32 times the endpoints, about 32 times the time; quadratic: 1024 times.
+    assert!(large < small * 100, "250 endpoints: {small:?}, 8000: {large:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ewma_latency_says_whether_it_was_measured() {
+    let lb = Balancer::builder(RoundRobin::new())
+        .track_latency(true)
+        .default_rtt(Duration::from_millis(10))
+        .spawn(discover::fixed([ep(0)]), healthy_backends());
+    let before = status_of(&lb, 0);
+    assert!(!before.latency_measured, "the default RTT is no measurement");
+    assert_eq!(before.ewma_latency, Duration::from_millis(10));
+    lb.clone().oneshot(()).await.unwrap();
+    assert!(status_of(&lb, 0).latency_measured);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_returns_once_the_snapshot_without_the_endpoint_is_out() {
+    for _ in 0..50 {
+        let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0), ep(1)]), healthy_backends());
+        lb.drain(id(0)).await.unwrap();
+        assert_eq!(lb.eligible(), 1, "drain returned before the snapshot was published");
+        assert_eq!(status_of(&lb, 0).effective_weight, None);
+        lb.enable(id(0)).await.unwrap();
+        assert_eq!(lb.eligible(), 2);
+    }
+}

@@ -641,3 +641,41 @@ async fn a_failure_records_at_least_the_penalty() {
     lb.clone().oneshot(()).await.unwrap_err();
     assert_eq!(ewma(), Duration::from_millis(300), "a timeout records its time");
 }
+
+// === a probe lets go of endpoints that leave ===
+
+/// A check that passes and records the endpoints it was told to forget.
+#[derive(Clone, Default)]
+struct Forgetful(Arc<std::sync::Mutex<Vec<Endpoint>>>);
+
+impl lb_core::health::HealthCheck for Forgetful {
+    fn check(&self, _: &Endpoint) -> lb_core::health::BoxFuture<Result<(), ProbeError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn forget(&self, endpoint: &Endpoint) {
+        self.0.lock().unwrap().push(endpoint.clone());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_forgets_an_endpoint_that_leaves_or_moves() {
+    let check = Forgetful::default();
+    let (publisher, subscription) = discover::channel();
+    let lb = Balancer::builder(RoundRobin::new())
+        .health_check(check.clone(), fast_checks(1, 1))
+        .spawn(subscription, healthy_backends());
+    publisher.reset([ep(0), ep(1)]);
+    lb.ready_endpoints(2).await;
+    assert!(check.0.lock().unwrap().is_empty(), "nothing left yet");
+    publisher.remove(id(1));
+    let forgot = || check.0.lock().unwrap().iter().map(|e| e.addr()).collect::<Vec<_>>();
+    eventually("endpoint 1 forgotten", STEP, 10, || forgot() == [ep(1).addr()]).await;
+    // A new address: the old one is forgotten, the endpoint stays.
+    publisher.insert(Endpoint::new(ep(5).addr()).with_id(id(0)));
+    eventually("endpoint 0's old address forgotten", STEP, 10, || {
+        forgot() == [ep(1).addr(), ep(0).addr()]
+    })
+    .await;
+    assert_eq!(lb.eligible(), 1);
+}

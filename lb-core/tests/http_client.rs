@@ -471,3 +471,59 @@ async fn h2c_multiplexes_on_one_connection() {
     }
     assert_eq!(accepted.get(), 1);
 }
+
+/// A backend answering 200 that counts its open connections (accepted, not yet closed).
+async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let (io, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let count = count.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async { Ok::<_, Infallible>(Response::new(full("ok"))) });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// Polls `cond` until it holds, for at most 5 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_http_probe_closes_its_connection_to_an_endpoint_that_leaves() {
+    use lb_core::health::CheckConfig;
+    use lb_core::http::HttpProbe;
+    use lb_core::{balance::RoundRobin, discover, Balancer};
+
+    let (addr, open) = counting_backend().await;
+    let (publisher, subscription) = discover::channel();
+    let checks = CheckConfig {
+        interval: Duration::from_millis(20),
+        timeout: Duration::from_secs(1),
+        rise: 1,
+        fall: 1,
+    };
+    let lb = Balancer::builder(RoundRobin::new())
+        .health_check(HttpProbe::new("/healthz"), checks)
+        .spawn(subscription, lb_core::connect_fn(|_: &Endpoint| ()));
+    publisher.insert(Endpoint::new(addr));
+    until("the probe connects", || open.load(Ordering::SeqCst) == 1).await;
+    publisher.remove(Endpoint::new(addr).id().clone());
+    until("the probe's connection is closed", || open.load(Ordering::SeqCst) == 0).await;
+    drop(lb);
+}

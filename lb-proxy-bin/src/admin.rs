@@ -489,6 +489,13 @@ fn service_json(name: &str, st: &BalancerStatus) -> Value {
                 "failures": e.failures,
                 "times_ejected": e.times_ejected,
                 "ewma_latency_ms": e.ewma_latency.as_secs_f64() * 1e3,
+                "latency_measured": e.latency_measured,
+                "connection": match &e.connection {
+                    lb_core::Connection::Ready => json!("ready"),
+                    lb_core::Connection::Connecting { attempts } => json!({ "connecting": attempts }),
+                    lb_core::Connection::Failed { attempts, error } => json!({ "failed": attempts, "error": &**error }),
+                    other => json!(format!("{other:?}")),
+                },
                 "last_check": e.last_check.as_ref().map(|c| json!({
                     "ok": c.ok,
                     "error": c.error,

@@ -55,6 +55,13 @@ impl std::error::Error for ProbeError {}
 pub trait HealthCheck: Send + Sync + 'static {
     /// Probes `endpoint` once.
     fn check(&self, endpoint: &Endpoint) -> BoxFuture<Result<(), ProbeError>>;
+
+    /// The balancer no longer probes `endpoint` (it left, or its address changed): a
+    /// probe that keeps something per endpoint (a connection) lets it go. By default,
+    /// nothing.
+    fn forget(&self, endpoint: &Endpoint) {
+        let _ = endpoint;
+    }
 }
 
 impl<F, Fut> HealthCheck for F

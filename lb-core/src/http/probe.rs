@@ -83,4 +83,13 @@ impl HealthCheck for HttpProbe {
             }
         })
     }
+
+    fn forget(&self, endpoint: &Endpoint) {
+        // Its kept-alive connection closes with the last clone of its service (a probe
+        // still running holds one until it ends).
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&endpoint.addr());
+    }
 }

@@ -286,14 +286,16 @@ impl Proxy {
             .cloned()
     }
 
-    /// The endpoint ids of a service, sorted (empty if the service is absent).
+    /// The ids of a service's endpoints in rotation (not draining, connected), sorted;
+    /// empty if the service is absent.
     pub fn endpoint_ids(&self, name: &str) -> Vec<String> {
         let mut ids: Vec<String> = self
             .service(name)
             .and_then(|s| {
                 s["endpoints"].as_array().map(|eps| {
+                    // In rotation: not draining, and its service made (connected).
                     eps.iter()
-                        .filter(|e| e["state"] != "draining")
+                        .filter(|e| e["state"] != "draining" && e["connection"] == "ready")
                         .filter_map(|e| e["id"].as_str().map(String::from))
                         .collect()
                 })
