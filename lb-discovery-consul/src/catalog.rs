@@ -11,14 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use lb_core::discover::catalog::{Catalog, CatalogService, Hints};
 use tokio::sync::{watch, Notify};
 
-use crate::client::{Answer, Client, Error};
-use crate::service::{next_index, AbortOnDrop, ConsulService, ConsulStatus, ServiceHandle, TokenBucket};
-use lb_core::discover::Backoff;
+use crate::client::{Client, Error};
+use crate::service::{AbortOnDrop, ConsulService, ConsulStatus, Cursor, ServiceHandle};
 
 /// Builds a catalog-mode watch.
 #[derive(Debug, Clone)]
@@ -152,90 +150,38 @@ struct CatalogTask {
 impl CatalogTask {
     async fn run(mut self) {
         let t = self.cfg.template.clone();
-        let mut bucket = TokenBucket::new(2, t.min_interval);
-        let mut index: u64 = 0;
-        let mut backoff = Backoff::new(t.backoff_min, t.backoff_max);
-        let mut failures: u32 = 0;
-        let mut dc = String::new();
-        if let Some(d) = &t.dc {
-            dc = format!("dc={}", crate::client::encode(d));
-        }
+        let mut cursor = Cursor::new(&t);
+        let query =
+            t.dc.as_ref()
+                .map(|d| format!("dc={}", crate::client::encode(d)))
+                .unwrap_or_default();
         // The catalog request runs as a future of its own, so service watches' changes
         // are published while it blocks.
-        type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answer, Error>> + Send>>;
+        type Catalogued = Result<(http::HeaderMap, HashMap<String, Vec<String>>), Error>;
+        type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Catalogued> + Send>>;
         let mut pending: Option<Pending> = None;
-        let mut sent_index = 0;
         loop {
             if pending.is_none() {
-                bucket.take().await;
-                let mut params = dc.clone();
-                let deadline = if index > 0 {
-                    if !params.is_empty() {
-                        params.push('&');
-                    }
-                    params.push_str(&format!("index={index}&wait={}ms", t.wait.as_millis()));
-                    t.wait + t.wait / 16 + Duration::from_secs(5)
-                } else {
-                    Duration::from_secs(10)
-                };
-                let url = if params.is_empty() {
-                    "/v1/catalog/services".to_string()
-                } else {
-                    format!("/v1/catalog/services?{params}")
-                };
+                cursor.ready().await;
+                let (url, deadline) = cursor.request("/v1/catalog/services", &query);
                 self.status.send_modify(|s| s.requests += 1);
                 let client = self.client.clone();
-                sent_index = index;
-                pending = Some(Box::pin(async move { client.get(&url, deadline).await }));
+                pending = Some(Box::pin(async move { client.get_json(&url, deadline).await }));
             }
             let fut = pending.as_mut().expect("set above");
             tokio::select! {
                 answer = fut => {
                     pending = None;
-                    let parsed = answer.and_then(|a| {
-                        let names: HashMap<String, Vec<String>> = serde_json::from_slice(&a.body).map_err(|e| Error::Decode {
-                            agent: self.client.agent().to_string(),
-                            message: e.to_string(),
-                        })?;
-                        Ok((a.headers, names))
-                    });
-                    match parsed {
+                    match answer {
                         Ok((headers, names)) => {
-                            let got = headers
-                                .get("x-consul-index")
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| v.parse::<u64>().ok());
-                            index = next_index(sent_index, got);
-                            failures = 0;
-                            backoff.reset();
-                            self.status.send_modify(|s| {
-                                s.last_index = got.unwrap_or(0);
-                                s.last_success = Some(SystemTime::now());
-                                s.consecutive_failures = 0;
-                                s.backoff = None;
-                            });
+                            cursor.answered(&headers, &self.status);
                             self.select(&names);
                             self.publish();
                         }
                         Err(e) => {
-                            failures += 1;
-                            if failures >= 3 {
-                                index = 0;
-                            }
-                            let wait = if e.is_transient() {
-                                backoff.next_wait()
-                            } else {
-                                backoff.longest_wait()
-                            };
-                            let message = e.to_string();
-                            self.status.send_modify(|s| {
-                                s.errors += 1;
-                                s.consecutive_failures = failures;
-                                s.backoff = Some(wait);
-                                s.last_error = Some(message.clone());
-                            });
-                            if failures == 1 {
-                                tracing::warn!(error = %message, retry_in = ?wait, "consul: catalog read failed; keeping the last services");
+                            let wait = cursor.failed(&e, &self.status);
+                            if cursor.failures() == 1 {
+                                tracing::warn!(error = %e, retry_in = ?wait, "consul: catalog read failed; keeping the last services");
                             }
                             // Service watches' changes are still published while the catalog
                             // read waits to be retried.

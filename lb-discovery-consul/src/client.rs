@@ -214,6 +214,20 @@ impl Client {
         self.request(Method::GET, path_and_query, Bytes::new(), deadline).await
     }
 
+    /// GET `path_and_query` and decode its JSON body; the headers come along (the index).
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+        deadline: Duration,
+    ) -> Result<(HeaderMap, T), Error> {
+        let a = self.get(path_and_query, deadline).await?;
+        let value = serde_json::from_slice(&a.body).map_err(|e| Error::Decode {
+            agent: self.agent.clone(),
+            message: e.to_string(),
+        })?;
+        Ok((a.headers, value))
+    }
+
     /// PUT `path_and_query` with a JSON body (empty for none).
     pub(crate) async fn put(&self, path_and_query: &str, body: Bytes, deadline: Duration) -> Result<Answer, Error> {
         self.request(Method::PUT, path_and_query, body, deadline).await
@@ -332,7 +346,7 @@ mod tests {
         assert_eq!((c.host.as_str(), c.port, c.agent()), ("::1", 8500, "[::1]:8500"));
         let c = Client::new("http://consul", None, None).unwrap();
         assert_eq!(c.port, 8500);
-        assert!(Client::new("unix:///tmp/consul.sock", None, None).is_err());
+        assert!(Client::new("unix://consul.sock", None, None).is_err());
         assert!(Client::new("http://h:port", None, None).is_err());
         assert!(Client::new("http://h:80/v1", None, None).is_err());
         assert!(matches!(

@@ -348,58 +348,24 @@ struct Watch {
 
 impl Watch {
     async fn run(self) {
-        let base = format!("/v1/health/service/{}", encode(&self.cfg.service));
+        let path = format!("/v1/health/service/{}", encode(&self.cfg.service));
         let query = self.cfg.query();
-        let mut bucket = TokenBucket::new(2, self.cfg.min_interval);
-        let mut index: u64 = 0;
-        let mut backoff = Backoff::new(self.cfg.backoff_min, self.cfg.backoff_max);
-        let mut failures: u32 = 0;
+        let mut cursor = Cursor::new(&self.cfg);
         loop {
             tokio::select! {
-                () = bucket.take() => {}
+                () = cursor.ready() => {}
                 () = self.set.closed() => return,
             }
-            let mut url = base.clone();
-            let mut params = query.clone();
-            let deadline = if index > 0 {
-                if !params.is_empty() {
-                    params.push('&');
-                }
-                params.push_str(&format!("index={index}&wait={}ms", self.cfg.wait.as_millis()));
-                self.cfg.wait + self.cfg.wait / 16 + Duration::from_secs(5)
-            } else {
-                Duration::from_secs(10)
-            };
-            if !params.is_empty() {
-                url.push('?');
-                url.push_str(&params);
-            }
+            let (url, deadline) = cursor.request(&path, &query);
             self.status.send_modify(|s| s.requests += 1);
             let answer = tokio::select! {
-                a = self.client.get(&url, deadline) => a,
+                a = self.client.get_json::<Vec<ServiceEntry>>(&url, deadline) => a,
                 () = self.set.closed() => return,
             };
-            let answer = answer.and_then(|a| {
-                let entries: Vec<ServiceEntry> = serde_json::from_slice(&a.body).map_err(|e| Error::Decode {
-                    agent: self.client.agent().to_string(),
-                    message: e.to_string(),
-                })?;
-                Ok((a.headers, entries))
-            });
             match answer {
                 Ok((headers, entries)) => {
-                    let got = headers
-                        .get("x-consul-index")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    let next = next_index(index, got);
-                    if next == 0 && (index > 0 || got.is_none()) {
-                        self.status.send_modify(|s| s.index_resets += 1);
-                        tracing::debug!(service = %self.cfg.service, prev = index, got = ?got, "consul: index reset");
-                    }
-                    index = next;
-                    failures = 0;
-                    backoff.reset();
+                    let was_failing = cursor.failures() > 0;
+                    cursor.answered(&headers, &self.status);
                     let set = self.instances(entries).await;
                     let count = set.endpoints.len();
                     let changed = self.set.send_if_modified(|cur| {
@@ -410,47 +376,23 @@ impl Watch {
                             true
                         }
                     });
-                    let was_failing = self.status.borrow().consecutive_failures > 0;
-                    self.status.send_modify(|s| {
-                        s.last_index = got.unwrap_or(0);
-                        s.last_success = Some(SystemTime::now());
-                        s.consecutive_failures = 0;
-                        s.backoff = None;
-                        s.instances = count;
-                    });
+                    self.status.send_modify(|s| s.instances = count);
                     if was_failing {
                         tracing::info!(service = %self.cfg.service, agent = %self.client.agent(), "consul: answering again");
                     }
                     if changed {
-                        tracing::debug!(service = %self.cfg.service, instances = count, index, "consul: set changed");
+                        tracing::debug!(service = %self.cfg.service, instances = count, "consul: set changed");
                         if let Some(n) = &self.notify {
                             n.notify_one();
                         }
                     }
                 }
                 Err(e) => {
-                    failures += 1;
-                    if failures >= 3 && index != 0 {
-                        index = 0;
-                        self.status.send_modify(|s| s.index_resets += 1);
-                    }
-                    // A configuration problem will not fix itself soon: the longest backoff.
-                    let wait = if e.is_transient() {
-                        backoff.next_wait()
+                    let wait = cursor.failed(&e, &self.status);
+                    if cursor.failures() == 1 || !e.is_transient() {
+                        tracing::warn!(service = %self.cfg.service, error = %e, retry_in = ?wait, "consul: read failed; keeping the last set");
                     } else {
-                        backoff.longest_wait()
-                    };
-                    let message = e.to_string();
-                    self.status.send_modify(|s| {
-                        s.errors += 1;
-                        s.consecutive_failures = failures;
-                        s.backoff = Some(wait);
-                        s.last_error = Some(message.clone());
-                    });
-                    if failures == 1 || !e.is_transient() {
-                        tracing::warn!(service = %self.cfg.service, error = %message, retry_in = ?wait, "consul: read failed; keeping the last set");
-                    } else {
-                        tracing::debug!(service = %self.cfg.service, error = %message, retry_in = ?wait, failures, "consul: still failing");
+                        tracing::debug!(service = %self.cfg.service, error = %e, retry_in = ?wait, failures = cursor.failures(), "consul: still failing");
                     }
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
@@ -587,6 +529,111 @@ impl TokenBucket {
             let missing = (1.0 - self.tokens) * self.every.as_secs_f64();
             tokio::time::sleep(Duration::from_secs_f64(missing)).await;
         }
+    }
+}
+
+/// One blocking-query loop's state, with Consul's client rules in one place: the token
+/// bucket, the index (reset when it goes backwards, is missing, or after three failures in
+/// a row), the request's `index`/`wait` and deadline, and the error backoff. The service
+/// and catalog watches both run on it.
+pub(crate) struct Cursor {
+    index: u64,
+    failures: u32,
+    wait: Duration,
+    bucket: TokenBucket,
+    backoff: Backoff,
+}
+
+impl Cursor {
+    pub(crate) fn new(cfg: &ConsulService) -> Self {
+        Self {
+            index: 0,
+            failures: 0,
+            wait: cfg.wait,
+            bucket: TokenBucket::new(2, cfg.min_interval),
+            backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
+        }
+    }
+
+    /// Waits for the token bucket.
+    pub(crate) async fn ready(&mut self) {
+        self.bucket.take().await;
+    }
+
+    /// The request for `path` with `query` (and, when blocking, `index` and `wait`), and
+    /// the client's deadline: `wait + wait/16 + 5 s` for a blocking read, since the server
+    /// adds up to `wait/16` of jitter; 10 s for a plain one.
+    pub(crate) fn request(&self, path: &str, query: &str) -> (String, Duration) {
+        let mut params = query.to_string();
+        let deadline = if self.index > 0 {
+            if !params.is_empty() {
+                params.push('&');
+            }
+            params.push_str(&format!("index={}&wait={}ms", self.index, self.wait.as_millis()));
+            self.wait + self.wait / 16 + Duration::from_secs(5)
+        } else {
+            Duration::from_secs(10)
+        };
+        let url = if params.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{params}")
+        };
+        (url, deadline)
+    }
+
+    /// Takes a good answer to the request made at the current index: the next index by
+    /// the rules, recorded in `status`. Returns the index Consul sent.
+    pub(crate) fn answered(&mut self, headers: &http::HeaderMap, status: &watch::Sender<ConsulStatus>) -> Option<u64> {
+        let got = headers
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let next = next_index(self.index, got);
+        let reset = next == 0 && (self.index > 0 || got.is_none());
+        if reset {
+            tracing::debug!(prev = self.index, got = ?got, "consul: index reset");
+        }
+        self.index = next;
+        self.failures = 0;
+        self.backoff.reset();
+        status.send_modify(|s| {
+            s.last_index = got.unwrap_or(0);
+            s.last_success = Some(SystemTime::now());
+            s.consecutive_failures = 0;
+            s.backoff = None;
+            s.index_resets += u64::from(reset);
+        });
+        got
+    }
+
+    /// Takes a failure: the wait before the next try (the longest for a configuration
+    /// problem, which will not fix itself soon), recorded in `status` with the error.
+    pub(crate) fn failed(&mut self, e: &Error, status: &watch::Sender<ConsulStatus>) -> Duration {
+        self.failures += 1;
+        let reset = self.failures >= 3 && self.index != 0;
+        if reset {
+            self.index = 0;
+        }
+        let wait = if e.is_transient() {
+            self.backoff.next_wait()
+        } else {
+            self.backoff.longest_wait()
+        };
+        let (failures, message) = (self.failures, e.to_string());
+        status.send_modify(|s| {
+            s.errors += 1;
+            s.consecutive_failures = failures;
+            s.backoff = Some(wait);
+            s.last_error = Some(message);
+            s.index_resets += u64::from(reset);
+        });
+        wait
+    }
+
+    /// Failed requests in a row.
+    pub(crate) fn failures(&self) -> u32 {
+        self.failures
     }
 }
 

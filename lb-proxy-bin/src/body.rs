@@ -165,14 +165,16 @@ impl http_body::Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let deadline = Instant::now() + this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // The clock is read, and the timer set, once per wait, not per poll.
                 if !this.armed {
-                    timer.as_mut().reset(deadline);
+                    let deadline = Instant::now() + this.idle;
+                    match &mut this.timer {
+                        Some(t) => t.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                     this.armed = true;
                 }
+                let timer = this.timer.as_mut().expect("armed above");
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => this.failed(ClientFault::Idle),
                     Poll::Pending => Poll::Pending,

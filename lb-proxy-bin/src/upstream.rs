@@ -166,12 +166,8 @@ impl Upstream {
         {
             match body.collect().await {
                 Ok(c) => (Some(c.to_bytes()), None),
-                Err(e) => {
-                    return Err(match client_fault(fault) {
-                        Some(f) => Failure::Client(f),
-                        None => Failure::Client(ClientFault::Aborted).log_cause(&*e),
-                    })
-                }
+                // The client body notes its fault before it fails: aborted is the fallback.
+                Err(_) => return Err(Failure::Client(client_fault(fault).unwrap_or(ClientFault::Aborted))),
             }
         } else {
             (None, Some(body))
@@ -244,12 +240,5 @@ impl Upstream {
             }
         }
         Err(Failure::Upstream(last.unwrap_or_else(|| "no attempt made".into())))
-    }
-}
-
-impl Failure {
-    fn log_cause(self, e: &(dyn std::error::Error + 'static)) -> Self {
-        tracing::debug!(error = %lb_core::error::chain(e), "client request body failed");
-        self
     }
 }

@@ -292,15 +292,9 @@ fn a_reload_refused_while_building_is_applied_by_the_next_sighup() {
     // taken for "unchanged", since it never ran.
     std::fs::write(&more, format!("endpoints = [{{ addr = \"{other}\" }}]\n")).expect("write endpoints");
     signal(&child, "HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !get(addr, "/more").is_some_and(|(s, b)| s == 200 && b.trim() == "more") {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP did not apply the refused config: {:#?}",
-            log.lock().expect("log")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("SIGHUP to apply the refused config", || {
+        get(addr, "/more").is_some_and(|(s, b)| s == 200 && b.trim() == "more")
+    });
     signal(&child, "TERM");
     exit_within(&mut child, Duration::from_secs(10));
     let _ = std::fs::remove_dir_all(&dir);
