@@ -31,6 +31,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `http` | [`http`](crate::http): a hyper client connector per endpoint, forwarding headers, an HTTP health probe |
+//! | `tls` | `http`, and TLS to endpoints: `http::TlsConnect` for `http::HttpConnect::with_tls` (rustls, ALPN h2 or HTTP/1.1) |
 //!
 //! # Example: a hyper client balanced over a static list (feature `http`)
 //!

@@ -140,18 +140,56 @@ async fn sequential_requests_share_one_connection() {
 }
 
 #[tokio::test]
-async fn origin_form_and_host() {
+async fn http1_goes_in_origin_form_with_the_request_authority_as_host() {
     let (addr, _) = ok_backend(Proto::H1).await;
     let svc = service(addr, ClientConfig::default());
+    // An absolute URI: its authority is the Host, not the endpoint's address.
     let rsp = svc.clone().call(get("http://example.test/a/b?c=d")).await.unwrap();
     assert_eq!(rsp.headers()["x-target"], "/a/b?c=d");
-    assert_eq!(rsp.headers()["x-host"], addr.to_string().as_str());
+    assert_eq!(rsp.headers()["x-host"], "example.test");
     assert_eq!(rsp.headers()["x-version"], "HTTP/1.1");
-    // A Host header is kept.
+    // Its port stays, user information goes.
+    let rsp = svc
+        .clone()
+        .call(get("http://me:secret@example.test:8080/"))
+        .await
+        .unwrap();
+    assert_eq!(rsp.headers()["x-host"], "example.test:8080");
+    // A Host header is kept, whatever the URI says.
     let req = Request::get("/x").header("host", "api.example").body(empty()).unwrap();
     let rsp = svc.clone().call(req).await.unwrap();
     assert_eq!(rsp.headers()["x-target"], "/x");
     assert_eq!(rsp.headers()["x-host"], "api.example");
+    let req = Request::get("http://example.test/x")
+        .header("host", "api.example")
+        .body(empty())
+        .unwrap();
+    let rsp = svc.clone().call(req).await.unwrap();
+    assert_eq!(rsp.headers()["x-host"], "api.example");
+    // Neither a Host header nor an authority: the endpoint's address.
+    let rsp = svc.clone().call(get("/y")).await.unwrap();
+    assert_eq!(rsp.headers()["x-host"], addr.to_string().as_str());
+}
+
+#[tokio::test]
+async fn h2c_sends_the_request_authority() {
+    let (addr, _) = ok_backend(Proto::H2).await;
+    let svc = service(
+        addr,
+        ClientConfig {
+            http2_only: true,
+            ..ClientConfig::default()
+        },
+    );
+    let rsp = svc.clone().call(get("http://example.test/a?b=c")).await.unwrap();
+    assert_eq!(rsp.headers()["x-target"], "http://example.test/a?b=c");
+    // From the Host header when the URI has no authority.
+    let req = Request::get("/x").header("host", "api.example").body(empty()).unwrap();
+    let rsp = svc.clone().call(req).await.unwrap();
+    assert_eq!(rsp.headers()["x-target"], "http://api.example/x");
+    // Neither: the endpoint's address.
+    let rsp = svc.clone().call(get("/y")).await.unwrap();
+    assert_eq!(rsp.headers()["x-target"], format!("http://{addr}/y").as_str());
 }
 
 /// `n` requests at once, held by the backend until all `n` have arrived.

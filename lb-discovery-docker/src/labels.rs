@@ -13,7 +13,7 @@
 //! | `lb.port` | the container port, 1 to 65535; default: the exposed TCP port (the lowest of several, with a warning) |
 //! | `lb.weight` | the endpoint weight, 0 to 65535; default 1 |
 //! | `lb.network` | the network whose address is dialled (compose's `<project>_` prefix may be left out) |
-//! | `lb.host`, `lb.path_prefix`, `lb.balance`, `lb.hash_key`, `lb.health.path`, `lb.health.interval` | hints, see [`Hints::apply`] |
+//! | `lb.host`, `lb.path_prefix`, `lb.balance`, `lb.hash_key`, `lb.health.path`, `lb.health.interval`, `lb.tls.acme`, `lb.redirect_https` | hints, see [`Hints::apply`] |
 //!
 //! Any other `lb.*` label is reported as a warning of the member.
 //!
@@ -27,6 +27,8 @@
 //! (v1: `Host:a,b;PathPrefix:/p`; v2: ``Host(`a`) && PathPrefix(`/p`)``); any other
 //! rule makes the container [`Verdict::Invalid`]. The route (hosts and path prefix) is
 //! taken from Traefik's rules only when neither `lb.host` nor `lb.path_prefix` is set.
+//! A router's `tls.certresolver` (any resolver name) asks for ACME certificates for the
+//! hosts, unless `lb.tls.acme` is set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -425,6 +427,14 @@ fn hints(labels: &Labels<'_>, opts: &Options, warnings: &mut Vec<String>) -> Res
     }
     if opts.traefik && labels.own("host").is_none() && labels.own("path_prefix").is_none() {
         traefik_routes(labels, &mut hints)?;
+    }
+    if opts.traefik && labels.own("tls.acme").is_none() {
+        // A router with a certificate resolver asks for ACME certificates for its hosts.
+        hints.tls_acme |= labels.starting_with("traefik.http.routers.").any(|(rest, label)| {
+            rest.split_once('.')
+                .is_some_and(|(router, key)| !router.is_empty() && key == "tls.certresolver")
+                && !label.value.is_empty()
+        });
     }
     Ok(hints)
 }

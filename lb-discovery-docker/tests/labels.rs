@@ -115,6 +115,8 @@ fn plain_member(warnings: &[&str]) -> Verdict {
             hash_key: None,
             health_path: Some("/healthz".into()),
             health_interval: Some(Duration::from_secs(2)),
+            tls_acme: false,
+            redirect_https: None,
         },
         warnings,
     )
@@ -698,6 +700,28 @@ fn traefik_v2_labels() {
             ..Hints::default()
         })
     );
+    // A router's certificate resolver asks for ACME certificates; `tls=true` alone does not.
+    let resolver = with_label(
+        "traefik_v2",
+        "traefik.http.routers.whoami-tls.tls.certresolver",
+        "letsencrypt",
+    );
+    assert_eq!(
+        evaluate(&resolver, &traefik()),
+        expected(Hints {
+            hosts: hosts(&["whoami.example.org", "whoami.example.com"]),
+            path_prefix: Some("/api".into()),
+            tls_acme: true,
+            ..Hints::default()
+        })
+    );
+    // Our own label wins over the resolver.
+    let mut declined = resolver.clone();
+    set_label(&mut declined, "lb.tls.acme", "false");
+    let Verdict::Member(m) = evaluate(&declined, &traefik()) else {
+        panic!("still a member");
+    };
+    assert!(!m.hints.tls_acme);
     // Our route labels replace Traefik's rules, which are then not even read.
     let mut ours = with_label("traefik_v2", "lb.host", "x.example.com");
     set_label(&mut ours, "traefik.http.routers.whoami.rule", "Headers(`X`, `y`)");

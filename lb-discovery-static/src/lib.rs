@@ -73,7 +73,7 @@ use lb_core::Endpoint;
 pub use crate::error::{Error, Location};
 pub use crate::file::{EndpointsFile, DEFAULT_DEBOUNCE, DEFAULT_POLL_INTERVAL};
 pub use crate::resolve::{resolve_stream, Updates, DEFAULT_DNS_REFRESH};
-pub use crate::spec::EndpointSpec;
+pub use crate::spec::{EndpointSpec, HOST_METADATA};
 pub use crate::watched::WatchedFile;
 
 /// A set of endpoints given in code: one `Reset`, then the stream stays open.

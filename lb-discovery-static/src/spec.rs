@@ -186,12 +186,20 @@ impl EndpointSpec {
             (Some(name), None) => EndpointId::from(format!("{name}/{addr}")),
         };
         let mut ep = Endpoint::new(addr).with_id(id).with_weight(self.weight);
+        // The name it was found by: what TLS to the endpoint verifies (lb-core's `tls`).
+        if let Some(name) = name.filter(|_| !self.metadata.contains_key(HOST_METADATA)) {
+            ep = ep.with_metadata(HOST_METADATA, name.host.clone());
+        }
         for (k, v) in &self.metadata {
             ep = ep.with_metadata(k.clone(), v.clone());
         }
         ep
     }
 }
+
+/// The metadata key under which an endpoint found by a DNS name keeps that name (unless
+/// its spec sets the key itself).
+pub const HOST_METADATA: &str = "host";
 
 /// What an address string names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,11 +336,17 @@ mod tests {
         assert_eq!(spec.base_id().as_deref(), Some("web1:80"));
         let spec = spec.with_id("w").with_weight(4).with_metadata("zone", "a");
         let ep = spec.endpoint(addr, Some(&name));
+        assert_eq!(
+            ep.metadata().get("host").map(String::as_str),
+            Some("web1"),
+            "the name it came from"
+        );
         assert_eq!(ep.id().as_str(), "w/10.0.0.1:80");
         assert_eq!(ep.weight(), 4);
         assert_eq!(ep.metadata().get("zone").map(String::as_str), Some("a"));
         let spec = EndpointSpec::new("10.0.0.1:80");
         assert_eq!(spec.endpoint(addr, None).id().as_str(), "10.0.0.1:80");
+        assert!(spec.endpoint(addr, None).metadata().get("host").is_none());
         assert!(EndpointSpec::new("10.0.0.1:80").with_id("").validate().is_err());
     }
 }

@@ -342,10 +342,15 @@ async fn handle<B>(req: Request<B>, rt: Arc<Runtime>, auth: &AdminAuth) -> Respo
         }
         "/api/status" if get => json_response(StatusCode::OK, &status_json(&rt)),
         "/" | "/index.html" | "/metrics" | "/api/status" => not_allowed("GET, HEAD"),
-        _ => match path.strip_prefix("/api/services/") {
-            Some(rest) => action(method, req.headers(), req.uri(), rest, &rt).await,
-            None => error(StatusCode::NOT_FOUND, &format!("no admin route {}", req.uri().path())),
-        },
+        _ => {
+            if let Some(rest) = path.strip_prefix("/api/services/") {
+                action(method, req.headers(), req.uri(), rest, &rt).await
+            } else if let Some(rest) = path.strip_prefix("/api/certificates/") {
+                renew(method, req.headers(), req.uri(), rest, &rt)
+            } else {
+                error(StatusCode::NOT_FOUND, &format!("no admin route {}", req.uri().path()))
+            }
+        }
     }
 }
 
@@ -466,11 +471,85 @@ fn status_json(rt: &Runtime) -> Value {
     if !consul.is_empty() {
         sources.insert("consul".into(), Value::Array(consul));
     }
+    let (certificates, acme) = tls_json(rt);
     json!({
         "generation": rt.generation,
         "services": services,
         "sources": sources,
+        "certificates": certificates,
+        "acme": acme,
     })
+}
+
+/// Seconds since the Unix epoch.
+fn unix(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Every certificate served (names, issuer, expiry, source), and ACME's names.
+fn tls_json(rt: &Runtime) -> (Value, Value) {
+    let Some(tls) = &rt.tls else {
+        return (json!([]), Value::Null);
+    };
+    let now = std::time::SystemTime::now();
+    let certificates: Vec<Value> = tls
+        .store
+        .certificates()
+        .iter()
+        .map(|c| {
+            json!({
+                "names": c.names,
+                "issuer": c.issuer,
+                "not_before_unix": unix(c.not_before),
+                "not_after_unix": unix(c.not_after),
+                "days_left": c.days_left(now),
+                "source": c.source,
+                "default": c.default,
+            })
+        })
+        .collect();
+    let acme = tls.acme.as_ref().map_or(Value::Null, |a| {
+        let names: Vec<Value> = a.status().iter().map(crate::tls::acme_status_json).collect();
+        Value::Array(names)
+    });
+    (Value::Array(certificates), acme)
+}
+
+/// `POST /api/certificates/{name}/renew`: an ACME certificate ordered again now.
+fn renew(method: &Method, headers: &HeaderMap, uri: &http::Uri, rest: &str, rt: &Runtime) -> Response<Body> {
+    let Some(name) = rest
+        .strip_suffix("/renew")
+        .filter(|n| !n.is_empty() && !n.contains('/'))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such admin route; the action is POST /api/certificates/{name}/renew",
+        );
+    };
+    if *method != Method::POST {
+        return not_allowed("POST");
+    }
+    if !same_origin(headers, uri) {
+        return error(StatusCode::FORBIDDEN, "cross-origin admin actions are refused");
+    }
+    let Some(name) = percent_decode(name) else {
+        return error(StatusCode::BAD_REQUEST, "bad percent-encoding in the name");
+    };
+    let Some(acme) = rt.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
+        return error(StatusCode::NOT_FOUND, "ACME is not configured ([acme])");
+    };
+    if acme.renew(&name) {
+        tracing::info!(name = %name, action = "renew", "admin action");
+        json_response(
+            StatusCode::ACCEPTED,
+            &json!({ "ok": true, "name": name, "action": "renew" }),
+        )
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            &format!("{name:?} is not a name ACME manages (routes with acme = true, [acme] names)"),
+        )
+    }
 }
 
 fn service_json(name: &str, st: &BalancerStatus) -> Value {

@@ -45,6 +45,21 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path)
 }
 
+/// A fault found in what a valid file names (a certificate that does not load), placed at
+/// `key` (segments; a number is an array index) of the file at `path`.
+pub(crate) fn fault_at(path: &Path, key: &[&str], message: String) -> ConfigError {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let index = error::SpanIndex::new(&text);
+    let mut at = error::KeyPath::root();
+    for seg in key {
+        at = match seg.parse::<usize>() {
+            Ok(i) => at.index(i),
+            Err(_) => at.key(seg),
+        };
+    }
+    error::from_invalid(path, &text, &index, error::Invalid::new(&at, message))
+}
+
 /// Parses and validates a configuration text; `path` names the file in errors and is the
 /// base for relative paths in the config.
 ///
@@ -87,6 +102,8 @@ pub(crate) struct Config {
     pub(crate) tcp: Vec<TcpConfig>,
     /// Sources of services and routes at run time: `[[providers]]`.
     pub(crate) providers: Vec<ProviderConfig>,
+    /// Certificates from an ACME directory: `[acme]`.
+    pub(crate) acme: Option<AcmeConfig>,
     /// Faults that do not stop the proxy (such as a `hash_key` that the service's policy
     /// ignores), each a line `file:line:column: key: message` to log as a warning.
     pub(crate) warnings: Vec<String>,
@@ -108,7 +125,17 @@ impl Config {
 pub(crate) struct ServerConfig {
     /// Addresses to accept HTTP on; at least one. Default `["127.0.0.1:8080"]`.
     pub(crate) listen: Vec<SocketAddr>,
-    /// When set, every `listen` address speaks HTTPS (rustls) instead of plain HTTP.
+    /// Addresses to accept HTTPS on (`[server.tls]` certificates and ACME's); `listen`
+    /// then stays plain HTTP. Empty by default.
+    pub(crate) tls_listen: Vec<SocketAddr>,
+    /// The plain listeners answer `308` to `https://` (the ACME challenge path excepted);
+    /// a route's own `redirect_https` wins. Default off; needs `tls_listen`.
+    pub(crate) redirect_https: bool,
+    /// The `Strict-Transport-Security` value sent on HTTPS responses; `None` (the default)
+    /// for none.
+    pub(crate) hsts: Option<String>,
+    /// Certificates. Without `tls_listen`, every `listen` address speaks HTTPS (the form
+    /// of earlier versions); with it, they serve the `tls_listen` addresses.
     pub(crate) tls: Option<TlsConfig>,
     /// Largest request head (request line and headers) accepted. Default 64 KiB.
     pub(crate) max_header_bytes: usize,
@@ -157,6 +184,49 @@ pub(crate) struct TlsConfig {
     pub(crate) default: Option<CertKey>,
     /// `[[server.tls.certs]]`: certificates served for the names they list.
     pub(crate) sni_certs: Vec<SniCert>,
+    /// `dir`: a directory of certificates, each served for the names it holds.
+    pub(crate) dir: Option<PathBuf>,
+    /// `env`: an environment variable holding a PEM chain and key (the default
+    /// certificate, with `cert`/`key` absent).
+    pub(crate) env: Option<String>,
+}
+
+/// `[acme]`: certificates from an ACME (RFC 8555) directory.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AcmeConfig {
+    /// The directory URL. Default Let's Encrypt's production directory.
+    pub(crate) directory: String,
+    /// A CA (PEM) to trust for the directory's HTTPS: a private or test ACME server.
+    pub(crate) directory_ca: Option<PathBuf>,
+    /// The account's contact address.
+    pub(crate) email: Option<String>,
+    /// Where the account key and certificates are kept (resolved against the config
+    /// file's directory). Default `acme`.
+    pub(crate) storage: PathBuf,
+    /// Names to get certificates for besides the routes' (`acme = true`).
+    pub(crate) names: Vec<String>,
+    /// Challenge types, in order of preference: `http-01` (needs a plain listener) and
+    /// `tls-alpn-01`. Default both, or only `tls-alpn-01` with no plain listener.
+    pub(crate) challenges: Vec<AcmeChallenge>,
+}
+
+/// An ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcmeChallenge {
+    /// `http-01`: a token under `/.well-known/acme-challenge/` on port 80.
+    Http01,
+    /// `tls-alpn-01`: a certificate for the `acme-tls/1` protocol on port 443.
+    TlsAlpn01,
+}
+
+/// `tls = true` of a service: endpoints speak HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackendTls {
+    /// `tls_ca`: a CA file (PEM) to verify endpoints against; `None` for the system's roots.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// `tls_server_name`: the name sent (SNI) and verified; default the service's route
+    /// host when it has exactly one exact host, else the endpoint's name or address.
+    pub(crate) server_name: Option<String>,
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -236,6 +306,8 @@ pub(crate) struct ServiceConfig {
     pub(crate) panic_threshold: u8,
     /// How often endpoints given by name are resolved again. Default 5 s.
     pub(crate) dns_refresh: Duration,
+    /// Endpoints speak HTTPS: `tls = true`, or `https://` endpoint addresses.
+    pub(crate) tls: Option<BackendTls>,
 }
 
 /// A balancing policy: `balance = "..."`.
@@ -547,6 +619,11 @@ pub(crate) struct RouteConfig {
     /// `websocket`); others are removed from the request. Default `["websocket"]`;
     /// `h2c` is never allowed.
     pub(crate) upgrades: Vec<String>,
+    /// Get and renew a certificate for `host` (exact) from `[acme]`.
+    pub(crate) acme: bool,
+    /// Redirect plain HTTP requests on this route to HTTPS; `None` follows
+    /// `[server] redirect_https`.
+    pub(crate) redirect_https: Option<bool>,
 }
 
 impl RouteConfig {
@@ -573,6 +650,9 @@ pub(crate) struct TcpConfig {
     pub(crate) listen: SocketAddr,
     /// The service, by name; checked to exist.
     pub(crate) service: String,
+    /// Terminate TLS (the `[server.tls]` and ACME certificates, chosen by SNI), then pass
+    /// the plain stream on.
+    pub(crate) tls: bool,
 }
 
 // === impl ServerConfig ===
@@ -581,6 +661,9 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            tls_listen: Vec::new(),
+            redirect_https: false,
+            hsts: None,
             tls: None,
             max_header_bytes: 64 * 1024,
             max_body_bytes: None,

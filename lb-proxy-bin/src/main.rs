@@ -137,7 +137,8 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Check { file } = &cli.command {
-        return match config::load(file) {
+        // The certificates are loaded as the proxy would: `check` passes what can run.
+        return match config::load(file).and_then(|cfg| tls::check(&cfg, file).map(|()| cfg)) {
             Ok(cfg) => {
                 println!(
                     "{}: ok ({} services, {} routes, {} tcp listeners, {} providers)",

@@ -305,6 +305,13 @@ impl Metrics {
             scrape.services = services;
             scrape.docker = rt.sources.docker_status();
             scrape.consul = rt.sources.consul_statuses();
+            scrape.certificates = rt.tls.as_ref().map(|t| t.store.certificates()).unwrap_or_default();
+            scrape.acme = rt
+                .tls
+                .as_ref()
+                .and_then(|t| t.acme.as_ref())
+                .map(|a| a.status())
+                .unwrap_or_default();
         }
         let mut out = String::with_capacity(16 * 1024);
         let encoded = encode_registry(&mut out, &self.registry).and_then(|()| encode_eof(&mut out));
@@ -411,6 +418,8 @@ struct Scrape {
     services: Vec<(Label<Arc<str>>, BalancerStatus)>,
     docker: Option<lb_discovery_docker::SourceStatus>,
     consul: Vec<lb_discovery_consul::ConsulStatus>,
+    certificates: Vec<lb_tls::CertInfo>,
+    acme: Vec<lb_tls::acme::AcmeStatus>,
 }
 
 /// Encodes endpoint and service state from the runtime being scraped.
@@ -418,6 +427,45 @@ struct Scrape {
 struct EndpointCollector(Arc<Mutex<Scrape>>);
 
 impl EndpointCollector {
+    /// Each certificate's days to expiry, and ACME's orders per name.
+    fn tls(encoder: &mut DescriptorEncoder<'_>, scrape: &Scrape) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        if !scrape.certificates.is_empty() {
+            let now = std::time::SystemTime::now();
+            let mut family = encoder.encode_descriptor(
+                "tls_certificate_days_left",
+                "Days until the certificate expires (negative once it has).",
+                None,
+                MetricType::Gauge,
+            )?;
+            // Two sources may serve the same names: the source keeps label sets unique.
+            let mut seen = std::collections::HashSet::new();
+            for c in &scrape.certificates {
+                let names = c.names.join(",");
+                if !seen.insert((names.clone(), c.source.clone())) {
+                    continue;
+                }
+                let labels = [("names", names.as_str()), ("source", c.source.as_str())];
+                ConstGauge::new(c.days_left(now)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if !scrape.acme.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "acme_orders",
+                "ACME orders finished, by name and result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for a in &scrape.acme {
+                for (result, n) in [("success", a.orders_ok), ("failure", a.orders_failed)] {
+                    let labels = [("name", a.name.as_str()), ("result", result)];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Each Consul watch (the catalog's, and one per watched service): whether it answers,
     /// its index, requests, errors, backoff.
     fn consul(
@@ -598,6 +646,7 @@ impl Collector for EndpointCollector {
             Self::source(enc, "docker", d)?;
         }
         Self::consul(enc, &s.consul)?;
+        Self::tls(enc, s)?;
         Self::per_service(
             enc,
             s,

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use lb_core::discover::catalog::{Catalog, CatalogService};
 
-use crate::config::build::{hash_key, host_match};
+use crate::config::build::{acme_route, hash_key, host_match};
 use crate::config::{
     Balance, Config, ConsulProviderConfig, DockerProviderConfig, EndpointSource, HealthConfig, HostMatch, Origin,
     Probe, RouteConfig, ServiceConfig,
@@ -127,6 +127,8 @@ fn provided_service(
             path_prefix: hints.path_prefix.clone(),
             service: name.to_string(),
             upgrades: RouteConfig::default_upgrades(),
+            acme: hints.tls_acme,
+            redirect_https: hints.redirect_https,
         });
     }
     if hosts.is_empty() && hints.path_prefix.is_some() {
@@ -135,6 +137,8 @@ fn provided_service(
             path_prefix: hints.path_prefix.clone(),
             service: name.to_string(),
             upgrades: RouteConfig::default_upgrades(),
+            acme: false,
+            redirect_https: hints.redirect_https,
         });
     }
     Ok(Provided { service, routes })
@@ -217,7 +221,18 @@ pub(crate) fn merge<'a>(
                     }
                     Entry::Vacant(v) => {
                         v.insert(name.clone());
-                        merged.routes.push(r.clone());
+                        let mut r = r.clone();
+                        if r.acme {
+                            if let Err(msg) = acme_route(&r, file.acme.as_ref()) {
+                                warn(format!(
+                                    "route {} of {} service {name:?}: no certificate requested: {msg}",
+                                    route_text(&r),
+                                    p.service.origin.as_str()
+                                ));
+                                r.acme = false;
+                            }
+                        }
+                        merged.routes.push(r);
                     }
                 }
             }
@@ -272,6 +287,8 @@ mod tests {
             hash_key: Some("header:x-user".into()),
             health_path: Some("/healthz".into()),
             health_interval: Some(std::time::Duration::from_millis(500)),
+            tls_acme: false,
+            redirect_https: None,
         };
         let mut warnings = Vec::new();
         let got = from_docker(

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, FORWARDED, HOST, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, FORWARDED, HOST, LOCATION, STRICT_TRANSPORT_SECURITY,
+    UPGRADE,
+};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -35,13 +38,53 @@ fn refuse(status: StatusCode, text: String) -> Response<Body> {
     rsp
 }
 
-/// Serves one client request.
+/// Serves one client request; HTTPS responses get `Strict-Transport-Security` when
+/// `[server] hsts` asks for it.
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     peer: SocketAddr,
     proto: &'static str,
 ) -> Response<Body> {
+    let hsts = match (&rt.https, proto) {
+        (Some(https), "https") => https.hsts.clone(),
+        _ => None,
+    };
+    let mut rsp = serve(rt, req, peer, proto).await;
+    if let Some(v) = hsts {
+        rsp.headers_mut().insert(STRICT_TRANSPORT_SECURITY, v);
+    }
+    rsp
+}
+
+/// A `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps
+/// the method and body, where 301 lets clients turn a POST into a GET).
+fn redirect_https(host: &str, req: &Request<Incoming>, port: Option<u16>) -> Response<Body> {
+    let name = crate::host::route_name(host);
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(p) => format!("https://{name}:{p}{path}"),
+        None => format!("https://{name}{path}"),
+    };
+    let mut rsp = plain(
+        StatusCode::PERMANENT_REDIRECT,
+        format!("308 Permanent Redirect: {location}\n"),
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(v) => {
+            rsp.headers_mut().insert(LOCATION, v);
+        }
+        Err(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "400 Bad Request: cannot redirect this request\n".into(),
+            )
+        }
+    }
+    rsp
+}
+
+async fn serve(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: SocketAddr, proto: &'static str) -> Response<Body> {
     let start = Instant::now();
     let authority = match crate::host::authority(&req) {
         Ok(a) => a,
@@ -51,7 +94,17 @@ pub(crate) async fn handle(
         }
     };
     let host = authority.as_ref().and_then(|a| a.to_str().ok());
-    let Some((upstream, route)) = rt.route(host, req.uri().path()) else {
+    let found = rt.route(host, req.uri().path());
+    if let (Some(https), "http", Some(host)) = (&rt.https, proto, host) {
+        let wanted = found.map_or(https.redirect, |(_, r)| r.redirect_https.unwrap_or(https.redirect));
+        // The ACME challenge path is never redirected (RFC 8555 8.3 allows it, but an
+        // HTTPS listener without a certificate yet could not answer).
+        if wanted && !req.uri().path().starts_with(crate::server::ACME_CHALLENGE_PATH) {
+            tracing::info!(target: "lb_proxy::access", %peer, method = %req.method(), path = %req.uri().path(), status = 308, "redirect to https");
+            return redirect_https(host, &req, https.port);
+        }
+    }
+    let Some((upstream, route)) = found else {
         tracing::info!(target: "lb_proxy::access", %peer, method = %req.method(), path = %req.uri().path(), status = 404, "no route");
         rt.metrics.unrouted();
         return plain(

@@ -48,14 +48,16 @@ pub(crate) struct Outputs {
 }
 
 /// The settings of `next` that differ from `started`'s and apply on restart only, by
-/// key: listeners, TLS, the connection cap, the shutdown grace, TCP listeners and
+/// key: listeners, TLS and ACME, the connection cap, the shutdown grace, TCP listeners and
 /// providers. Everything else applies at once (limits and timeouts to new connections
 /// and requests).
 pub(crate) fn restart_only_changes(started: &Config, next: &Config) -> Vec<&'static str> {
     let (a, b) = (&started.server, &next.server);
     [
         ("server.listen", a.listen != b.listen),
+        ("server.tls_listen", a.tls_listen != b.tls_listen),
         ("server.tls", a.tls != b.tls),
+        ("acme", started.acme != next.acme),
         ("server.max_connections", a.max_connections != b.max_connections),
         ("server.shutdown_grace", a.shutdown_grace != b.shutdown_grace),
         ("admin.listen", started.admin.listen != next.admin.listen),
@@ -317,6 +319,10 @@ impl Reconciler {
                     routes = merged.routes.len(),
                     "configuration applied"
                 );
+                // Names from routes (the file's and the providers') get certificates.
+                if let Some(acme) = self.state.load().tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                    acme.set_names(crate::tls::acme_names(&merged));
+                }
                 self.applied = Some(merged);
                 self.sources.prune(self.applied.as_ref().expect("just set"));
                 true

@@ -50,6 +50,8 @@ pub(crate) struct Route {
     pub(crate) target: usize,
     /// The `Upgrade` protocols passed through (lowercase).
     pub(crate) upgrades: Vec<String>,
+    /// Plain HTTP requests get a redirect to HTTPS; `None` follows `[server]`.
+    pub(crate) redirect_https: Option<bool>,
 }
 
 /// A compiled routing table mapping requests to service indices.
@@ -67,21 +69,22 @@ impl Router {
         Self::with_upgrades(
             routes
                 .into_iter()
-                .map(|(h, p, t)| (h, p, t, crate::config::RouteConfig::default_upgrades())),
+                .map(|(h, p, t)| (h, p, t, crate::config::RouteConfig::default_upgrades(), None)),
         )
     }
 
-    /// Builds from `(host, path_prefix, target, upgrades)` in config order.
+    /// Builds from `(host, path_prefix, target, upgrades, redirect_https)` in config order.
     pub(crate) fn with_upgrades(
-        routes: impl IntoIterator<Item = (Option<String>, Option<String>, usize, Vec<String>)>,
+        routes: impl IntoIterator<Item = (Option<String>, Option<String>, usize, Vec<String>, Option<bool>)>,
     ) -> Self {
         let mut routes: Vec<Route> = routes
             .into_iter()
-            .map(|(h, p, target, upgrades)| Route {
+            .map(|(h, p, target, upgrades, redirect_https)| Route {
                 host: HostRule::parse(h.as_deref()),
                 prefix: p.filter(|p| !p.is_empty()).unwrap_or_else(|| "/".to_string()),
                 target,
                 upgrades,
+                redirect_https,
             })
             .collect();
         // Stable: config order breaks ties.

@@ -30,6 +30,35 @@ pub(crate) struct Runtime {
     routes: Vec<Vec<String>>,
     /// The discovery sources (shared by every generation), for status and metrics.
     pub(crate) sources: Arc<Sources>,
+    /// Redirects and HSTS, when HTTPS is served.
+    pub(crate) https: Option<Https>,
+    /// The certificates and ACME (shared by every generation), when TLS is served.
+    pub(crate) tls: Option<Arc<crate::tls::Tls>>,
+}
+
+/// What the listeners need of `[server]`'s HTTPS settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Https {
+    /// Plain requests are redirected unless their route says otherwise.
+    pub(crate) redirect: bool,
+    /// The port redirects name: `None` for 443, left out of the URL.
+    pub(crate) port: Option<u16>,
+    /// `Strict-Transport-Security` for HTTPS responses.
+    pub(crate) hsts: Option<http::HeaderValue>,
+}
+
+impl Https {
+    /// From `[server]`: `None` when nothing is served over HTTPS.
+    pub(crate) fn from_config(server: &crate::config::ServerConfig) -> Option<Self> {
+        if server.tls_listen.is_empty() && server.tls.is_none() {
+            return None;
+        }
+        Some(Self {
+            redirect: server.redirect_https,
+            port: server.tls_listen.first().map(|a| a.port()).filter(|p| *p != 443),
+            hsts: server.hsts.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()),
+        })
+    }
 }
 
 impl Runtime {
@@ -55,6 +84,8 @@ impl Runtime {
             limits: crate::server::Limits::default(),
             routes: Vec::new(),
             sources: Arc::default(),
+            https: None,
+            tls: None,
         }
     }
 
@@ -67,6 +98,13 @@ impl Runtime {
     /// Sets `[server]`'s settings.
     pub(crate) fn with_limits(mut self, limits: crate::server::Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Sets the HTTPS settings and the TLS side.
+    pub(crate) fn with_https(mut self, https: Option<Https>, tls: Option<Arc<crate::tls::Tls>>) -> Self {
+        self.https = https;
+        self.tls = tls;
         self
     }
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -286,12 +287,12 @@ pub(crate) async fn accept(
 /// Accepts connections on `listener` until `stop` turns true and serves each one.
 pub(crate) async fn serve_http(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    ctx: Listener,
     state: Arc<ArcSwap<Runtime>>,
     mut stop: watch::Receiver<bool>,
     conns: Arc<Conns>,
 ) {
-    let proto: &'static str = if tls.is_some() { "https" } else { "http" };
+    let proto: &'static str = if ctx.tls.is_some() { "https" } else { "http" };
     let local = listener.local_addr().ok();
     while let Some((tcp, peer, permit)) = accept(&listener, &mut stop, &conns).await {
         let accepted = Instant::now();
@@ -299,12 +300,16 @@ pub(crate) async fn serve_http(
         let limits = state.load().limits;
         let conns = conns.clone();
         let state = state.clone();
-        let tls = tls.clone();
+        let tls = ctx.tls.clone();
+        let http01 = ctx.http01.clone();
         tokio::spawn(async move {
             let _slot = permit;
             let handler = move |req: Request<Incoming>| {
+                if let Some(answer) = http01.as_ref().and_then(|h| acme_challenge(h, &req)) {
+                    return Either::Left(std::future::ready(answer));
+                }
                 let rt = state.load_full();
-                proxy::handle(rt, req, peer, proto)
+                Either::Right(proxy::handle(rt, req, peer, proto))
             };
             match tls {
                 None => serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await,
@@ -314,6 +319,9 @@ pub(crate) async fn serve_http(
                     let mut close = conns.close.subscribe();
                     tokio::select! {
                         r = tokio::time::timeout_at(deadline, acc.accept(tcp)) => match r {
+                            Ok(Ok(s)) if crate::tls::is_acme_validation(s.get_ref().1) => {
+                                tracing::debug!(%peer, "tls-alpn-01 validation handshake");
+                            }
                             Ok(Ok(s)) => serve_conn(TokioIo::new(s), handler, limits, accepted, &conns, peer).await,
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -325,6 +333,48 @@ pub(crate) async fn serve_http(
         });
     }
     tracing::info!(listen = ?local, "listener closed");
+}
+
+/// What one HTTP listener serves besides the routes.
+#[derive(Clone, Default)]
+pub(crate) struct Listener {
+    /// TLS: this listener speaks HTTPS.
+    pub(crate) tls: Option<TlsAcceptor>,
+    /// ACME's http-01 answers under `/.well-known/acme-challenge/`.
+    pub(crate) http01: Option<lb_tls::acme::Http01Responder>,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("tls", &self.tls.is_some())
+            .field("http01", &self.http01.is_some())
+            .finish()
+    }
+}
+
+/// Where ACME's http-01 challenge is asked (RFC 8555 8.3).
+pub(crate) const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
+
+/// The answer to an http-01 validation request, or `None` for any other request.
+fn acme_challenge(http01: &lb_tls::acme::Http01Responder, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH)?;
+    let (status, text) = match http01.respond(token) {
+        Some(key_authorization) => (http::StatusCode::OK, key_authorization),
+        None => (
+            http::StatusCode::NOT_FOUND,
+            "404 Not Found: no such ACME challenge\n".to_string(),
+        ),
+    };
+    tracing::info!(target: "lb_proxy::access", path = %req.uri().path(), status = status.as_u16(), "acme challenge");
+    let mut rsp = proxy::plain(status, text);
+    if status == http::StatusCode::OK {
+        rsp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+    }
+    Some(rsp)
 }
 
 /// What a connection's requests share with its supervisor.

@@ -76,12 +76,36 @@ fn key_source(cfg: &ServiceConfig) -> Option<KeySource> {
     })
 }
 
-/// Builds one service: its balancer, fed by its discovery source.
+/// TLS to a service's endpoints: its CA file or the system's roots, and the name sent
+/// and verified (`tls_server_name`, else `route_host`, else each endpoint's own name).
+fn backend_tls(
+    cfg: &ServiceConfig,
+    tls: &config::BackendTls,
+    route_host: Option<&str>,
+) -> Result<lb_core::http::TlsConnect, StackError> {
+    use lb_core::http::TlsConnect;
+    let connect = match &tls.ca_file {
+        Some(ca) => TlsConnect::with_ca_file(ca),
+        None => TlsConnect::system_roots(),
+    }
+    .map_err(|e| StackError::Tls(format!("service {}: {e}", cfg.name)))?;
+    match tls.server_name.as_deref().or(route_host) {
+        Some(name) => connect
+            .server_name(name)
+            .map_err(|e| StackError::Tls(format!("service {}: {e}", cfg.name))),
+        None => Ok(connect),
+    }
+}
+
+/// Builds one service: its balancer, fed by its discovery source. `route_host` is the
+/// service's one exact route host, if it has exactly one: the name TLS to its endpoints
+/// verifies by default.
 pub(crate) fn build_upstream(
     cfg: &ServiceConfig,
     metrics: &Arc<Metrics>,
     sources: &Sources,
     drained: Vec<lb_core::EndpointId>,
+    route_host: Option<&str>,
 ) -> Result<Upstream, StackError> {
     let mut b = Balancer::builder(policy(cfg))
         .drained(drained)
@@ -112,7 +136,19 @@ pub(crate) fn build_upstream(
             fall: h.fall,
         };
         b = match &h.probe {
-            Probe::Http { path } => b.health_check(HttpProbe::new(path.clone()), cc),
+            Probe::Http { path } => {
+                let mut probe = HttpProbe::new(path.clone());
+                if let Some(tls) = &cfg.tls {
+                    // Probes speak TLS too, on connections of their own.
+                    let connect = HttpConnect::new(ClientConfig {
+                        connect_timeout: h.timeout,
+                        pool_max_idle_per_host: 1,
+                        ..ClientConfig::default()
+                    });
+                    probe = probe.with_connect(connect.with_tls(backend_tls(cfg, tls, route_host)?));
+                }
+                b.health_check(probe, cc)
+            }
             Probe::Tcp => b.health_check(TcpProbe, cc),
         };
     }
@@ -166,10 +202,13 @@ pub(crate) fn build_upstream(
             }
         })
     };
-    let connect = HttpConnect::new(ClientConfig {
+    let mut connect = HttpConnect::new(ClientConfig {
         connect_timeout: cfg.connect_timeout,
         ..ClientConfig::default()
     });
+    if let Some(tls) = &cfg.tls {
+        connect = connect.with_tls(backend_tls(cfg, tls, route_host)?);
+    }
     let balancer = b.spawn(counted, connect);
     Ok(Upstream {
         name: Arc::from(cfg.name.as_str()),
@@ -193,6 +232,14 @@ pub(crate) fn build_runtime(
     sources: &Arc<Sources>,
 ) -> Result<Runtime, StackError> {
     let mut upstreams = Vec::with_capacity(cfg.services.len());
+    // Each service's exact route hosts: with exactly one, TLS to its endpoints names it.
+    let mut hosts: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+    for r in &cfg.routes {
+        if let Some(config::HostMatch::Exact(h)) = &r.host {
+            hosts.entry(r.service.as_str()).or_default().push(h.as_str());
+        }
+    }
+    let route_host = |name: &str| hosts.get(name).filter(|h| h.len() == 1).map(|h| h[0]);
     for s in &cfg.services {
         match old.and_then(|o| o.upstream(&s.name)).filter(|u| u.config == *s) {
             Some(u) => upstreams.push(u.clone()),
@@ -205,7 +252,13 @@ pub(crate) fn build_runtime(
                     .and_then(|o| o.upstream(&s.name))
                     .map(|u| u.balancer.drained_ids())
                     .unwrap_or_default();
-                upstreams.push(Arc::new(build_upstream(s, metrics, sources, drained)?));
+                upstreams.push(Arc::new(build_upstream(
+                    s,
+                    metrics,
+                    sources,
+                    drained,
+                    route_host(&s.name),
+                )?));
             }
         }
     }
@@ -222,6 +275,7 @@ pub(crate) fn build_runtime(
             r.path_prefix.clone(),
             index(&r.service),
             r.upgrades.clone(),
+            r.redirect_https,
         )
     }));
     let mut routes = vec![Vec::new(); cfg.services.len()];
@@ -237,7 +291,11 @@ pub(crate) fn build_runtime(
     )
     .with_limits(server::Limits::from_config(&cfg.server))
     .with_routes(routes)
-    .with_sources(sources.clone()))
+    .with_sources(sources.clone())
+    .with_https(
+        crate::runtime::Https::from_config(&cfg.server),
+        old.and_then(|o| o.tls.clone()),
+    ))
 }
 
 /// How long [`settle`] waits for new balancers to take their first endpoints.
@@ -269,8 +327,12 @@ pub(crate) struct Started {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// One clone per open TCP-service connection (and this one).
     tcp_open: Arc<()>,
-    /// Listen addresses actually bound (port 0 resolved).
+    /// Listen addresses actually bound (port 0 resolved): plain HTTP, or HTTPS when
+    /// `[server.tls]` is given without `tls_listen`.
     pub(crate) http_addrs: Vec<SocketAddr>,
+    /// The `tls_listen` addresses actually bound.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) https_addrs: Vec<SocketAddr>,
     /// The admin address actually bound.
     pub(crate) admin_addr: SocketAddr,
     /// The `[[tcp]]` listen addresses actually bound, in config order.
@@ -311,10 +373,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
     }
     let metrics = Arc::new(Metrics::new());
     let grace = cfg.server.shutdown_grace;
-    let tls = match &cfg.server.tls {
-        Some(t) => Some(crate::tls::acceptor(t)?),
-        None => None,
-    };
+    let tls = crate::tls::Tls::start(&cfg)?;
     let fd_limit = server::raise_fd_limit();
     let max_connections = cfg
         .server
@@ -322,17 +381,33 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         .unwrap_or_else(|| server::default_max_connections(fd_limit));
     tracing::info!(max_connections, open_files_limit = ?fd_limit, "connection limit");
     // Bind everything first, so a port in use fails the start before anything runs.
+    // Without `tls_listen`, `[server.tls]` makes every `listen` address HTTPS (as before
+    // `tls_listen` existed).
+    let every_listener_tls = cfg.server.tls_listen.is_empty() && cfg.server.tls.is_some();
     let mut http = Vec::new();
     for &addr in &cfg.server.listen {
-        http.push(bind(addr).await?);
+        http.push((bind(addr).await?, every_listener_tls));
+    }
+    for &addr in &cfg.server.tls_listen {
+        http.push((bind(addr).await?, true));
     }
     let admin = bind(cfg.admin.listen).await?;
     let mut tcps = Vec::new();
     for t in &cfg.tcp {
-        tcps.push((bind(t.listen).await?, t.service.clone()));
+        tcps.push((bind(t.listen).await?, t.service.clone(), t.tls));
+    }
+    // Redirects name the HTTPS port: the one bound, where the file says 0 (tests).
+    let mut cfg = cfg;
+    for (i, (l, _)) in http.iter().skip(cfg.server.listen.len()).enumerate() {
+        if cfg.server.tls_listen[i].port() == 0 {
+            if let Ok(addr) = l.local_addr() {
+                cfg.server.tls_listen[i] = addr;
+            }
+        }
     }
     let sources = Arc::new(Sources::new(&cfg));
-    let runtime = build_runtime(&cfg, None, &metrics, 1, &sources)?;
+    let mut runtime = build_runtime(&cfg, None, &metrics, 1, &sources)?;
+    runtime.tls = tls.clone();
     settle(&runtime, SETTLE_LIMIT).await;
     let state = Arc::new(ArcSwap::from_pointee(runtime));
     let (stop, stop_rx) = watch::channel(false);
@@ -340,30 +415,61 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
     let tcp_open = Arc::new(());
     let mut tasks = Vec::new();
     let mut http_addrs = Vec::new();
-    for l in http {
+    let mut https_addrs = Vec::new();
+    for (l, secure) in http {
         let addr = l.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
-        tracing::info!(listen = %addr, tls = tls.is_some(), "proxy listening");
-        http_addrs.push(addr);
+        let acceptor = match (&tls, secure) {
+            (Some(t), true) => Some(t.http.clone()),
+            _ => None,
+        };
+        tracing::info!(listen = %addr, tls = acceptor.is_some(), "proxy listening");
+        if acceptor.is_some() && !cfg.server.tls_listen.is_empty() {
+            https_addrs.push(addr);
+        } else {
+            http_addrs.push(addr);
+        }
+        let listener = server::Listener {
+            // ACME's http-01 answers are served on plain listeners.
+            http01: if acceptor.is_none() {
+                tls.as_ref().and_then(|t| t.http01())
+            } else {
+                None
+            },
+            tls: acceptor,
+        };
         tasks.push(tokio::spawn(server::serve_http(
             l,
-            tls.clone(),
+            listener,
             state.clone(),
             stop_rx.clone(),
             conns.clone(),
         )));
     }
     let mut tcp_addrs = Vec::new();
-    for (l, service) in tcps {
+    for (l, service, secure) in tcps {
         tcp_addrs.push(l.local_addr().map_err(|e| StackError::Other(e.to_string()))?);
-        tracing::info!(listen = ?l.local_addr().ok(), service = %service, "tcp listening");
+        tracing::info!(listen = ?l.local_addr().ok(), service = %service, tls = secure, "tcp listening");
+        let acceptor = if secure {
+            tls.as_ref().map(|t| t.tcp.clone())
+        } else {
+            None
+        };
         tasks.push(tokio::spawn(tcp::serve_tcp(
             l,
             service,
+            acceptor,
             state.clone(),
             stop_rx.clone(),
             tcp_open.clone(),
             conns.clone(),
         )));
+    }
+    if let Some(acme) = tls.as_ref().and_then(|t| t.acme.clone()) {
+        acme.set_names(crate::tls::acme_names(&cfg));
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(acme.run(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })));
     }
     let admin_addr = admin.local_addr().map_err(|e| StackError::Other(e.to_string()))?;
     tracing::info!(listen = %admin_addr, "admin listening");
@@ -412,6 +518,7 @@ pub(crate) async fn start(cfg: Config, path: Option<PathBuf>) -> Result<Started,
         tasks,
         tcp_open,
         http_addrs,
+        https_addrs,
         admin_addr,
         tcp_addrs,
         state,

@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::runtime::Runtime;
 
@@ -16,6 +18,7 @@ use crate::runtime::Runtime;
 pub(crate) async fn serve_tcp(
     listener: TcpListener,
     service: String,
+    tls: Option<TlsAcceptor>,
     state: Arc<ArcSwap<Runtime>>,
     mut stop: watch::Receiver<bool>,
     open: Arc<()>,
@@ -27,16 +30,35 @@ pub(crate) async fn serve_tcp(
         // Held while the connection lives: graceful shutdown waits for these, and the
         // slot counts it against max_connections.
         let open = open.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _open = (open, slot);
-            if let Err(why) = forward(rt, &service, client, peer).await {
+            let _ = client.set_nodelay(true);
+            keepalive(&client);
+            let result = match tls {
+                None => forward(rt, &service, client, peer).await,
+                Some(acc) => {
+                    // As for HTTPS: the handshake must end within the header read timeout.
+                    let limit = rt.limits.header_read_timeout;
+                    match tokio::time::timeout(limit, acc.accept(client)).await {
+                        Ok(Ok(s)) if crate::tls::is_acme_validation(s.get_ref().1) => Ok(()),
+                        Ok(Ok(s)) => forward(rt, &service, s, peer).await,
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                        Err(_) => Err("TLS handshake timed out".to_string()),
+                    }
+                }
+            };
+            if let Err(why) = result {
                 tracing::info!(target: "lb_proxy::access", %peer, service = %service, error = %why, "tcp connection refused");
             }
         });
     }
 }
 
-async fn forward(rt: Arc<Runtime>, service: &str, mut client: TcpStream, peer: SocketAddr) -> Result<(), String> {
+async fn forward<C>(rt: Arc<Runtime>, service: &str, mut client: C, peer: SocketAddr) -> Result<(), String>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let upstream = rt.upstream(service).ok_or_else(|| format!("no service {service:?}"))?;
     // The service's current setting: a reload that changes it applies to new connections.
     let connect_timeout = upstream.config.connect_timeout;
@@ -46,8 +68,6 @@ async fn forward(rt: Arc<Runtime>, service: &str, mut client: TcpStream, peer: S
         .key
         .as_ref()
         .map(|_| crate::upstream::client_ip_key(peer.ip()));
-    let _ = client.set_nodelay(true);
-    keepalive(&client);
     let mut last = String::from("no eligible endpoint");
     let mut failed: Option<lb_core::EndpointId> = None;
     for _ in 0..=upstream.settings.retries {

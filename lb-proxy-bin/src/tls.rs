@@ -1,100 +1,232 @@
-//! TLS: rustls with ALPN (h2, http/1.1) and SNI for several certificates.
+//! TLS termination: the certificate store (lb-tls), ACME, and the listeners' acceptors.
+//!
+//! One [`Tls`] per process, shared by every configuration generation: the certificate
+//! files and ACME's certificates change at run time without a reload, and each
+//! handshake reads the store's current table.
 
-use std::collections::HashMap;
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use rustls::crypto::ring::sign::any_supported_type;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::sign::CertifiedKey;
+use lb_tls::acme::{Acme, AcmeConfig as Manager, ChallengeKind, Http01Responder};
+use lb_tls::{CertSource, CertStore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{CertKey, HostMatch, TlsConfig};
+use crate::config::{AcmeChallenge, AcmeConfig, Config, HostMatch, TlsConfig};
 use crate::stack::StackError;
 
-fn certified_key(ck: &CertKey) -> Result<CertifiedKey, StackError> {
-    let certs = load_certs(&ck.cert)?;
-    let key = load_key(&ck.key)?;
-    let key =
-        any_supported_type(&key).map_err(|e| StackError::Tls(format!("{}: unsupported key: {e}", ck.key.display())))?;
-    Ok(CertifiedKey::new(certs, key))
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, StackError> {
-    let f = File::open(path).map_err(|e| StackError::Tls(format!("{}: {e}", path.display())))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(f)).collect();
-    let certs = certs.map_err(|e| StackError::Tls(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(StackError::Tls(format!("{}: no PEM certificate found", path.display())));
-    }
-    Ok(certs)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, StackError> {
-    let f = File::open(path).map_err(|e| StackError::Tls(format!("{}: {e}", path.display())))?;
-    rustls_pemfile::private_key(&mut BufReader::new(f))
-        .map_err(|e| StackError::Tls(format!("{}: {e}", path.display())))?
-        .ok_or_else(|| StackError::Tls(format!("{}: no PEM private key found", path.display())))
-}
-
-/// A certificate resolver: an exact SNI name, then a `*.suffix`, then the default.
-#[derive(Debug)]
-struct Resolver {
-    exact: HashMap<String, Arc<CertifiedKey>>,
-    wildcard: Vec<(String, Arc<CertifiedKey>)>,
-    default: Option<Arc<CertifiedKey>>,
-}
-
-impl rustls::server::ResolvesServerCert for Resolver {
-    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = hello.server_name() {
-            let name = name.to_ascii_lowercase();
-            if let Some(ck) = self.exact.get(&name) {
-                return Some(ck.clone());
-            }
-            if let Some((_, ck)) = self
-                .wildcard
-                .iter()
-                .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
-            {
-                return Some(ck.clone());
-            }
-        }
-        self.default.clone()
-    }
-}
-
-/// Builds the acceptor for `[server.tls]`.
-pub(crate) fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, StackError> {
-    let mut exact = HashMap::new();
-    let mut wildcard = Vec::new();
+/// The certificate sources of `[server.tls]`, in precedence order.
+pub(crate) fn sources(cfg: &TlsConfig) -> Vec<CertSource> {
+    let mut out = Vec::new();
     for sni in &cfg.sni_certs {
-        let ck = Arc::new(certified_key(&sni.cert_key)?);
-        for name in &sni.sni {
-            match name {
-                HostMatch::Exact(n) => {
-                    exact.insert(n.to_ascii_lowercase(), ck.clone());
-                }
-                HostMatch::Suffix(s) => wildcard.push((s.to_ascii_lowercase(), ck.clone())),
-            }
+        out.push(CertSource::Files {
+            cert: sni.cert_key.cert.clone(),
+            key: sni.cert_key.key.clone(),
+            names: sni
+                .sni
+                .iter()
+                .map(|h| match h {
+                    HostMatch::Exact(n) => n.clone(),
+                    HostMatch::Suffix(s) => format!("*{s}"),
+                })
+                .collect(),
+        });
+    }
+    if let Some(d) = &cfg.default {
+        out.push(CertSource::Files {
+            cert: d.cert.clone(),
+            key: d.key.clone(),
+            names: Vec::new(),
+        });
+    }
+    if let Some(var) = &cfg.env {
+        out.push(CertSource::Env {
+            var: var.clone(),
+            names: Vec::new(),
+        });
+    }
+    if let Some(dir) = &cfg.dir {
+        out.push(CertSource::Dir(dir.clone()));
+    }
+    out
+}
+
+/// Loads `[server.tls]`'s certificates as the proxy would, for `check`: each source
+/// alone, so that a fault names its key (`server.tls.certs[1]`, `server.tls.dir`, ...).
+pub(crate) fn check(cfg: &Config, path: &std::path::Path) -> Result<(), crate::config::ConfigError> {
+    let Some(tls) = &cfg.server.tls else {
+        return Ok(());
+    };
+    let store = CertStore::new();
+    let mut keyed: Vec<(Vec<String>, CertSource)> = Vec::new();
+    for (i, source) in sources(&TlsConfig {
+        default: None,
+        sni_certs: tls.sni_certs.clone(),
+        dir: None,
+        env: None,
+    })
+    .into_iter()
+    .enumerate()
+    {
+        keyed.push((
+            vec!["server".into(), "tls".into(), "certs".into(), i.to_string()],
+            source,
+        ));
+    }
+    let only = |t: TlsConfig| sources(&t).into_iter().next();
+    let none = || TlsConfig {
+        default: None,
+        sni_certs: Vec::new(),
+        dir: None,
+        env: None,
+    };
+    if let Some(s) = only(TlsConfig {
+        default: tls.default.clone(),
+        ..none()
+    }) {
+        keyed.push((vec!["server".into(), "tls".into(), "cert".into()], s));
+    }
+    if let Some(s) = only(TlsConfig {
+        env: tls.env.clone(),
+        ..none()
+    }) {
+        keyed.push((vec!["server".into(), "tls".into(), "env".into()], s));
+    }
+    if let Some(s) = only(TlsConfig {
+        dir: tls.dir.clone(),
+        ..none()
+    }) {
+        keyed.push((vec!["server".into(), "tls".into(), "dir".into()], s));
+    }
+    for (key, source) in &keyed {
+        if let Err(e) = store.load(std::slice::from_ref(source)) {
+            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            return Err(crate::config::fault_at(path, &key, e.to_string()));
         }
     }
-    let default = cfg.default.as_ref().map(certified_key).transpose()?.map(Arc::new);
-    if default.is_none() && exact.is_empty() && wildcard.is_empty() {
-        return Err(StackError::Tls("no certificate configured".into()));
+    store
+        .load(&sources(tls))
+        .map_err(|e| crate::config::fault_at(path, &["server", "tls"], e.to_string()))
+}
+
+/// The names ACME should hold certificates for under `cfg`: routes with `acme = true`
+/// and `[acme] names`.
+pub(crate) fn acme_names(cfg: &Config) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = cfg.acme.iter().flat_map(|a| a.names.iter().cloned()).collect();
+    for r in cfg.routes.iter().filter(|r| r.acme) {
+        if let Some(HostMatch::Exact(h)) = &r.host {
+            names.insert(h.clone());
+        }
     }
-    let resolver = Arc::new(Resolver {
-        exact,
-        wildcard,
-        default,
-    });
-    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StackError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(sc)))
+    names
+}
+
+/// The process's TLS side.
+pub(crate) struct Tls {
+    /// Every certificate served, by SNI.
+    pub(crate) store: CertStore,
+    /// ACME, when `[acme]` is configured.
+    pub(crate) acme: Option<Acme>,
+    /// For HTTP listeners: ALPN h2 and http/1.1.
+    pub(crate) http: TlsAcceptor,
+    /// For TCP listeners: no application protocol offered.
+    pub(crate) tcp: TlsAcceptor,
+    /// The task watching the certificate files.
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("certificates", &self.store.certificates().len())
+            .field("acme", &self.acme.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+impl Tls {
+    /// Loads the certificates of `cfg` and starts watching their files; `None` when the
+    /// config serves no TLS. ACME is set up here and driven by [`Tls::run_acme`].
+    pub(crate) fn start(cfg: &Config) -> Result<Option<Arc<Self>>, StackError> {
+        let serves = cfg.server.tls.is_some() || cfg.acme.is_some() || cfg.tcp.iter().any(|t| t.tls);
+        if !serves {
+            return Ok(None);
+        }
+        let store = CertStore::new();
+        let sources = cfg.server.tls.as_ref().map(sources).unwrap_or_default();
+        if !sources.is_empty() {
+            store.load(&sources).map_err(|e| StackError::Tls(e.to_string()))?;
+        }
+        let watch = tokio::spawn(store.watch(sources));
+        let acme = match &cfg.acme {
+            Some(a) => Some(Acme::new(manager(a), store.clone()).map_err(|e| StackError::Tls(format!("acme: {e}")))?),
+            None => None,
+        };
+        let http = TlsAcceptor::from(store.server_config(&[b"h2", b"http/1.1"]));
+        let tcp = TlsAcceptor::from(store.server_config(&[]));
+        Ok(Some(Arc::new(Self {
+            store,
+            acme,
+            http,
+            tcp,
+            watch,
+        })))
+    }
+
+    /// The http-01 answers, for the plain listeners.
+    pub(crate) fn http01(&self) -> Option<Http01Responder> {
+        self.acme.as_ref().map(Acme::http01)
+    }
+}
+
+/// lb-tls's ACME settings from `[acme]`.
+fn manager(cfg: &AcmeConfig) -> Manager {
+    let mut m = Manager::new(cfg.storage.clone());
+    m.directory = cfg.directory.clone();
+    m.directory_ca = cfg.directory_ca.clone();
+    m.email = cfg.email.clone();
+    m.challenges = cfg
+        .challenges
+        .iter()
+        .map(|c| match c {
+            AcmeChallenge::Http01 => ChallengeKind::Http01,
+            AcmeChallenge::TlsAlpn01 => ChallengeKind::TlsAlpn01,
+        })
+        .collect();
+    m
+}
+
+/// Whether a finished handshake was a tls-alpn-01 validation (RFC 8737 3: the connection
+/// carries nothing else and is closed).
+pub(crate) fn is_acme_validation(conn: &rustls::ServerConnection) -> bool {
+    conn.alpn_protocol() == Some(lb_tls::ACME_TLS_ALPN)
+}
+
+/// One ACME name for `/api/status`.
+pub(crate) fn acme_status_json(s: &lb_tls::acme::AcmeStatus) -> serde_json::Value {
+    use lb_tls::acme::AcmeState;
+    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let (state, retry_at, error) = match &s.state {
+        AcmeState::Pending => ("pending", None, None),
+        AcmeState::Ordering => ("ordering", None, None),
+        AcmeState::Valid { .. } => ("valid", None, None),
+        AcmeState::Locked { retry_at } => ("locked", Some(unix(*retry_at)), None),
+        AcmeState::Failed { error, retry_at } => ("failed", Some(unix(*retry_at)), Some(error.as_str())),
+        _ => ("unknown", None, None),
+    };
+    serde_json::json!({
+        "name": s.name,
+        "state": state,
+        "not_after_unix": s.not_after.map(unix),
+        "retry_at_unix": retry_at,
+        "error": error,
+        "orders_ok": s.orders_ok,
+        "orders_failed": s.orders_failed,
+        "last_error": s.last_error,
+    })
 }

@@ -11,6 +11,12 @@
 //! feature). [`CertStore::certificates`] reports each one's names, issuer, expiry and
 //! source.
 
+mod info;
+mod load;
 mod store;
+mod watch;
+
+#[cfg(feature = "acme")]
+pub mod acme;
 
 pub use store::{CertInfo, CertSource, CertStore, Error, ACME_TLS_ALPN};

@@ -60,6 +60,11 @@ pub struct Hints {
     pub health_path: Option<String>,
     /// Active health check interval.
     pub health_interval: Option<Duration>,
+    /// Get a certificate for the hosts from ACME (`tls.acme=true`).
+    pub tls_acme: bool,
+    /// Redirect plain HTTP requests on the routes to HTTPS (`redirect_https`); `None`
+    /// follows the consumer's default.
+    pub redirect_https: Option<bool>,
 }
 
 /// The policy names [`Hints::balance`] accepts.

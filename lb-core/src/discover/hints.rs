@@ -13,6 +13,8 @@
 //! | `hash_key` | `client_ip`, `path`, `header:NAME` or `cookie:NAME` |
 //! | `health.path` | a path starting with `/` |
 //! | `health.interval` | a duration above zero: `500ms`, `5s`, `1m`, `1h`, `1m30s`, `1.5s` |
+//! | `tls.acme` | `true` or `false`: get a certificate for the hosts from ACME |
+//! | `redirect_https` | `true` or `false`: redirect plain HTTP to HTTPS |
 //!
 //! Values are taken as written: surrounding spaces are an error, except around the
 //! commas of a host list.
@@ -35,7 +37,8 @@ pub struct HintError {
 
 impl Hints {
     /// Applies one `key=value` hint (key without the source's prefix: `host`,
-    /// `path_prefix`, `balance`, `hash_key`, `health.path`, `health.interval`; see the
+    /// `path_prefix`, `balance`, `hash_key`, `health.path`, `health.interval`, `tls.acme`,
+    /// `redirect_https`; see the
     /// module documentation for the values).
     ///
     /// `host` adds to the host list (without duplicates); every other key replaces its
@@ -76,9 +79,20 @@ impl Hints {
             "hash_key" => self.hash_key = Some(parse_hash_key(value).map_err(error)?),
             "health.path" => self.health_path = Some(parse_path(value).map_err(error)?),
             "health.interval" => self.health_interval = Some(parse_interval(value).map_err(error)?),
+            "tls.acme" => self.tls_acme = parse_bool(value).map_err(error)?,
+            "redirect_https" => self.redirect_https = Some(parse_bool(value).map_err(error)?),
             _ => return Ok(false),
         }
         Ok(true)
+    }
+}
+
+/// `true` or `false`.
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
     }
 }
 
@@ -258,6 +272,18 @@ mod tests {
             assert_eq!(hints.apply(key, "x"), Ok(false), "{key}");
         }
         assert_eq!(hints, Hints::default());
+    }
+
+    #[test]
+    fn tls_acme_and_redirect_https_take_true_or_false() {
+        assert!(applied("tls.acme", "true").tls_acme);
+        assert!(!applied("tls.acme", "false").tls_acme);
+        assert_eq!(applied("redirect_https", "false").redirect_https, Some(false));
+        assert_eq!(applied("redirect_https", "true").redirect_https, Some(true));
+        for value in ["yes", "1", "True", " true", ""] {
+            assert_eq!(message("tls.acme", value), "expected true or false");
+            assert_eq!(message("redirect_https", value), "expected true or false");
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Each endpoint has its own pool ([`Pool`]): a small stack of idle HTTP/1.1 connections
 //! (hyper's `client::conn::http1`, each driven by its own spawned task), or one shared
-//! HTTP/2 connection when [`ClientConfig::http2_only`] is set. No pool key is hashed and
-//! no lock is held beyond a push or a pop.
+//! HTTP/2 connection when [`ClientConfig::http2_only`] is set or when a TLS server chose
+//! `h2` by ALPN. No pool key is hashed on the request path and no lock is held beyond a
+//! push or a pop.
 //!
 //! An HTTP/1.1 connection goes back to its pool when the response body ends (its last
 //! frame, or a body that is empty from the start); a body that fails or is dropped before
@@ -17,6 +18,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -77,12 +79,17 @@ impl Default for ClientConfig {
 pub struct HttpConnect {
     config: ClientConfig,
     pools: Arc<Mutex<Pools>>,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::TlsClient>,
 }
 
-/// The live pools by address, for services made again for the same address.
+/// A pool's key: the endpoint's address and, over TLS, its server name.
+type PoolKey = (SocketAddr, Option<Box<str>>);
+
+/// The live pools by key, for services made again for the same endpoint.
 #[derive(Default)]
 struct Pools {
-    by_addr: HashMap<SocketAddr, Weak<Pool>>,
+    by_addr: HashMap<PoolKey, Weak<Pool>>,
     /// Dead entries are swept when the map reaches this size (twice the live ones at
     /// the last sweep), so making services stays linear in their number.
     sweep_at: usize,
@@ -90,9 +97,11 @@ struct Pools {
 
 impl fmt::Debug for HttpConnect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HttpConnect")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("HttpConnect");
+        d.field("config", &self.config);
+        #[cfg(feature = "tls")]
+        d.field("tls", &self.tls);
+        d.finish_non_exhaustive()
     }
 }
 
@@ -102,22 +111,63 @@ impl HttpConnect {
         Self {
             config,
             pools: Arc::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Connects to endpoints over TLS (feature `tls`): each connection verifies the
+    /// endpoint's certificate for the server name [`TlsConnect`](super::TlsConnect)
+    /// chooses for that endpoint, and speaks HTTP/2 when the server picks `h2` by ALPN,
+    /// HTTP/1.1 otherwise. [`ClientConfig::connect_timeout`] covers the TCP connect and
+    /// the TLS handshake; a failed handshake (an untrusted certificate, a wrong name) is a
+    /// connect error ([`ClientError::is_connect`]) with rustls' error in its chain.
+    ///
+    /// Pools are per address and server name. The returned connector shares no pool with
+    /// `self`'s clones.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lb_core::http::{ClientConfig, HttpConnect, TlsConnect};
+    ///
+    /// # fn main() -> Result<(), lb_core::http::TlsError> {
+    /// let roots = rustls::RootCertStore::empty(); // your CA's certificates
+    /// let connect = HttpConnect::new(ClientConfig::default())
+    ///     .with_tls(TlsConnect::with_roots(roots).server_name("api.internal")?);
+    /// # let _ = connect; Ok(()) }
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn with_tls(self, tls: super::TlsConnect) -> Self {
+        Self {
+            config: self.config,
+            pools: Arc::default(),
+            tls: Some(tls.into_client(self.config.http2_only)),
         }
     }
 
     /// The service for one endpoint (what [`Service::call`] returns).
     pub fn for_endpoint(&self, endpoint: &Endpoint) -> EndpointService {
         let addr = endpoint.addr();
+        #[cfg(feature = "tls")]
+        let tls = self.tls.as_ref().map(|t| t.for_endpoint(endpoint));
+        #[cfg(feature = "tls")]
+        let key: PoolKey = (addr, tls.as_ref().map(|t| t.name().into()));
+        #[cfg(not(feature = "tls"))]
+        let key: PoolKey = (addr, None);
         let mut pools = lock(&self.pools);
-        if let Some(pool) = pools.by_addr.get(&addr).and_then(Weak::upgrade) {
+        if let Some(pool) = pools.by_addr.get(&key).and_then(Weak::upgrade) {
             return EndpointService { pool };
         }
-        let pool = Arc::new(Pool::new(addr, self.config));
+        let pool = Pool::new(addr, self.config);
+        #[cfg(feature = "tls")]
+        let pool = pool.with_tls(tls);
+        let pool = Arc::new(pool);
         if pools.by_addr.len() >= pools.sweep_at {
             pools.by_addr.retain(|_, p| p.strong_count() > 0);
             pools.sweep_at = (2 * pools.by_addr.len()).max(16);
         }
-        pools.by_addr.insert(addr, Arc::downgrade(&pool));
+        pools.by_addr.insert(key, Arc::downgrade(&pool));
         EndpointService { pool }
     }
 }
@@ -139,10 +189,19 @@ impl Service<Endpoint> for HttpConnect {
 /// Sends requests to one endpoint over its pool of keep-alive connections; clones share
 /// the pool.
 ///
-/// HTTP/1.1 requests are sent in origin form (path and query; a `CONNECT` keeps its
-/// authority form) with a `Host` header set to the endpoint's address if the request
-/// has none; HTTP/2 requests get an absolute URI with the endpoint's address as
-/// authority. Other headers are left as they are.
+/// The request keeps the authority it names; the endpoint's address stands in only when
+/// it names none:
+///
+/// - HTTP/1.1 requests are sent in origin form (path and query; a `CONNECT` keeps its
+///   authority form). A `Host` header is kept as it is; a request without one gets the
+///   authority of its URI (`https://api.internal/x` is sent as `/x` with
+///   `Host: api.internal`), or the endpoint's address when the URI has none.
+/// - HTTP/2 requests get an absolute URI whose authority (`:authority`) is the URI's
+///   own, else the `Host` header's, else the endpoint's address; the scheme is `https`
+///   over TLS, `http` otherwise.
+///
+/// User information (`user@`) in a URI's authority is not sent. Other headers are left
+/// as they are.
 #[derive(Clone)]
 pub struct EndpointService {
     pool: Arc<Pool>,
@@ -150,9 +209,11 @@ pub struct EndpointService {
 
 impl fmt::Debug for EndpointService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EndpointService")
-            .field("addr", &self.pool.addr)
-            .finish()
+        let mut d = f.debug_struct("EndpointService");
+        d.field("addr", &self.pool.addr);
+        #[cfg(feature = "tls")]
+        d.field("server_name", &self.pool.tls.as_ref().map(|t| t.name()));
+        d.finish()
     }
 }
 
@@ -166,17 +227,12 @@ impl Service<Request<Body>> for EndpointService {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
         let pool = &self.pool;
-        let state = if pool.config.http2_only {
-            pool.prepare_h2(&mut req);
-            match pool.checkout_h2() {
-                Some(tx) => State::send_h2(tx, req, true),
-                None => State::connect(pool, req),
-            }
-        } else {
-            pool.prepare_h1(&mut req);
-            State::checkout_h1(pool, req)
+        let state = match pool.checkout_h2() {
+            Some(tx) => State::send_h2(pool, tx, req, true),
+            None if pool.config.http2_only => State::connect(pool, req),
+            None => State::checkout_h1(pool, req),
         };
         ResponseFuture {
             pool: self.pool.clone(),
@@ -188,15 +244,22 @@ impl Service<Request<Body>> for EndpointService {
 /// One endpoint's connections.
 struct Pool {
     addr: SocketAddr,
-    /// `Host` for HTTP/1.1 requests that have none.
+    /// `Host` for HTTP/1.1 requests that name no authority.
     host: HeaderValue,
-    /// The authority of HTTP/2 requests.
+    /// The authority of HTTP/2 requests that name none.
     authority: Authority,
+    /// The scheme of HTTP/2 requests.
+    scheme: Scheme,
     config: ClientConfig,
     /// Idle HTTP/1.1 connections, the most recently used on top.
     idle: Mutex<Vec<Idle>>,
     /// The shared HTTP/2 connection.
     h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Whether an HTTP/2 connection was ever made: until then, requests need not look
+    /// for one (over TLS, the server's ALPN choice tells).
+    speaks_h2: AtomicBool,
+    #[cfg(feature = "tls")]
+    tls: Option<super::tls::EndpointTls>,
 }
 
 struct Idle {
@@ -219,13 +282,37 @@ impl Pool {
             addr,
             host: HeaderValue::from_str(&text).expect("a socket address is a header value"),
             authority: Authority::try_from(text).expect("a socket address is an authority"),
+            scheme: Scheme::HTTP,
             config,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            speaks_h2: AtomicBool::new(false),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
+    #[cfg(feature = "tls")]
+    fn with_tls(mut self, tls: Option<super::tls::EndpointTls>) -> Self {
+        if tls.is_some() {
+            self.scheme = Scheme::HTTPS;
+        }
+        self.tls = tls;
+        self
+    }
+
+    /// Origin form, and a `Host` header: the request's own, else its URI's authority,
+    /// else the endpoint's address. Idempotent (a request is prepared again when it
+    /// goes to a new connection).
     fn prepare_h1(&self, req: &mut Request<Body>) {
+        if !req.headers().contains_key(HOST) {
+            let host = req
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(without_userinfo(a.as_str())).ok())
+                .unwrap_or_else(|| self.host.clone());
+            req.headers_mut().insert(HOST, host);
+        }
         let uri = req.uri();
         if (uri.scheme().is_some() || uri.authority().is_some()) && req.method() != Method::CONNECT {
             let pq = uri
@@ -239,15 +326,24 @@ impl Pool {
         if req.version() == Version::HTTP_2 {
             *req.version_mut() = Version::HTTP_11;
         }
-        if !req.headers().contains_key(HOST) {
-            req.headers_mut().insert(HOST, self.host.clone());
-        }
     }
 
+    /// An absolute URI whose authority is the URI's own, else the `Host` header's, else
+    /// the endpoint's address. Idempotent.
     fn prepare_h2(&self, req: &mut Request<Body>) {
+        let authority = match req.uri().authority() {
+            Some(a) if a.as_str().contains('@') => Authority::try_from(without_userinfo(a.as_str())).ok(),
+            Some(a) => Some(a.clone()),
+            None => req
+                .headers()
+                .get(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .filter(|a| !a.as_str().contains('@')),
+        }
+        .unwrap_or_else(|| self.authority.clone());
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(authority);
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(PathAndQuery::from_static("/"));
         }
@@ -292,6 +388,9 @@ impl Pool {
     }
 
     fn checkout_h2(&self) -> Option<http2::SendRequest<Body>> {
+        if !self.speaks_h2.load(Ordering::Relaxed) {
+            return None;
+        }
         match &*lock(&self.h2) {
             Some(tx) if !tx.is_closed() => Some(tx.clone()),
             _ => None,
@@ -303,23 +402,55 @@ impl Pool {
         let mut h2 = lock(&self.h2);
         if h2.as_ref().map_or(true, |t| t.is_closed()) {
             *h2 = Some(tx.clone());
+            self.speaks_h2.store(true, Ordering::Relaxed);
         }
     }
 
     async fn connect(self: Arc<Self>) -> Result<Conn, ClientError> {
         let addr = self.addr;
-        let stream = match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await {
+        let opened = match tokio::time::timeout(self.config.connect_timeout, self.open()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(ClientError::new(Kind::Connect, addr, e)),
             Err(_) => {
-                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+                #[cfg(feature = "tls")]
+                let what = if self.tls.is_some() {
+                    "connect and TLS handshake timed out"
+                } else {
+                    "connect timed out"
+                };
+                #[cfg(not(feature = "tls"))]
+                let what = "connect timed out";
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, what);
                 return Err(ClientError::new(Kind::Connect, addr, e));
             }
         };
+        match opened {
+            Opened::Tcp(stream) => self.handshake(TokioIo::new(stream), self.config.http2_only).await,
+            #[cfg(feature = "tls")]
+            Opened::Tls(stream, h2) => self.handshake(TokioIo::new(stream), h2).await,
+        }
+    }
+
+    /// The TCP connection and, over TLS, the TLS handshake: what the connect timeout covers.
+    async fn open(&self) -> Result<Opened, crate::BoxError> {
+        let stream = TcpStream::connect(self.addr).await?;
         // Small requests and responses go out at once (Nagle would hold them back).
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
-        if self.config.http2_only {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let (stream, h2) = tls.handshake(stream, self.config.http2_only).await?;
+            return Ok(Opened::Tls(Box::new(stream), h2));
+        }
+        Ok(Opened::Tcp(stream))
+    }
+
+    /// The HTTP handshake on a new connection, whose task it spawns.
+    async fn handshake<T>(&self, io: T, h2: bool) -> Result<Conn, ClientError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let addr = self.addr;
+        if h2 {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .handshake(io)
                 .await
@@ -345,6 +476,19 @@ impl Pool {
             Ok(Conn::H1(tx))
         }
     }
+}
+
+/// A new transport, before the HTTP handshake.
+enum Opened {
+    Tcp(TcpStream),
+    /// Over TLS, and whether it speaks HTTP/2.
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>, bool),
+}
+
+/// A URI authority without its user information (`user:password@`).
+fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }
 
 /// A new connection.
@@ -392,7 +536,7 @@ enum State {
 impl State {
     fn checkout_h1(pool: &Arc<Pool>, req: Request<Body>) -> State {
         match pool.checkout_h1() {
-            Some(tx) if tx.is_ready() => State::send_h1(tx, req, true),
+            Some(tx) if tx.is_ready() => State::send_h1(pool, tx, req, true),
             Some(tx) => State::Waiting { tx, req },
             None => State::connect(pool, req),
         }
@@ -405,7 +549,8 @@ impl State {
         }
     }
 
-    fn send_h1(mut tx: http1::SendRequest<Body>, req: Request<Body>, reused: bool) -> State {
+    fn send_h1(pool: &Pool, mut tx: http1::SendRequest<Body>, mut req: Request<Body>, reused: bool) -> State {
+        pool.prepare_h1(&mut req);
         let small_request = {
             use http_body::Body as _;
             let body = req.body();
@@ -419,7 +564,8 @@ impl State {
         }
     }
 
-    fn send_h2(mut tx: http2::SendRequest<Body>, req: Request<Body>, reused: bool) -> State {
+    fn send_h2(pool: &Pool, mut tx: http2::SendRequest<Body>, mut req: Request<Body>, reused: bool) -> State {
+        pool.prepare_h2(&mut req);
         State::Sending {
             send: Box::pin(tx.try_send_request(req)),
             tx: None,
@@ -502,7 +648,7 @@ impl Future for ResponseFuture {
                         unreachable!()
                     };
                     this.state = if ready {
-                        State::send_h1(tx, req, true)
+                        State::send_h1(&this.pool, tx, req, true)
                     } else {
                         // Closed: the next idle one, or a new one.
                         State::checkout_h1(&this.pool, req)
@@ -514,8 +660,8 @@ impl Future for ResponseFuture {
                         unreachable!()
                     };
                     this.state = match res {
-                        Ok(Conn::H1(tx)) => State::send_h1(tx, req, false),
-                        Ok(Conn::H2(tx)) => State::send_h2(tx, req, false),
+                        Ok(Conn::H1(tx)) => State::send_h1(&this.pool, tx, req, false),
+                        Ok(Conn::H2(tx)) => State::send_h2(&this.pool, tx, req, false),
                         Err(e) => return Poll::Ready(Err(e)),
                     };
                 }

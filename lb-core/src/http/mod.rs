@@ -9,16 +9,60 @@
 //!   response for the hop back.
 //! - [`upgrade`] splices an HTTP Upgrade (WebSocket) once the endpoint answers 101.
 //! - [`HttpProbe`] is an active health check: `GET path`, 2xx or 3xx passes.
+//! - `TlsConnect` (feature `tls`) makes [`HttpConnect`] reach endpoints over TLS.
+//!
+//! # Calling HTTPS endpoints (feature `tls`)
+//!
+//! Give the connector a `TlsConnect` with `HttpConnect::with_tls`: the roots that
+//! verify the endpoints' certificates (`TlsConnect::system_roots`, a PEM bundle with
+//! `TlsConnect::with_ca_file`, a `rustls::RootCertStore`, or a whole rustls client config
+//! for client certificates) and, when every endpoint serves a certificate for one name,
+//! that name (`TlsConnect::server_name`). Without it, each endpoint is verified for the
+//! name in its metadata `tls_server_name` (`TLS_SERVER_NAME`), else its metadata `host`,
+//! else its IP address.
+//!
+//! ALPN decides the protocol per connection: HTTP/2 (one multiplexed connection per
+//! endpoint) when the server picks `h2`, pooled HTTP/1.1 otherwise. A handshake that
+//! fails (an untrusted certificate, a name the certificate does not cover, a timeout:
+//! [`ClientConfig::connect_timeout`] covers TCP and TLS) is a connect error, like a
+//! refused connection: [`is_connect_error`] is true, so a retry may go to another
+//! endpoint whatever the method, and outlier detection counts it against the endpoint.
+//! The request keeps its authority: `https://api.internal/v1/items` goes out with
+//! `Host: api.internal` (HTTP/1.1) or `:authority: api.internal` (HTTP/2), whatever
+//! address the endpoint has.
+//!
+//! ```no_run
+//! # #[cfg(feature = "tls")]
+//! # async fn run() -> Result<(), lb_core::BoxError> {
+//! use lb_core::balance::RoundRobin;
+//! use lb_core::http::{empty, ClientConfig, HttpConnect, TlsConnect};
+//! use lb_core::{discover, Balancer, Endpoint};
+//! use tower::ServiceExt;
+//!
+//! let tls = TlsConnect::with_ca_file("certs/internal-ca.pem")?.server_name("api.internal")?;
+//! let connect = HttpConnect::new(ClientConfig::default()).with_tls(tls);
+//! let endpoints = ["10.0.0.7:8443", "10.0.0.8:8443"].map(|a| Endpoint::new(a.parse().unwrap()));
+//! let client = Balancer::builder(RoundRobin::new()).http().spawn(discover::fixed(endpoints), connect);
+//! let req = http::Request::get("https://api.internal/v1/items").body(empty())?;
+//! let rsp = client.oneshot(req).await?;
+//! # let _ = rsp; Ok(()) }
+//! ```
+//!
+//! The example `https_retry` of this crate adds retries on another endpoint.
 
 mod client;
 pub mod forward;
 mod probe;
+#[cfg(feature = "tls")]
+mod tls;
 pub mod upgrade;
 
 pub use self::client::{
     is_connect_error, ClientConfig, ClientError, EndpointService, HttpConnect, ResponseBody, ResponseFuture,
 };
 pub use self::probe::HttpProbe;
+#[cfg(feature = "tls")]
+pub use self::tls::{TlsConnect, TlsError, TLS_SERVER_NAME};
 
 /// The body type [`EndpointService`] sends and [`forward`] works with: any body of
 /// `Bytes` whose error boxes, behind one concrete type.

@@ -36,6 +36,17 @@ impl HttpProbe {
         }
     }
 
+    /// Probes through `connect` instead of a plain HTTP connector of its own: for
+    /// endpoints over TLS, the same [`HttpConnect`] (with
+    /// [`with_tls`](HttpConnect::with_tls)) the balancer sends requests with. Give it a
+    /// connector of its own (a clone shares the pools) so that probes do not wait behind
+    /// requests for a pooled connection.
+    pub fn with_connect(mut self, connect: HttpConnect) -> Self {
+        self.connect = connect;
+        self.services = Default::default();
+        self
+    }
+
     /// Sends this `Host` header.
     pub fn with_host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());

@@ -13,13 +13,14 @@ use lb_discovery_static::EndpointSpec;
 use super::duration::parse_duration;
 use super::error::{Invalid, KeyPath};
 use super::raw::{
-    OneOrMany, RawAdmin, RawConfig, RawConsulRef, RawDuration, RawEndpoint, RawHealth, RawOutlier, RawProvider,
-    RawRoute, RawServer, RawService, RawTcp, RawTls,
+    OneOrMany, RawAcme, RawAdmin, RawConfig, RawConsulRef, RawDuration, RawEndpoint, RawHealth, RawHsts, RawOutlier,
+    RawProvider, RawRoute, RawServer, RawService, RawTcp, RawTls,
 };
 use super::{
-    AdminConfig, Balance, BasicAuth, CertKey, Config, ConsulProviderConfig, ConsulSource, DockerProviderConfig,
-    EndpointConfig, EndpointSource, Forwarded, HashKey, HealthConfig, HostMatch, Origin, OutlierConfig, Probe,
-    ProviderConfig, RouteConfig, ServerConfig, ServiceConfig, SniCert, TcpConfig, TlsConfig,
+    AcmeChallenge, AcmeConfig, AdminConfig, BackendTls, Balance, BasicAuth, CertKey, Config, ConsulProviderConfig,
+    ConsulSource, DockerProviderConfig, EndpointConfig, EndpointSource, Forwarded, HashKey, HealthConfig, HostMatch,
+    Origin, OutlierConfig, Probe, ProviderConfig, RouteConfig, ServerConfig, ServiceConfig, SniCert, TcpConfig,
+    TlsConfig,
 };
 
 type Result<T> = std::result::Result<T, Invalid>;
@@ -91,6 +92,19 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         tcp.push(entry);
     }
 
+    let acme = raw
+        .acme
+        .map(|a| {
+            acme(
+                a,
+                &root.key("acme"),
+                base_dir,
+                !server.tls_listen.is_empty() || server.tls.is_none(),
+            )
+        })
+        .transpose()?;
+    tls_checks(&server, acme.as_ref(), &routes, &tcp, &root)?;
+
     let mut providers = Vec::with_capacity(raw.providers.len());
     for (i, raw) in raw.providers.into_iter().enumerate() {
         let path = root.key("providers").index(i);
@@ -127,8 +141,179 @@ pub(super) fn build(raw: RawConfig, base_dir: &Path, warnings: &mut Vec<Invalid>
         routes,
         tcp,
         providers,
+        acme,
         warnings: Vec::new(),
         empty_on_purpose,
+    })
+}
+
+/// Whether HTTPS is served at all: `tls_listen`, or every listener (`[server.tls]` alone).
+fn serves_tls(server: &ServerConfig) -> bool {
+    !server.tls_listen.is_empty() || server.tls.is_some()
+}
+
+/// The checks across `[server]`, `[acme]`, routes and TCP listeners that TLS needs.
+fn tls_checks(
+    server: &ServerConfig,
+    acme: Option<&AcmeConfig>,
+    routes: &[RouteConfig],
+    tcp: &[TcpConfig],
+    root: &KeyPath,
+) -> Result<()> {
+    let at = root.key("server");
+    if !server.tls_listen.is_empty() && server.tls.is_none() && acme.is_none() {
+        return Err(Invalid::new(
+            &at.key("tls_listen"),
+            "HTTPS listeners need certificates: add [server.tls] (files, dir or env) or [acme]",
+        ));
+    }
+    if server.redirect_https && server.tls_listen.is_empty() {
+        return Err(Invalid::new(
+            &at.key("redirect_https"),
+            "redirect_https needs tls_listen: the HTTPS listener to send clients to",
+        ));
+    }
+    if server.hsts.is_some() && !serves_tls(server) {
+        return Err(Invalid::new(
+            &at.key("hsts"),
+            "hsts is sent on HTTPS responses only: add tls_listen and certificates",
+        ));
+    }
+    if acme.is_some() && !serves_tls(server) {
+        return Err(Invalid::new(
+            &root.key("acme"),
+            "[acme] needs an HTTPS listener to serve its certificates: set [server] tls_listen",
+        ));
+    }
+    for (i, r) in routes.iter().enumerate() {
+        let path = root.key("routes").index(i);
+        if r.acme {
+            acme_route(r, acme).map_err(|msg| Invalid::new(&path.key("acme"), msg))?;
+        }
+        if r.redirect_https == Some(true) && server.tls_listen.is_empty() {
+            return Err(Invalid::new(
+                &path.key("redirect_https"),
+                "redirect_https needs [server] tls_listen: the HTTPS listener to send clients to",
+            ));
+        }
+    }
+    for (i, t) in tcp.iter().enumerate() {
+        if t.tls && server.tls.is_none() && acme.is_none() {
+            return Err(Invalid::new(
+                &root.key("tcp").index(i).key("tls"),
+                "tls = true needs certificates: add [server.tls] or [acme]",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a route cannot have `acme = true`, if it cannot (shared with the providers).
+pub(crate) fn acme_route(r: &RouteConfig, acme: Option<&AcmeConfig>) -> std::result::Result<(), String> {
+    if acme.is_none() {
+        return Err("acme = true needs an [acme] section (directory, email, storage)".into());
+    }
+    match &r.host {
+        Some(HostMatch::Exact(_)) => Ok(()),
+        Some(HostMatch::Suffix(_)) => Err(
+            "acme = true needs an exact host: a wildcard certificate needs the dns-01 challenge, which is not supported"
+                .into(),
+        ),
+        None => Err("acme = true needs the route's `host`: the name to get a certificate for".into()),
+    }
+}
+
+/// The default ACME directory: Let's Encrypt's production one.
+pub(crate) const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`; `plain`: whether a plain HTTP listener exists (for `http-01`).
+fn acme(raw: RawAcme, path: &KeyPath, base_dir: &Path, plain: bool) -> Result<AcmeConfig> {
+    let directory = raw.directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    match directory.parse::<http::Uri>() {
+        Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => {}
+        _ => {
+            return Err(Invalid::new(
+                &path.key("directory"),
+                format!("invalid directory {directory:?} (expected an https:// URL, as in {LETS_ENCRYPT:?})"),
+            ))
+        }
+    }
+    let directory_ca = raw
+        .directory_ca
+        .map(|f| file_path(&f, &path.key("directory_ca"), base_dir))
+        .transpose()?;
+    if let Some(email) = &raw.email {
+        let ok = email.split_once('@').is_some_and(|(user, domain)| {
+            !user.is_empty() && domain.contains('.') && !email.contains(char::is_whitespace)
+        });
+        if !ok {
+            return Err(Invalid::new(
+                &path.key("email"),
+                format!("invalid email {email:?} (expected an address, as in \"ops@example.com\")"),
+            ));
+        }
+    }
+    let storage = file_path(raw.storage.as_deref().unwrap_or("acme"), &path.key("storage"), base_dir)?;
+    let mut names: Vec<String> = Vec::new();
+    for (i, n) in raw.names.unwrap_or_default().iter().enumerate() {
+        let at = path.key("names").index(i);
+        match host_match(n).map_err(|msg| Invalid::new(&at, msg))? {
+            HostMatch::Exact(name) => {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+            HostMatch::Suffix(_) => {
+                return Err(Invalid::new(
+                    &at,
+                    "a wildcard certificate needs the dns-01 challenge, which is not supported: list exact names",
+                ))
+            }
+        }
+    }
+    let challenges = match raw.challenges {
+        None if plain => vec![AcmeChallenge::Http01, AcmeChallenge::TlsAlpn01],
+        None => vec![AcmeChallenge::TlsAlpn01],
+        Some(list) => {
+            if list.is_empty() {
+                return Err(Invalid::new(
+                    &path.key("challenges"),
+                    "no challenge type (list \"http-01\", \"tls-alpn-01\" or both)",
+                ));
+            }
+            let mut out = Vec::new();
+            for (i, c) in list.iter().enumerate() {
+                let at = path.key("challenges").index(i);
+                let kind = match c.as_str() {
+                    "http-01" if plain => AcmeChallenge::Http01,
+                    "http-01" => {
+                        return Err(Invalid::new(
+                            &at,
+                            "http-01 is answered on a plain HTTP listener, and every listener is HTTPS here: set [server] tls_listen, or use \"tls-alpn-01\"",
+                        ))
+                    }
+                    "tls-alpn-01" => AcmeChallenge::TlsAlpn01,
+                    other => {
+                        return Err(Invalid::new(
+                            &at,
+                            format!("unknown challenge {other:?} (expected \"http-01\" or \"tls-alpn-01\")"),
+                        ))
+                    }
+                };
+                if !out.contains(&kind) {
+                    out.push(kind);
+                }
+            }
+            out
+        }
+    };
+    Ok(AcmeConfig {
+        directory,
+        directory_ca,
+        email: raw.email,
+        storage,
+        names,
+        challenges,
     })
 }
 
@@ -447,10 +632,29 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
             }
         }
     }
+    let listen: Vec<SocketAddr> = listeners.iter().map(|(addr, _)| *addr).collect();
+    let mut tls_listen = Vec::new();
+    if let Some(OneOrMany { values, single }) = raw.tls_listen {
+        for (i, text) in values.iter().enumerate() {
+            let at = if single {
+                path.key("tls_listen")
+            } else {
+                path.key("tls_listen").index(i)
+            };
+            let addr = listen_addr(text, &at)?;
+            tls_listen.push(addr);
+            listeners.push((addr, at));
+        }
+    }
     let tls = raw
         .tls
         .map(|tls| tls_config(tls, &path.key("tls"), base_dir))
         .transpose()?;
+    let hsts = match raw.hsts {
+        None | Some(RawHsts::On(false)) => None,
+        Some(RawHsts::On(true)) => Some(DEFAULT_HSTS.to_string()),
+        Some(RawHsts::Value(v)) => Some(hsts(&v).map_err(|msg| Invalid::new(&path.key("hsts"), msg))?),
+    };
     let max_header_bytes = int_in(
         raw.max_header_bytes,
         &path.key("max_header_bytes"),
@@ -497,7 +701,10 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
     };
     let shutdown_grace = duration(raw.shutdown_grace, &path.key("shutdown_grace"))?.unwrap_or(defaults.shutdown_grace);
     let config = ServerConfig {
-        listen: listeners.iter().map(|(addr, _)| *addr).collect(),
+        listen,
+        tls_listen,
+        redirect_https: raw.redirect_https.unwrap_or(false),
+        hsts,
         tls,
         max_header_bytes,
         max_body_bytes,
@@ -510,6 +717,33 @@ fn server(raw: RawServer, path: &KeyPath, base_dir: &Path) -> Result<(ServerConf
         shutdown_grace,
     };
     Ok((config, listeners))
+}
+
+/// `hsts = true`: two years, as the HSTS preload list asks (hstspreload.org).
+pub(crate) const DEFAULT_HSTS: &str = "max-age=63072000";
+
+/// A `Strict-Transport-Security` value (RFC 6797 6.1): `max-age=N` and optional
+/// `includeSubDomains` and `preload`, separated by `;`.
+fn hsts(value: &str) -> std::result::Result<String, String> {
+    let expected = "expected \"max-age=SECONDS\", optionally with \"; includeSubDomains\" and \"; preload\"";
+    let mut max_age = false;
+    for part in value.split(';').map(str::trim) {
+        let lower = part.to_ascii_lowercase();
+        if let Some(n) = lower.strip_prefix("max-age=") {
+            if max_age || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 10 {
+                return Err(format!("invalid hsts {value:?}: bad max-age ({expected})"));
+            }
+            max_age = true;
+        } else if lower != "includesubdomains" && lower != "preload" {
+            return Err(format!(
+                "invalid hsts {value:?}: unknown directive {part:?} ({expected})"
+            ));
+        }
+    }
+    if !max_age {
+        return Err(format!("invalid hsts {value:?}: no max-age ({expected})"));
+    }
+    Ok(value.trim().to_string())
 }
 
 /// `[server.tls]`.
@@ -547,13 +781,37 @@ fn tls_config(raw: RawTls, path: &KeyPath, base_dir: &Path) -> Result<TlsConfig>
         }
         sni_certs.push(SniCert { cert_key, sni });
     }
-    if default.is_none() && sni_certs.is_empty() {
+    let dir = raw.dir.map(|d| file_path(&d, &path.key("dir"), base_dir)).transpose()?;
+    let env = match raw.env {
+        None => None,
+        Some(var) => {
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Invalid::new(
+                    &path.key("env"),
+                    format!("invalid variable name {var:?} (letters, digits and `_`, as in \"SSL_CERT\")"),
+                ));
+            }
+            if default.is_some() {
+                return Err(Invalid::new(
+                    &path.key("env"),
+                    "set either `cert`/`key` or `env` for the default certificate, not both",
+                ));
+            }
+            Some(var)
+        }
+    };
+    if default.is_none() && sni_certs.is_empty() && dir.is_none() && env.is_none() {
         return Err(Invalid::new(
             path,
-            "no certificate: set `cert` and `key`, or add [[server.tls.certs]] entries",
+            "no certificate: set `cert` and `key`, `dir`, `env`, or add [[server.tls.certs]] entries",
         ));
     }
-    Ok(TlsConfig { default, sni_certs })
+    Ok(TlsConfig {
+        default,
+        sni_certs,
+        dir,
+        env,
+    })
 }
 
 /// A `cert`/`key` pair in the table at `path`: both or neither.
@@ -686,10 +944,13 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
             "set one of `endpoints`, `endpoints_file`, `docker` and `consul`, not several",
         ));
     }
+    let mut https_endpoints = false;
     let endpoints = if let Some(file) = raw.endpoints_file {
         EndpointSource::File(file_path(&file, &path.key("endpoints_file"), base_dir)?)
     } else if let Some(list) = raw.endpoints {
-        EndpointSource::Static(endpoints(list, &path.key("endpoints"))?)
+        let (list, https) = endpoints(list, &path.key("endpoints"))?;
+        https_endpoints = https;
+        EndpointSource::Static(list)
     } else if let Some(docker) = raw.docker {
         let service = required(docker.service, &path.key("docker"), "service")?;
         if service.is_empty() || !service.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
@@ -736,6 +997,53 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
     };
     let panic_threshold = int_in(raw.panic_threshold, &path.key("panic_threshold"), 0, 100)?.map_or(50, |n| n as u8);
     let dns_refresh = positive_duration(raw.dns_refresh, &path.key("dns_refresh"), Duration::from_secs(5))?;
+    let tls = match raw.tls {
+        Some(false) if https_endpoints => {
+            return Err(Invalid::new(
+                &path.key("tls"),
+                "tls = false, but the endpoints are https:// addresses",
+            ))
+        }
+        Some(false) => None,
+        Some(true) => Some(()),
+        None if https_endpoints => Some(()),
+        None => None,
+    };
+    let tls = match tls {
+        None => {
+            for (key, set) in [
+                ("tls_ca", raw.tls_ca.is_some()),
+                ("tls_server_name", raw.tls_server_name.is_some()),
+            ] {
+                if set {
+                    return Err(Invalid::new(
+                        &path.key(key),
+                        format!("`{key}` applies to endpoints over TLS: set tls = true too"),
+                    ));
+                }
+            }
+            None
+        }
+        Some(()) => {
+            let ca_file = raw
+                .tls_ca
+                .map(|f| file_path(&f, &path.key("tls_ca"), base_dir))
+                .transpose()?;
+            let server_name = match raw.tls_server_name {
+                Some(n) => match host_match(&n) {
+                    Ok(HostMatch::Exact(n)) => Some(n),
+                    _ => {
+                        return Err(Invalid::new(
+                            &path.key("tls_server_name"),
+                            format!("invalid server name {n:?} (expected a DNS name, as in \"api.internal\")"),
+                        ))
+                    }
+                },
+                None => None,
+            };
+            Some(BackendTls { ca_file, server_name })
+        }
+    };
 
     Ok(ServiceConfig {
         name,
@@ -752,11 +1060,14 @@ fn service(raw: RawService, path: &KeyPath, base_dir: &Path, warnings: &mut Vec<
         max_in_flight,
         panic_threshold,
         dns_refresh,
+        tls,
     })
 }
 
-/// `endpoints = [...]`.
-fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<Vec<EndpointConfig>> {
+/// `endpoints = [...]`, and whether they are `https://` addresses (all or none; the
+/// scheme is taken off).
+fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<(Vec<EndpointConfig>, bool)> {
+    let mut https: Option<bool> = None;
     if list.is_empty() {
         return Err(Invalid::new(
             path,
@@ -768,7 +1079,27 @@ fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<Vec<EndpointConfi
     for (i, raw) in list.into_iter().enumerate() {
         let at = path.index(i);
         let addr_at = if raw.bare { at.clone() } else { at.key("addr") };
-        let addr = required(raw.addr, &at, "addr")?;
+        let written = required(raw.addr, &at, "addr")?;
+        let (addr, is_https) = match written.split_once("://") {
+            Some(("https", rest)) => (rest.trim_end_matches('/').to_string(), true),
+            Some(("http", rest)) => (rest.trim_end_matches('/').to_string(), false),
+            Some((scheme, _)) => {
+                return Err(Invalid::new(
+                    &addr_at,
+                    format!("unknown scheme {scheme:?} in {written:?} (expected http:// or https://, or none)"),
+                ))
+            }
+            None => (written.clone(), false),
+        };
+        match https {
+            Some(h) if h != is_https => {
+                return Err(Invalid::new(
+                    &addr_at,
+                    "mixed https:// and plain endpoints: a service's endpoints all speak TLS or none does",
+                ))
+            }
+            _ => https = Some(is_https),
+        }
         let literal = check_endpoint_addr(&addr).map_err(|msg| Invalid::new(&addr_at, msg))?;
         let weight = int_in(raw.weight, &at.key("weight"), 0, MAX_WEIGHT)?.map_or(1, |n| n as u32);
         // IP literals compare as addresses (`[::1]:80` and `[0::1]:80` are one endpoint),
@@ -786,7 +1117,7 @@ fn endpoints(list: Vec<RawEndpoint>, path: &KeyPath) -> Result<Vec<EndpointConfi
         seen.insert(key, i);
         out.push(EndpointConfig { addr, weight });
     }
-    Ok(out)
+    Ok((out, https.unwrap_or(false)))
 }
 
 /// `health = {...}`.
@@ -890,6 +1221,8 @@ fn route(raw: RawRoute, path: &KeyPath, defined: &Defined<'_>) -> Result<RouteCo
         path_prefix: raw.path_prefix,
         service,
         upgrades,
+        acme: raw.acme.unwrap_or(false),
+        redirect_https: raw.redirect_https,
     })
 }
 
@@ -916,7 +1249,11 @@ fn tcp_entry(raw: RawTcp, path: &KeyPath, defined: &Defined<'_>) -> Result<TcpCo
     let listen = required(raw.listen, path, "listen")?;
     let listen = listen_addr(&listen, &path.key("listen"))?;
     let service = service_ref(raw.service, path, defined)?;
-    Ok(TcpConfig { listen, service })
+    Ok(TcpConfig {
+        listen,
+        service,
+        tls: raw.tls.unwrap_or(false),
+    })
 }
 
 /// The `service` key of the table at `path`: required, and naming a defined service.

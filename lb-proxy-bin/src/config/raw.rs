@@ -24,6 +24,18 @@ pub(super) struct RawConfig {
     pub(super) tcp: Vec<RawTcp>,
     #[serde(default)]
     pub(super) providers: Vec<RawProvider>,
+    pub(super) acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAcme {
+    pub(super) directory: Option<String>,
+    pub(super) directory_ca: Option<String>,
+    pub(super) email: Option<String>,
+    pub(super) storage: Option<String>,
+    pub(super) names: Option<Vec<String>>,
+    pub(super) challenges: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +85,9 @@ pub(super) struct RawConsulRef {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) listen: Option<OneOrMany>,
+    pub(super) tls_listen: Option<OneOrMany>,
+    pub(super) redirect_https: Option<bool>,
+    pub(super) hsts: Option<RawHsts>,
     pub(super) tls: Option<RawTls>,
     pub(super) max_header_bytes: Option<i64>,
     pub(super) max_body_bytes: Option<i64>,
@@ -90,6 +105,8 @@ pub(super) struct RawServer {
 pub(super) struct RawTls {
     pub(super) cert: Option<String>,
     pub(super) key: Option<String>,
+    pub(super) dir: Option<String>,
+    pub(super) env: Option<String>,
     #[serde(default)]
     pub(super) certs: Vec<RawSniCert>,
 }
@@ -130,6 +147,9 @@ pub(super) struct RawService {
     pub(super) max_in_flight: Option<i64>,
     pub(super) panic_threshold: Option<i64>,
     pub(super) dns_refresh: Option<RawDuration>,
+    pub(super) tls: Option<bool>,
+    pub(super) tls_ca: Option<String>,
+    pub(super) tls_server_name: Option<String>,
 }
 
 /// An endpoint: `{ addr = "10.0.0.1:80", weight = 3 }`, or just `"10.0.0.1:80"` (`bare`).
@@ -174,6 +194,8 @@ pub(super) struct RawRoute {
     pub(super) path_prefix: Option<String>,
     pub(super) service: Option<String>,
     pub(super) upgrades: Option<Vec<String>>,
+    pub(super) acme: Option<bool>,
+    pub(super) redirect_https: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,6 +203,15 @@ pub(super) struct RawRoute {
 pub(super) struct RawTcp {
     pub(super) listen: Option<String>,
     pub(super) service: Option<String>,
+    pub(super) tls: Option<bool>,
+}
+
+/// `hsts = true` (the default policy) or `hsts = "max-age=...; includeSubDomains"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawHsts {
+    On(bool),
+    Value(String),
 }
 
 /// A duration string, parsed in `build.rs`; only its type is checked here.

@@ -60,6 +60,7 @@ fn web_service(endpoints: EndpointSource) -> ServiceConfig {
         max_in_flight: None,
         panic_threshold: 50,
         dns_refresh: Duration::from_secs(5),
+        tls: None,
     }
 }
 
@@ -103,9 +104,12 @@ fn example_parses_to_expected_values() {
             path_prefix: Some("/".into()),
             service: "web".into(),
             upgrades: vec!["websocket".into()],
+            acme: false,
+            redirect_https: None,
         }],
         tcp: vec![],
         providers: vec![],
+        acme: None,
         warnings: vec![
             "/etc/lb/lb.toml:8:12: services[0].hash_key: ignored: hash_key applies only to balance = \
              \"consistent_hash\" (this service uses \"round_robin\")"
@@ -281,7 +285,8 @@ service = "db"
         config.tcp,
         vec![TcpConfig {
             listen: addr("127.0.0.1:5432"),
-            service: "db".into()
+            service: "db".into(),
+            tls: false,
         }]
     );
     assert!(config.warnings.is_empty());
@@ -722,7 +727,7 @@ fn tls_checks() {
     let err = parse_err("[server]\n[server.tls]\n");
     assert_eq!(
         err,
-        "web.toml:2:1: server.tls: no certificate: set `cert` and `key`, or add [[server.tls.certs]] entries"
+        "web.toml:2:1: server.tls: no certificate: set `cert` and `key`, `dir`, `env`, or add [[server.tls.certs]] entries"
     );
     let err = parse_err("[[server.tls.certs]]\ncert = \"a.pem\"\nkey = \"a.key\"\n");
     assert!(
@@ -1201,4 +1206,167 @@ fn bad_consul_keys_name_the_key_and_never_the_token() {
     );
     let err = parse_err("[[providers]]\nkind = \"consul\"\n[[providers]]\nkind = \"consul\"\n");
     assert!(err.contains("a second consul provider"), "{err}");
+}
+
+// --- HTTPS: listeners side by side, redirects, certificates, ACME ---
+
+/// Plain and TLS listeners, with a redirect and ACME, as the HTTPS docs write them.
+const HTTPS: &str = r#"[server]
+listen = ["127.0.0.1:80"]
+tls_listen = ["127.0.0.1:443"]
+redirect_https = true
+hsts = "max-age=31536000; includeSubDomains"
+
+[acme]
+directory_ca = "ca.pem"
+email = "ops@example.com"
+
+[[services]]
+name = "shop"
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+host = "shop.example.com"
+service = "shop"
+acme = true
+
+[[routes]]
+host = "legacy.example.com"
+service = "shop"
+redirect_https = false
+"#;
+
+#[test]
+fn plain_and_tls_listeners_side_by_side_with_acme() {
+    let config = parse(HTTPS, Path::new("/etc/lb/lb.toml")).unwrap();
+    assert_eq!(config.server.listen, vec![addr("127.0.0.1:80")]);
+    assert_eq!(config.server.tls_listen, vec![addr("127.0.0.1:443")]);
+    assert!(config.server.redirect_https);
+    assert_eq!(
+        config.server.hsts.as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    let acme = config.acme.as_ref().expect("[acme]");
+    assert_eq!(acme.directory, "https://acme-v02.api.letsencrypt.org/directory");
+    assert_eq!(acme.directory_ca.as_deref(), Some(Path::new("/etc/lb/ca.pem")));
+    assert_eq!(acme.storage, PathBuf::from("/etc/lb/acme"));
+    assert_eq!(acme.challenges, vec![AcmeChallenge::Http01, AcmeChallenge::TlsAlpn01]);
+    assert!(config.routes[0].acme);
+    assert_eq!(config.routes[1].redirect_https, Some(false));
+    assert_eq!(
+        crate::tls::acme_names(&config).into_iter().collect::<Vec<_>>(),
+        vec!["shop.example.com".to_string()]
+    );
+}
+
+#[test]
+fn https_keys_are_checked_and_named() {
+    let err = parse_err("[server]\ntls_listen = [\"127.0.0.1:8443\"]\n");
+    assert!(
+        err.starts_with("web.toml:2:14: server.tls_listen: HTTPS listeners need certificates"),
+        "{err}"
+    );
+    let err = parse_err("[server]\nredirect_https = true\n");
+    assert!(
+        err.contains("server.redirect_https: redirect_https needs tls_listen"),
+        "{err}"
+    );
+    let err = parse_err("[server]\nhsts = true\n");
+    assert!(
+        err.contains("server.hsts: hsts is sent on HTTPS responses only"),
+        "{err}"
+    );
+    let err = parse_err(
+        "[server]\ntls_listen = \"127.0.0.1:8443\"\nhsts = \"max-age=soon\"\n[server.tls]\ncert = \"a\"\nkey = \"b\"\n",
+    );
+    assert!(
+        err.contains("server.hsts: invalid hsts \"max-age=soon\": bad max-age"),
+        "{err}"
+    );
+    let with_tls = "[server]\ntls_listen = \"127.0.0.1:8443\"\n[server.tls]\ncert = \"a\"\nkey = \"b\"\n";
+    let err = parse_err(&format!(
+        "{with_tls}{WEB}[[routes]]\nhost = \"a.example\"\nservice = \"web\"\nacme = true\n"
+    ));
+    assert!(
+        err.contains("routes[0].acme: acme = true needs an [acme] section"),
+        "{err}"
+    );
+    let err = parse_err(&format!(
+        "{with_tls}[acme]\n{WEB}[[routes]]\nhost = \"*.a.example\"\nservice = \"web\"\nacme = true\n"
+    ));
+    assert!(err.contains("routes[0].acme: acme = true needs an exact host"), "{err}");
+    let err = parse_err("[acme]\n");
+    assert!(err.contains("acme: [acme] needs an HTTPS listener"), "{err}");
+    let err = parse_err(&format!("{with_tls}[acme]\ndirectory = \"http://acme.test/dir\"\n"));
+    assert!(err.contains("acme.directory: invalid directory"), "{err}");
+    let err = parse_err(&format!("{with_tls}[acme]\nnames = [\"*.example.com\"]\n"));
+    assert!(
+        err.contains("acme.names[0]: a wildcard certificate needs the dns-01 challenge"),
+        "{err}"
+    );
+    let err = parse_err(&format!("{with_tls}[acme]\nchallenges = [\"dns-01\"]\n"));
+    assert!(
+        err.contains("acme.challenges[0]: unknown challenge \"dns-01\""),
+        "{err}"
+    );
+    // Every listener is HTTPS without tls_listen: http-01 has nowhere to be answered.
+    let err = parse_err("[server.tls]\ncert = \"a\"\nkey = \"b\"\n[acme]\nchallenges = [\"http-01\"]\n");
+    assert!(
+        err.contains("acme.challenges[0]: http-01 is answered on a plain HTTP listener"),
+        "{err}"
+    );
+    let legacy = parse_ok("[server.tls]\ncert = \"a\"\nkey = \"b\"\n[acme]\n");
+    assert_eq!(legacy.acme.unwrap().challenges, vec![AcmeChallenge::TlsAlpn01]);
+    let err = parse_err(&format!(
+        "{WEB}[[tcp]]\nlisten = \"127.0.0.1:5000\"\nservice = \"web\"\ntls = true\n"
+    ));
+    assert!(err.contains("tcp[0].tls: tls = true needs certificates"), "{err}");
+    let err = parse_err("[server]\ntls_listen = \"127.0.0.1:8080\"\n[server.tls]\ncert = \"a\"\nkey = \"b\"\n");
+    assert!(
+        err.contains("server.tls_listen: address 127.0.0.1:8080 is already used by server.listen"),
+        "{err}"
+    );
+    let err = parse_err("[server.tls]\nenv = \"SSL-CERT\"\n");
+    assert!(err.contains("server.tls.env: invalid variable name"), "{err}");
+}
+
+#[test]
+fn https_endpoints_turn_on_tls_to_the_service() {
+    let config = parse_ok(
+        "[[services]]\nname = \"api\"\nendpoints = [\"https://127.0.0.1:9443\", \"https://api.internal:443/\"]\n",
+    );
+    let api = &config.services[0];
+    assert_eq!(
+        api.tls,
+        Some(BackendTls {
+            ca_file: None,
+            server_name: None
+        })
+    );
+    let EndpointSource::Static(list) = &api.endpoints else {
+        panic!("static endpoints");
+    };
+    assert_eq!(list[1].addr, "api.internal:443", "scheme and slash taken off");
+    let config = parse_ok(
+        "[[services]]\nname = \"api\"\nendpoints = [\"10.0.0.1:443\"]\ntls = true\ntls_ca = \"ca.pem\"\ntls_server_name = \"API.internal\"\n",
+    );
+    assert_eq!(
+        config.services[0].tls,
+        Some(BackendTls {
+            ca_file: Some(PathBuf::from("ca.pem")),
+            server_name: Some("api.internal".into())
+        })
+    );
+    let err = parse_err("[[services]]\nname = \"api\"\nendpoints = [\"https://10.0.0.1:443\", \"10.0.0.2:80\"]\n");
+    assert!(
+        err.contains("services[0].endpoints[1]: mixed https:// and plain endpoints"),
+        "{err}"
+    );
+    let err = parse_err("[[services]]\nname = \"api\"\nendpoints = [\"10.0.0.1:443\"]\ntls_ca = \"ca.pem\"\n");
+    assert!(
+        err.contains("services[0].tls_ca: `tls_ca` applies to endpoints over TLS"),
+        "{err}"
+    );
+    let err = parse_err("[[services]]\nname = \"api\"\nendpoints = [\"ftp://10.0.0.1:21\"]\n");
+    assert!(err.contains("unknown scheme \"ftp\""), "{err}");
 }

@@ -490,3 +490,13 @@ pub(crate) async fn read_head(s: &mut tokio::net::TcpStream, limit: Duration) ->
     let _ = tokio::time::timeout(limit, read).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The body of `GET {path}` on the admin listener of `p` (no credentials configured);
+/// panics unless it answers 200.
+pub(crate) async fn admin_get(p: &Started, path: &str) -> String {
+    let answer = get(&client(), p.admin_addr, path, &[])
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    assert_eq!(answer.status, StatusCode::OK, "GET {path}: {}", answer.body);
+    answer.body
+}

@@ -177,3 +177,261 @@ async fn a_client_silent_in_or_after_its_handshake_is_closed() {
     })
     .await;
 }
+
+/// A plain HTTP/1.1 request over `stream`; returns the response head and body as text.
+async fn raw_over<S>(stream: &mut S, host: &str, path: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    stream.flush().await.expect("flush");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The whole answer: a head, then a body as long as Content-Length says.
+    loop {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "closed before the answer ended: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_and_tls_listeners_side_by_side_redirect_with_308_and_send_hsts() {
+    bounded(async {
+        let dir = TempDir::new("tls-side");
+        let (dcert, dkey, droot) = cert(&dir, "default", &["web.localhost", "legacy.localhost"]);
+        let a = Backend::start("a").await;
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\nredirect_https = true\nhsts = true\n\
+             [server.tls]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[services]]\nname = \"web\"\nendpoints = [\"{}\"]\n\
+             [[routes]]\nservice = \"web\"\n\
+             [[routes]]\nhost = \"legacy.localhost\"\nservice = \"web\"\nredirect_https = false\n",
+            a.addr
+        );
+        let p = proxy(&text).await;
+        ready(&p, "web", 1).await;
+        let (plain, https) = (p.http_addrs[0], p.https_addrs[0]);
+
+        // The plain listener sends the client to HTTPS: same host, path and query.
+        let mut tcp = TcpStream::connect(plain).await.expect("connect");
+        let answer = raw_over(&mut tcp, "web.localhost:80", "/cart?item=7").await;
+        assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+        let location = format!("location: https://web.localhost:{}/cart?item=7\r\n", https.port());
+        assert!(answer.to_ascii_lowercase().contains(&location), "{answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("strict-transport-security"),
+            "never HSTS over plain HTTP: {answer}"
+        );
+        // A route that keeps plain HTTP, and the ACME challenge path, are not redirected.
+        let answer = raw_over(&mut tcp, "legacy.localhost", "/x").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("a path=/x"), "{answer}");
+        let answer = raw_over(&mut tcp, "web.localhost", "/.well-known/acme-challenge/tok").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "served by the route: {answer}");
+
+        // The TLS listener serves the route, with HSTS.
+        let server = ServerName::try_from("web.localhost".to_string()).expect("name");
+        let tcp = TcpStream::connect(https).await.expect("connect");
+        let mut tls = connector(droot, &[b"http/1.1"])
+            .connect(server, tcp)
+            .await
+            .expect("handshake");
+        let answer = raw_over(&mut tls, "web.localhost", "/cart").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("strict-transport-security: max-age=63072000\r\n"),
+            "{answer}"
+        );
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_file_is_served_at_the_next_handshake_and_open_connections_stay() {
+    bounded(async {
+        let dir = TempDir::new("tls-rotate");
+        let (dcert, dkey, old_root) = cert(&dir, "web", &["web.localhost"]);
+        let a = Backend::start("a").await;
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
+             [server.tls]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[services]]\nname = \"web\"\nendpoints = [\"{}\"]\n[[routes]]\nservice = \"web\"\n",
+            a.addr
+        );
+        let p = proxy(&text).await;
+        ready(&p, "web", 1).await;
+        let https = p.https_addrs[0];
+        let name = || ServerName::try_from("web.localhost".to_string()).expect("name");
+        let tcp = TcpStream::connect(https).await.expect("connect");
+        let mut held = connector(old_root.clone(), &[b"http/1.1"])
+            .connect(name(), tcp)
+            .await
+            .expect("handshake with the first certificate");
+        assert!(raw_over(&mut held, "web.localhost", "/1")
+            .await
+            .starts_with("HTTP/1.1 200"));
+
+        // A renewal writes a new pair over the old files (a new key: a new certificate).
+        let renewed = TempDir::new("tls-rotate-new");
+        let (ncert, nkey, new_root) = cert(&renewed, "web", &["web.localhost"]);
+        std::fs::copy(&nkey, &dkey).expect("replace the key");
+        std::fs::copy(&ncert, &dcert).expect("replace the certificate");
+        let new_tls = connector(new_root, &[b"http/1.1"]);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let tcp = TcpStream::connect(https).await.expect("connect");
+            if new_tls.connect(name(), tcp).await.is_ok() {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the new certificate was never served"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // A client trusting only the old certificate is refused now...
+        let tcp = TcpStream::connect(https).await.expect("connect");
+        assert!(connector(old_root, &[b"http/1.1"]).connect(name(), tcp).await.is_err());
+        // ...and the connection opened before the change still serves.
+        assert!(raw_over(&mut held, "web.localhost", "/2")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        // The status page reports the certificate served now.
+        let status = super::support::admin_get(&p, "/api/status").await;
+        let v: serde_json::Value = serde_json::from_str(&status).expect("json");
+        let certs = v["certificates"].as_array().expect("certificates");
+        assert_eq!(certs.len(), 1, "{status}");
+        assert_eq!(certs[0]["names"], serde_json::json!(["web.localhost"]), "{status}");
+        assert!(certs[0]["days_left"].as_f64().expect("days_left") > 300.0, "{status}");
+        assert_eq!(certs[0]["default"], true, "{status}");
+        assert!(
+            certs[0]["source"].as_str().expect("source").ends_with("web.pem"),
+            "{status}"
+        );
+        let metrics = super::support::admin_get(&p, "/metrics").await;
+        assert!(
+            metrics.contains("lb_tls_certificate_days_left{names=\"web.localhost\""),
+            "{metrics}"
+        );
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_service_terminates_tls_with_the_certificate_chosen_by_sni() {
+    bounded(async {
+        let dir = TempDir::new("tls-tcp");
+        let (dcert, dkey, _) = cert(&dir, "default", &["web.localhost"]);
+        let (dbcert, dbkey, dbroot) = cert(&dir, "db", &["db.localhost"]);
+        let a = Backend::start("a").await;
+        let text = format!(
+            "{}[server.tls]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\n\
+             [[server.tls.certs]]\ncert = \"{dbcert}\"\nkey = \"{dbkey}\"\nsni = [\"db.localhost\"]\n\
+             [[services]]\nname = \"db\"\nendpoints = [\"{}\"]\n\
+             [[tcp]]\nlisten = \"127.0.0.1:0\"\nservice = \"db\"\ntls = true\n",
+            head(),
+            a.addr
+        );
+        let p = proxy(&text).await;
+        ready(&p, "db", 1).await;
+        let server = ServerName::try_from("db.localhost".to_string()).expect("name");
+        let tcp = TcpStream::connect(p.tcp_addrs[0]).await.expect("connect");
+        let mut tls = connector(dbroot, &[]).connect(server, tcp).await.expect("handshake");
+        // The backend speaks HTTP: the bytes reach it in the clear.
+        let answer = raw_over(&mut tls, "db.localhost", "/over-tcp").await;
+        assert!(answer.contains("a path=/over-tcp"), "{answer}");
+        // A TCP connection has no protocol-level close: shutting down waits for it.
+        drop(tls);
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_from_an_environment_variable_with_escaped_newlines() {
+    bounded(async {
+        let ck = rcgen::generate_simple_self_signed(vec!["env.localhost".to_string()]).expect("cert");
+        let pem = format!("{}{}", ck.cert.pem(), ck.key_pair.serialize_pem()).replace('\n', "\\n");
+        // A name no other test uses: the environment is the process's.
+        std::env::set_var("LBTEST_SSL_CERT_ENV", pem);
+        let a = Backend::start("a").await;
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
+             [server.tls]\nenv = \"LBTEST_SSL_CERT_ENV\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[services]]\nname = \"web\"\nendpoints = [\"{}\"]\n[[routes]]\nservice = \"web\"\n",
+            a.addr
+        );
+        let p = proxy(&text).await;
+        ready(&p, "web", 1).await;
+        let server = ServerName::try_from("env.localhost".to_string()).expect("name");
+        let tcp = TcpStream::connect(p.https_addrs[0]).await.expect("connect");
+        let mut tls = connector(ck.cert.der().clone(), &[b"http/1.1"])
+            .connect(server, tcp)
+            .await
+            .expect("handshake with the certificate from the variable");
+        assert!(raw_over(&mut tls, "env.localhost", "/")
+            .await
+            .starts_with("HTTP/1.1 200"));
+        p.shutdown().await;
+    })
+    .await;
+}
+
+#[test]
+fn check_loads_the_certificates_and_names_the_key_and_file_of_a_bad_one() {
+    let dir = TempDir::new("tls-check");
+    let (dcert, dkey, _) = cert(&dir, "default", &["web.localhost"]);
+    let bad = dir.0.join("bad.pem");
+    std::fs::write(&bad, "not a certificate\n").expect("write");
+    let text = format!(
+        "[server.tls]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\n\
+         [[server.tls.certs]]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\nsni = [\"a.localhost\"]\n\
+         [[server.tls.certs]]\ncert = \"{}\"\nkey = \"{dkey}\"\nsni = [\"b.localhost\"]\n",
+        bad.display()
+    );
+    let file = dir.0.join("lb.toml");
+    std::fs::write(&file, &text).expect("write config");
+    let cfg = crate::config::load(&file).expect("the file itself is valid");
+    let err = crate::tls::check(&cfg, &file)
+        .expect_err("a bad certificate")
+        .to_string();
+    assert!(err.contains(":8:1: server.tls.certs[1]: "), "{err}");
+    assert!(err.contains("bad.pem"), "{err}");
+    // Without the bad entry the same check passes.
+    let good = text
+        .split("[[server.tls.certs]]")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("[[server.tls.certs]]");
+    std::fs::write(&file, good).expect("write config");
+    let cfg = crate::config::load(&file).expect("valid");
+    crate::tls::check(&cfg, &file).expect("loads");
+}
