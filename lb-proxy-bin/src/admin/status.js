@@ -79,10 +79,9 @@
     banner.textContent = text;
   }
 
-  async function act(service, id, verb, button) {
+  // POSTs an admin action; the banner says how it went, then the page refreshes.
+  async function post(url, what, done, button) {
     button.disabled = true;
-    const url =
-      "/api/services/" + encodeURIComponent(service) + "/endpoints/" + encodeURIComponent(id) + "/" + verb;
     try {
       const r = await fetch(api(url), { method: "POST", headers: headers(), credentials: "same-origin" });
       let body = null;
@@ -92,14 +91,25 @@
         body = null;
       }
       if (!r.ok) {
-        showBanner(verb + " " + id + " failed: " + r.status + " " + ((body && body.error) || r.statusText));
+        showBanner(what + " failed: " + r.status + " " + ((body && body.error) || r.statusText));
       } else {
-        showBanner(service + " / " + id + ": " + verb + (verb === "drain" ? "ed" : "d"), "info");
+        showBanner(done, "info");
       }
     } catch (e) {
-      showBanner(verb + " " + id + " failed: " + e);
+      showBanner(what + " failed: " + e);
     }
     await refresh();
+  }
+
+  function act(service, id, verb, button) {
+    const url =
+      "/api/services/" + encodeURIComponent(service) + "/endpoints/" + encodeURIComponent(id) + "/" + verb;
+    return post(url, verb + " " + id, service + " / " + id + ": " + verb + (verb === "drain" ? "ed" : "d"), button);
+  }
+
+  function renew(name, button) {
+    const url = "/api/certificates/" + encodeURIComponent(name) + "/renew";
+    return post(url, "renew " + name, name + ": renewal ordered", button);
   }
 
   function checkCell(c) {
@@ -218,12 +228,180 @@
     return el("p", { class: cls, "data-source": name }, text);
   }
 
+  // A certificate with fewer days left than this is a warning.
+  const WARN_DAYS = 14;
+
+  // "2025-03-01" (UTC) for a Unix time.
+  function fmtDate(unix) {
+    return new Date(unix * 1000).toISOString().slice(0, 10);
+  }
+
+  // "2025-03-01 12:00:00 UTC".
+  function fmtStamp(unix) {
+    return new Date(unix * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC";
+  }
+
+  // A span given in days: "89 days", "1 day", "5 h", "12 min".
+  function fmtDays(d) {
+    if (d >= 2) return Math.floor(d) + " days";
+    if (d >= 1) return "1 day";
+    if (d * 24 >= 1) return Math.floor(d * 24) + " h";
+    return Math.max(1, Math.floor(d * 1440)) + " min";
+  }
+
+  // Until a Unix time: "in 25 s", "in 3 min", "now".
+  function fmtIn(unix) {
+    const s = unix - Date.now() / 1000;
+    if (s < 1) return "now";
+    if (s < 90) return "in " + Math.round(s) + " s";
+    if (s < 5400) return "in " + Math.round(s / 60) + " min";
+    return "in " + Math.round(s / 3600) + " h";
+  }
+
+  function expiry(days) {
+    if (days < 0) return "expired";
+    return days < WARN_DAYS ? "warn" : "ok";
+  }
+
+  // The days-left cell: plain, a warning under WARN_DAYS, an error once expired.
+  function leftCell(days) {
+    if (days === null || days === undefined) return el("td", { class: "num muted" }, "–");
+    const level = expiry(days);
+    const text = level === "expired" ? "expired " + fmtDays(-days) + " ago" : fmtDays(days);
+    return el("td", { class: "num left left-" + level, "data-days-left": days.toFixed(2) }, text);
+  }
+
+  // The dark head of a panel, like a service's: a name, pills, and a coloured edge.
+  function panelHead(title, health, pills) {
+    return el("div", { class: "svc-head svc-" + health }, el("span", { class: "svc-name" }, title), ...pills);
+  }
+
+  function table(columns, rows, empty) {
+    if (rows.length === 0) rows.push(el("tr", {}, el("td", { colspan: columns.length, class: "muted empty" }, empty)));
+    return el(
+      "table",
+      { class: "eps" },
+      el("thead", {}, el("tr", {}, ...columns.map((h) => el("th", {}, h)))),
+      el("tbody", {}, ...rows)
+    );
+  }
+
+  function certRow(c) {
+    const level = expiry(c.days_left);
+    const names = c.names && c.names.length ? c.names.join(", ") : null;
+    return el(
+      "tr",
+      { class: "cert cert-" + level, "data-cert": names || "", "data-expiry": level },
+      el(
+        "td",
+        { class: "names" },
+        names ? el("span", { class: "id" }, names) : el("span", { class: "muted" }, "(no name)"),
+        c.default
+          ? el("span", { class: "tag", title: "served when the client's server name matches no other certificate" }, "default")
+          : null
+      ),
+      el("td", { class: "issuer", title: c.issuer }, c.issuer),
+      el(
+        "td",
+        { class: "date", title: "valid from " + fmtStamp(c.not_before_unix) + " until " + fmtStamp(c.not_after_unix) },
+        fmtDate(c.not_after_unix)
+      ),
+      leftCell(c.days_left),
+      el("td", { class: "addr source", title: c.source }, c.source)
+    );
+  }
+
+  function certificatesSection(certs) {
+    const count = (level) => certs.filter((c) => expiry(c.days_left) === level).length;
+    const expired = count("expired");
+    const warn = count("warn");
+    const pills = [el("span", { class: "pill" }, certs.length + (certs.length === 1 ? " certificate" : " certificates"))];
+    if (warn) pills.push(el("span", { class: "pill pill-warn" }, warn + " within " + WARN_DAYS + " days"));
+    if (expired) pills.push(el("span", { class: "pill panic" }, expired + " expired"));
+    return el(
+      "section",
+      { class: "panel", "data-section": "certificates" },
+      panelHead("Certificates", expired ? "down" : warn ? "degraded" : "up", pills),
+      table(
+        ["Names", "Issuer", "Expires", "Left", "Source"],
+        certs.map(certRow),
+        "no certificate loaded"
+      )
+    );
+  }
+
+  // What an ACME name is waiting for, or what went wrong.
+  function acmeDetail(a) {
+    if (a.state === "failed") {
+      return el(
+        "td",
+        { class: "check-failed detail" },
+        a.error || "failed",
+        " ",
+        el("span", { class: "muted" }, "· next try " + new Date(a.retry_at_unix * 1000).toLocaleTimeString() + " (" + fmtIn(a.retry_at_unix) + ")")
+      );
+    }
+    if (a.state === "locked") {
+      return el(
+        "td",
+        { class: "detail muted" },
+        "another process is ordering it · looking again " + fmtIn(a.retry_at_unix)
+      );
+    }
+    if (a.state === "ordering") return el("td", { class: "detail muted" }, "order under way");
+    if (a.last_error) return el("td", { class: "detail muted", title: a.last_error }, "last error: " + a.last_error);
+    return el("td", { class: "detail muted" }, a.state === "pending" ? "no certificate yet" : "");
+  }
+
+  function acmeRow(a) {
+    const button = el("button", { type: "button", class: "btn btn-renew", "data-action": "renew", title: "order a new certificate now" }, "renew");
+    button.addEventListener("click", () => renew(a.name, button));
+    const days = a.not_after_unix ? a.not_after_unix / 86400 - Date.now() / 86400000 : null;
+    return el(
+      "tr",
+      { class: "acme-name", "data-acme": a.name, "data-state": a.state },
+      el("td", { class: "id" }, a.name),
+      el("td", { class: "st st-acme-" + a.state }, a.state),
+      el("td", { class: "date" }, a.not_after_unix ? fmtDate(a.not_after_unix) : "–"),
+      leftCell(days),
+      el(
+        "td",
+        { class: "num" },
+        fmtInt(a.orders_ok) + " ok · ",
+        el("span", { class: a.orders_failed > 0 ? "warn" : null }, fmtInt(a.orders_failed) + " failed")
+      ),
+      acmeDetail(a),
+      el("td", { class: "act" }, button)
+    );
+  }
+
+  function acmeSection(names) {
+    const failed = names.filter((a) => a.state === "failed").length;
+    const valid = names.filter((a) => a.state === "valid").length;
+    const pills = [el("span", { class: "pill" }, valid + " / " + names.length + " valid")];
+    if (failed) pills.push(el("span", { class: "pill panic" }, failed + " failed"));
+    return el(
+      "section",
+      { class: "panel", "data-section": "acme" },
+      panelHead("ACME", failed ? "down" : valid < names.length ? "degraded" : "up", pills),
+      table(
+        ["Name", "State", "Expires", "Left", "Orders", "Details", ""],
+        names.map(acmeRow),
+        "no names to order (routes with acme = true, [acme] names)"
+      )
+    );
+  }
+
   function render(status, source) {
     if (!status || !Array.isArray(status.services)) return;
     generation.textContent = "config generation " + status.generation;
     const sections = Object.entries(status.sources || {}).flatMap(([name, s]) => sourceLine(name, s));
     sections.push(...status.services.map(serviceSection));
     if (status.services.length === 0) sections.push(el("p", { class: "muted" }, "no services configured"));
+    const certs = Array.isArray(status.certificates) ? status.certificates : [];
+    const acme = Array.isArray(status.acme) ? status.acme : null;
+    if (certs.length > 0 || acme) sections.push(certificatesSection(certs));
+    if (acme) sections.push(acmeSection(acme));
     root.replaceChildren(...sections);
     document.body.dataset.source = source;
   }

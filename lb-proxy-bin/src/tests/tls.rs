@@ -435,3 +435,78 @@ fn check_loads_the_certificates_and_names_the_key_and_file_of_a_bad_one() {
     let cfg = crate::config::load(&file).expect("valid");
     crate::tls::check(&cfg, &file).expect("loads");
 }
+
+/// An HTTPS backend on loopback with a certificate for `name`: answers every request
+/// with the server name the client sent and the ALPN protocol agreed.
+async fn tls_backend(dir: &TempDir, name: &str) -> (std::net::SocketAddr, String) {
+    use hyper::service::service_fn;
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("cert");
+    let ca = dir.0.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca, ck.cert.pem()).expect("write ca");
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
+    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .expect("server config");
+    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let (_, conn) = tls.get_ref();
+                let sni = conn.server_name().unwrap_or("-").to_string();
+                let alpn = String::from_utf8_lossy(conn.alpn_protocol().unwrap_or(b"-")).into_owned();
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let text = format!("tls sni={sni} alpn={alpn} path={}\n", req.uri().path());
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(text)))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, ca.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_over_tls_are_verified_with_the_route_host_as_server_name() {
+    bounded(async {
+        let dir = TempDir::new("tls-backend");
+        let (addr, ca) = tls_backend(&dir, "api.localhost").await;
+        let text = format!(
+            "{}[[services]]\nname = \"api\"\nendpoints = [\"https://{addr}\"]\ntls_ca = \"{ca}\"\n\
+             health = {{ path = \"/healthz\", interval = \"100ms\" }}\n\
+             [[routes]]\nhost = \"api.localhost\"\nservice = \"api\"\n\
+             [[services]]\nname = \"wrong\"\nendpoints = [\"https://{addr}\"]\ntls_ca = \"{ca}\"\ntls_server_name = \"other.localhost\"\nretries = 0\n\
+             [[routes]]\nhost = \"wrong.localhost\"\nservice = \"wrong\"\n",
+            head()
+        );
+        let p = proxy(&text).await;
+        let plain = p.http_addrs[0];
+        // The health probe speaks TLS too: the endpoint turns healthy.
+        super::support::wait_for("the endpoint over TLS passes its probe", std::time::Duration::from_secs(10), || {
+            super::support::health(&p, "api")
+                .iter()
+                .any(|(_, h)| *h == lb_core::Health::Healthy)
+        })
+        .await;
+        let mut tcp = TcpStream::connect(plain).await.expect("connect");
+        let answer = raw_over(&mut tcp, "api.localhost", "/v1").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("tls sni=api.localhost alpn=h2 path=/v1"), "{answer}");
+        // A name the certificate does not hold fails the handshake: a bad gateway, and
+        // a connect failure of the endpoint.
+        let answer = raw_over(&mut tcp, "wrong.localhost", "/v1").await;
+        assert!(answer.starts_with("HTTP/1.1 502") || answer.starts_with("HTTP/1.1 503"), "{answer}");
+        p.shutdown().await;
+    })
+    .await;
+}
