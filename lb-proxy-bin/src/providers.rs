@@ -362,6 +362,48 @@ mod tests {
     }
 
     #[test]
+    fn a_label_asking_for_acme_gets_its_hosts_certificates_only_where_acme_is_configured() {
+        let hints = Hints {
+            hosts: vec!["shop.example.com".into(), "*.shop.example.com".into()],
+            tls_acme: true,
+            redirect_https: Some(false),
+            ..Hints::default()
+        };
+        let provided = from_docker(
+            &catalog(&[("shop", hints)]),
+            &DockerProviderConfig::default(),
+            &mut |w| panic!("{w}"),
+        );
+        let with_acme = file(
+            "[server]\nlisten = \"127.0.0.1:8080\"\ntls_listen = \"127.0.0.1:8443\"\n[acme]\nemail = \"ops@example.com\"\n",
+        );
+        let mut warnings = Vec::new();
+        let merged = merge(&with_acme, provided.values(), None, &mut |w| warnings.push(w));
+        assert_eq!(merged.routes[0].redirect_https, Some(false));
+        assert_eq!(
+            crate::tls::acme_names(&merged).into_iter().collect::<Vec<_>>(),
+            ["shop.example.com"],
+            "the exact host gets a certificate"
+        );
+        assert_eq!(
+            warnings,
+            [
+                "route *.shop.example.com of docker service \"shop\": no certificate requested: acme = true needs an \
+              exact host: a wildcard certificate needs the dns-01 challenge, which is not supported"
+            ]
+        );
+        let without = file("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
+        let mut warnings = Vec::new();
+        let merged = merge(&without, provided.values(), None, &mut |w| warnings.push(w));
+        assert!(crate::tls::acme_names(&merged).is_empty());
+        assert!(
+            warnings[0]
+                .ends_with("no certificate requested: acme = true needs an [acme] section (directory, email, storage)"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn a_route_stays_with_the_service_that_held_it() {
         let f = file("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
         let hints = Hints {

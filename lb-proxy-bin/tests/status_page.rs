@@ -6,6 +6,10 @@
 //! with its state; then takes a
 //! screenshot (path printed; `LB_SCREENSHOT` overrides it) for a human to look at.
 //!
+//! A second test serves HTTPS with certificate files (one valid, one expiring within two
+//! weeks, one expired) and ACME against a directory that is not there, and checks the
+//! page's Certificates and ACME panels; its screenshot goes beside the first one.
+//!
 //! Needs a `chromium` binary (Debian: `apt-get install chromium`; or set `LB_CHROMIUM`
 //! to a Chromium or Chrome binary). Without one the test is skipped with a loud message,
 //! unless `LB_REQUIRE_CHROMIUM=1`, which makes it fail instead.
@@ -70,11 +74,12 @@ async fn backend(name: &'static str) -> SocketAddr {
     addr
 }
 
-/// Two distinct addresses nothing listens on (bound, then released).
-fn free_addrs() -> (SocketAddr, SocketAddr) {
-    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    (a.local_addr().unwrap(), b.local_addr().unwrap())
+/// `N` distinct addresses nothing listens on (bound, then released).
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap())
 }
 
 async fn http(method: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
@@ -185,26 +190,71 @@ fn chromium(bin: &Path, profile: &Path, args: &[&str], url: &str) -> String {
     }
 }
 
+/// The Chromium binary, or `None` after a loud skip message (a panic with
+/// `LB_REQUIRE_CHROMIUM=1`).
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    if let Some(bin) = find_chromium() {
+        return Some(bin);
+    }
+    let msg = "no chromium binary found (install Debian's `chromium` package or set LB_CHROMIUM)";
+    if std::env::var("LB_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
+        panic!("{msg}, and LB_REQUIRE_CHROMIUM=1");
+    }
+    // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+    let bar = "!".repeat(78);
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n{bar}\n!!! SKIPPED {test}: {msg}\n!!! (LB_REQUIRE_CHROMIUM=1 makes this a failure)\n{bar}\n"
+    );
+    None
+}
+
+/// Where a screenshot goes: `LB_SCREENSHOT` (its stem plus `-{tag}` for the other
+/// tests), else the temporary directory.
+fn screenshot_path(tag: Option<&str>) -> PathBuf {
+    let base = std::env::var_os("LB_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("lb-status.png"));
+    match tag {
+        None => base,
+        Some(tag) => {
+            let stem = base
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            base.with_file_name(format!("{stem}-{tag}.png"))
+        }
+    }
+}
+
+/// Screenshots `url` at 1280x800 into `shot` and checks a PNG came out.
+fn screenshot(bin: &Path, profile: &Path, url: &str, shot: &Path) {
+    let _ = std::fs::remove_file(shot);
+    chromium(
+        bin,
+        profile,
+        &[&format!("--screenshot={}", shot.display()), "--window-size=1280,800"],
+        url,
+    );
+    let png = std::fs::read(shot).expect("chromium wrote the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot at {}",
+        shot.display()
+    );
+    eprintln!("status page screenshot: {}", shot.display());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_in_chromium() {
-    let Some(chromium_bin) = find_chromium() else {
-        let msg = "no chromium binary found (install Debian's `chromium` package or set LB_CHROMIUM)";
-        if std::env::var("LB_REQUIRE_CHROMIUM").is_ok_and(|v| v == "1") {
-            panic!("{msg}, and LB_REQUIRE_CHROMIUM=1");
-        }
-        // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-        let bar = "!".repeat(78);
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "\n{bar}\n!!! SKIPPED status_page_renders_in_chromium: {msg}\n!!! (LB_REQUIRE_CHROMIUM=1 makes this a failure)\n{bar}\n"
-        );
+    let Some(chromium_bin) = chromium_or_skip("status_page_renders_in_chromium") else {
         return;
     };
 
     let one = backend("one").await;
     let two = backend("two").await;
     // `listen` is taken again by lb-proxy at once; `dead` stays closed.
-    let (dead, listen) = free_addrs();
+    let [dead, listen] = free_addrs();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("status-page-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("lb.toml");
@@ -304,22 +354,285 @@ service = "web"
     let dom = chromium(&chromium_bin, &profile, &["--dump-dom"], &basic_url);
     assert!(dom.contains(r#"data-source="api""#), "with Basic auth too:\n{dom}");
 
-    let shot = std::env::var_os("LB_SCREENSHOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("lb-status.png"));
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        &chromium_bin,
-        &profile,
-        &[&format!("--screenshot={}", shot.display()), "--window-size=1280,800"],
-        &url,
-    );
-    let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
+    screenshot(&chromium_bin, &profile, &url, &screenshot_path(None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const DAY: u64 = 86_400;
+
+/// Seconds since the Unix epoch, now.
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A self-signed certificate for `names` issued by (and to) [`ISSUER_CN`], valid from
+/// `from` to `until` (Unix seconds); returns its PEM, its key's PEM and its DER.
+fn self_signed(names: &[&str], from: u64, until: u64) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
+    let key = rcgen::KeyPair::generate().expect("key pair");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, ISSUER_CN);
+    params.distinguished_name = dn;
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + Duration::from_secs(from);
+    params.not_after = epoch + Duration::from_secs(until);
+    let cert = params.self_signed(&key).expect("self-signed certificate");
+    (cert.pem(), key.serialize_pem(), cert.der().clone())
+}
+
+const ISSUER_CN: &str = "Status Page Test CA";
+
+/// `YYYY-MM-DD` (UTC) of a Unix time: the page's expiry dates.
+fn utc_date(unix: f64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = (unix / DAY as f64).floor() as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The page's days-left text for `days` (whole days here), and the one a day boundary
+/// passed since the JSON was read would give.
+fn days_texts(days: f64) -> [String; 2] {
+    let text = |d: f64| {
+        if d < 0.0 {
+            format!("expired {} days ago", (-d).floor())
+        } else {
+            format!("{} days", d.floor())
+        }
+    };
+    [text(days), text(days - 1.0 / 24.0)]
+}
+
+/// Text as Chromium's `--dump-dom` serializes it.
+fn html_text(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// One GET over HTTPS to `addr` for `name`, trusting only `root`; (status, body).
+async fn https_get(
+    addr: SocketAddr,
+    name: &str,
+    root: rustls::pki_types::CertificateDer<'static>,
+) -> Result<(u16, String), String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).map_err(|e| e.to_string())?;
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get("/")
+        .header("host", name)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let rsp = send.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = rsp.status().as_u16();
+    let body = rsp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_shows_certificates() {
+    let Some(chromium_bin) = chromium_or_skip("status_page_shows_certificates") else {
+        return;
+    };
+
+    let one = backend("one").await;
+    // `listen` and `tls_listen` are taken again by lb-proxy at once; `acme_dead` stays
+    // closed, so every ACME order fails.
+    let [listen, tls_listen, acme_dead] = free_addrs();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("status-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let now = now_unix();
+    // (file stem, names, valid from, valid until): fine, expiring in 10 days, expired.
+    let certs: [(&str, &[&str], u64, u64); 3] = [
+        ("www", &["www.status.test", "status.test"], now - DAY, now + 90 * DAY),
+        ("soon", &["soon.status.test"], now - 80 * DAY, now + 10 * DAY),
+        ("old", &["old.status.test"], now - 93 * DAY, now - 3 * DAY),
+    ];
+    let mut www_der = None;
+    for (stem, names, from, until) in certs {
+        let (pem, key, der) = self_signed(names, from, until);
+        std::fs::write(dir.join(format!("{stem}.pem")), pem).unwrap();
+        std::fs::write(dir.join(format!("{stem}-key.pem")), key).unwrap();
+        if stem == "www" {
+            www_der = Some(der);
+        }
+    }
+    let config = dir.join("lb.toml");
+    // Certificate and storage paths are relative: resolved against the config's directory.
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+listen = ["{listen}"]
+tls_listen = ["{tls_listen}"]
+
+[server.tls]
+cert = "www.pem"
+key = "www-key.pem"
+
+[[server.tls.certs]]
+sni = ["soon.status.test"]
+cert = "soon.pem"
+key = "soon-key.pem"
+
+[[server.tls.certs]]
+sni = ["old.status.test"]
+cert = "old.pem"
+key = "old-key.pem"
+
+[acme]
+directory = "https://{acme_dead}/directory"
+storage = "acme"
+names = ["acme.status.test"]
+
+[admin]
+listen = "127.0.0.1:0"
+token = "{TOKEN}"
+
+[[services]]
+name = "web"
+endpoints = ["{one}"]
+
+[[routes]]
+path_prefix = "/"
+service = "web"
+"#
+        ),
+    )
+    .unwrap();
+    let (_proxy, admin) = start_proxy(&config);
+
+    // The proxy serves HTTPS with the default certificate.
+    let www_der = www_der.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match https_get(tls_listen, "www.status.test", www_der.clone()).await {
+            Ok((code, body)) => {
+                assert_eq!((code, body.as_str()), (200, "hello from one\n"));
+                break;
+            }
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no HTTPS answer on {tls_listen} within 20 s: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Wait until the certificates are listed and ACME's first order has failed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (code, body) = http("GET", admin, "/api/status", Some(TOKEN)).await;
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let listed = v["certificates"].as_array().map_or(0, Vec::len);
+        if listed == 3 && v["acme"][0]["state"] == "failed" {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never 3 certificates and a failed ACME order within 30 s:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let cert = |name: &str| -> Value {
+        status["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["names"].as_array().unwrap().iter().any(|n| n == name))
+            .unwrap_or_else(|| panic!("a certificate for {name} in {status:#}"))
+            .clone()
+    };
+
+    let profile = dir.join("chromium-profile");
+    let url = format!("http://{admin}/?token={TOKEN}");
+    let dom = chromium(&chromium_bin, &profile, &["--dump-dom"], &url);
     assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "a real screenshot at {}",
-        shot.display()
+        dom.contains(r#"data-source="api""#),
+        "the page's script should have rendered data fetched from /api/status:\n{dom}"
     );
-    eprintln!("status page screenshot: {}", shot.display());
+    assert!(
+        dom.contains(r#"data-section="certificates""#),
+        "certificates panel:\n{dom}"
+    );
+    for (names, expiry, host) in [
+        ("www.status.test, status.test", "ok", "www.status.test"),
+        ("soon.status.test", "warn", "soon.status.test"),
+        ("old.status.test", "expired", "old.status.test"),
+    ] {
+        let c = cert(host);
+        let row = format!(r#"data-cert="{names}" data-expiry="{expiry}""#);
+        assert!(dom.contains(&row), "row {row} expected in:\n{dom}");
+        let issuer = c["issuer"].as_str().unwrap();
+        assert!(issuer.contains(ISSUER_CN), "issuer of {host}: {issuer}");
+        assert!(
+            dom.contains(&html_text(issuer)),
+            "issuer {issuer:?} of {host} shown:\n{dom}"
+        );
+        let date = utc_date(c["not_after_unix"].as_f64().unwrap());
+        assert!(
+            dom.contains(&format!(">{date}<")),
+            "expiry date {date} of {host} shown:\n{dom}"
+        );
+        let days = c["days_left"].as_f64().unwrap();
+        let texts = days_texts(days);
+        assert!(
+            texts.iter().any(|t| dom.contains(&format!(">{t}<"))),
+            "days left of {host} ({days}) shown as one of {texts:?}:\n{dom}"
+        );
+        let source = c["source"].as_str().unwrap();
+        assert!(
+            dom.contains(&html_text(source)),
+            "source {source:?} of {host} shown:\n{dom}"
+        );
+    }
+    assert_eq!(cert("www.status.test")["default"], true, "{status:#}");
+    assert!(dom.contains(">default<"), "the default certificate marked:\n{dom}");
+    assert!(
+        dom.contains("left-warn") && dom.contains("left-expired"),
+        "warning and error highlights:\n{dom}"
+    );
+
+    // ACME: the failed name with its error, the next try and a renew button.
+    assert!(dom.contains(r#"data-section="acme""#), "ACME panel:\n{dom}");
+    assert!(
+        dom.contains(r#"data-acme="acme.status.test" data-state="failed""#),
+        "the ACME name's state:\n{dom}"
+    );
+    let error = status["acme"][0]["error"].as_str().unwrap();
+    assert!(
+        dom.contains(&html_text(error)),
+        "the ACME error {error:?} shown:\n{dom}"
+    );
+    assert!(dom.contains("next try"), "the next ACME try shown:\n{dom}");
+    assert!(dom.contains(r#"data-action="renew""#), "a renew button:\n{dom}");
+
+    screenshot(&chromium_bin, &profile, &url, &screenshot_path(Some("certificates")));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the whole proxy with real sockets on 127.0.0.1: real backends
 //! ([`support::Backend`]), real clients, the stack started from a config text.
 
+mod acme;
 mod balance;
 mod blame;
 mod dns;

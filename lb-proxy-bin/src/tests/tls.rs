@@ -456,7 +456,9 @@ async fn tls_backend(dir: &TempDir, name: &str) -> (std::net::SocketAddr, String
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
@@ -465,7 +467,11 @@ async fn tls_backend(dir: &TempDir, name: &str) -> (std::net::SocketAddr, String
                 let alpn = String::from_utf8_lossy(conn.alpn_protocol().unwrap_or(b"-")).into_owned();
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let text = format!("tls sni={sni} alpn={alpn} path={}\n", req.uri().path());
-                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(text)))) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from(
+                            text,
+                        ))))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
