@@ -401,8 +401,8 @@ fn utc_date(unix: f64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The page's days-left text for `days` (whole days here), and the one a day boundary
-/// passed since the JSON was read would give.
+/// The page's days-left text for `days`, and the one it gives if a whole day went by
+/// between reading the JSON and the page's own fetch (within the hour after).
 fn days_texts(days: f64) -> [String; 2] {
     let text = |d: f64| {
         if d < 0.0 {
@@ -633,6 +633,31 @@ service = "web"
     assert!(dom.contains("next try"), "the next ACME try shown:\n{dom}");
     assert!(dom.contains(r#"data-action="renew""#), "a renew button:\n{dom}");
 
+    // The rows are soonest to expire first.
+    let at = |needle: &str| dom.find(needle).unwrap_or_else(|| panic!("{needle} in:\n{dom}"));
+    assert!(
+        at(r#"data-cert="old.status.test""#) < at(r#"data-cert="soon.status.test""#)
+            && at(r#"data-cert="soon.status.test""#) < at(r#"data-cert="www.status.test, status.test""#),
+        "certificates ordered by expiry:\n{dom}"
+    );
+
     screenshot(&chromium_bin, &profile, &url, &screenshot_path(Some("certificates")));
+
+    // The URL the renew button posts to orders again at once, without the backoff wait.
+    let (code, body) = http("POST", admin, "/api/certificates/acme.status.test/renew", Some(TOKEN)).await;
+    assert_eq!(code, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http("GET", admin, "/api/status", Some(TOKEN)).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["acme"][0]["orders_failed"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no second ACME order within 10 s of renew:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

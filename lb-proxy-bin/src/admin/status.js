@@ -324,7 +324,8 @@
       panelHead("Certificates", expired ? "down" : warn ? "degraded" : "up", pills),
       table(
         ["Names", "Issuer", "Expires", "Left", "Source"],
-        certs.map(certRow),
+        // Soonest to expire first: what needs attention leads.
+        certs.slice().sort((a, b) => a.not_after_unix - b.not_after_unix).map(certRow),
         "no certificate loaded"
       )
     );
