@@ -10,7 +10,7 @@
 #[path = "../../../lb-tls/tests/support/pebble.rs"]
 mod pebble;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::support::{admin_get, client, free_port, proxy, send, Backend, TempDir};
+use super::support::{admin_get, client, proxy, send, Backend, TempDir};
 use crate::stack::Started;
 
 /// The name the route asks a certificate for.
@@ -49,18 +49,18 @@ struct Rig {
     storage: TempDir,
     http_port: u16,
     tls_port: u16,
+    /// The two ports, held until the proxy binds them (so that Pebble's own ports, picked
+    /// meanwhile, cannot be these).
+    reserved: Mutex<Vec<std::net::TcpListener>>,
 }
 
 impl Rig {
     /// `None` when Pebble is not installed (the test is then skipped, loudly).
     async fn start(test: &str) -> Option<Rig> {
-        let http_port = free_port();
-        let tls_port = loop {
-            let p = free_port();
-            if p != http_port {
-                break p;
-            }
-        };
+        let reserve = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let (http, tls) = (reserve(), reserve());
+        let port = |l: &std::net::TcpListener| l.local_addr().expect("local address").port();
+        let (http_port, tls_port) = (port(&http), port(&tls));
         let pebble = tokio::task::block_in_place(|| Pebble::new(test, http_port, tls_port))?;
         Some(Rig {
             pebble,
@@ -68,6 +68,7 @@ impl Rig {
             storage: TempDir::new("acme-storage"),
             http_port,
             tls_port,
+            reserved: Mutex::new(vec![http, tls]),
         })
     }
 
@@ -90,6 +91,7 @@ impl Rig {
 
     /// A proxy on the ports Pebble validates.
     async fn proxy(&self, server: &str, acme: &str) -> Started {
+        self.reserved.lock().expect("reserved ports").clear();
         let p = proxy(&self.config(self.http_port, self.tls_port, server, acme)).await;
         assert_eq!(p.http_addrs.len(), 1);
         assert_eq!(p.http_addrs[0].port(), self.http_port);
