@@ -19,7 +19,7 @@ use http_body_util::Full;
 use pebble::Pebble;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -176,40 +176,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let exchange = async {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.expect("write the request");
-        stream.flush().await.expect("flush the request");
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).await.expect("read the answer");
-            assert!(
-                n > 0,
-                "closed before the answer ended: {}",
-                String::from_utf8_lossy(&out)
-            );
-            out.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&out).into_owned();
-            let Some(end) = text.find("\r\n\r\n") else {
-                continue;
-            };
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + len {
-                let status = text
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| panic!("no status line: {text}"));
-                return Answer { status, text };
-            }
-        }
+        let text = super::support::http1_over(stream, NAME, path).await;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text}"));
+        Answer { status, text }
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await

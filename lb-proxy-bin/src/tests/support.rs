@@ -500,3 +500,41 @@ pub(crate) async fn admin_get(p: &Started, path: &str) -> String {
     assert_eq!(answer.status, StatusCode::OK, "GET {path}: {}", answer.body);
     answer.body
 }
+
+/// `GET path` (HTTP/1.1, `Host: host`) over `stream`, which stays open; the whole answer
+/// (head and a body as long as `Content-Length` says) as text.
+pub(crate) async fn http1_over<S>(stream: &mut S, host: &str, path: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write the request");
+    stream.flush().await.expect("flush the request");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("read the answer");
+        assert!(
+            n > 0,
+            "closed before the answer ended: {}",
+            String::from_utf8_lossy(&out)
+        );
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let len = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        if out.len() >= end + 4 + len {
+            return text;
+        }
+    }
+}

@@ -183,36 +183,7 @@ async fn raw_over<S>(stream: &mut S, host: &str, path: &str) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.expect("write");
-    stream.flush().await.expect("flush");
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    // The whole answer: a head, then a body as long as Content-Length says.
-    loop {
-        let n = stream.read(&mut buf).await.expect("read");
-        assert!(
-            n > 0,
-            "closed before the answer ended: {}",
-            String::from_utf8_lossy(&out)
-        );
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + len {
-                return text;
-            }
-        }
-    }
+    super::support::http1_over(stream, host, path).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
