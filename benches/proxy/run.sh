@@ -11,9 +11,14 @@
 #   - each proxy pinned to CPU $PROXY_CPU with taskset and limited to one core's worth of
 #     threads: lb-proxy with TOKIO_WORKER_THREADS=1, HAProxy `nbthread 1`, nginx
 #     `worker_processes 1`; all three keep connections to the backends alive;
-#   - wrk (1 thread, 64 connections, --latency) and the backends pinned to $LOADGEN_CPU;
-#   - runs alternate lbproxy, haproxy, nginx, lbproxy, ... for $ROUNDS rounds, each run
-#     preceded by a short unmeasured warm-up and bounded by `timeout`;
+#   - wrk (1 thread, 64 then 256 connections, --latency) and the backends pinned to
+#     $LOADGEN_CPU;
+#   - runs alternate lbproxy, haproxy, nginx, lbproxy, ... for $ROUNDS rounds at each
+#     connection count, each run preceded by a short unmeasured warm-up and bounded by
+#     `timeout`;
+#   - then, per proxy, the memory of idle client connections: RSS before and after
+#     $IDLE_CONNS keep-alive connections each send one request and stay idle
+#     (benches/proxy/idle.py), divided by their number;
 #   - CPU seconds of each proxy (process and children, utime+stime from /proc/PID/stat)
 #     are measured around each run.
 #
@@ -22,7 +27,8 @@
 #
 # Environment knobs (defaults in brackets):
 #   DURATION [10]  seconds per measured run     ROUNDS [2]      rounds
-#   WARMUP [2]     seconds of warm-up per run   CONNS [64]      wrk connections
+#   WARMUP [2]     seconds of warm-up per run   CONNS ["64 256"] wrk connections (a list)
+#   IDLE_CONNS [5000] idle client connections for the memory measure (0 skips it)
 #   THREADS [1]    wrk threads                  PROXIES [lbproxy haproxy nginx]
 #   PROXY_CPU [0]  core for the proxies         LOADGEN_CPU [1] core for wrk + backends
 #   WAIT_LOAD [1.0] wait for 1-min load below this before measuring (0 = don't wait)
@@ -43,7 +49,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-2}
-CONNS=${CONNS:-64}
+CONNS_LIST=${CONNS:-"64 256"}
+IDLE_CONNS=${IDLE_CONNS:-5000}
 THREADS=${THREADS:-1}
 PROXIES=${PROXIES:-"lbproxy haproxy nginx"}
 PROXY_CPU=${PROXY_CPU:-0}
@@ -68,10 +75,15 @@ B1=$BACKEND_BASE B2=$((BACKEND_BASE + 1)) B3=$((BACKEND_BASE + 2)) B4=$((BACKEND
 log() { printf '[proxy-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for v in DURATION ROUNDS WARMUP CONNS THREADS WAIT_MAX; do
+for v in DURATION ROUNDS WARMUP THREADS WAIT_MAX IDLE_CONNS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, got '${!v}'"
 done
-((DURATION > 0 && ROUNDS > 0 && CONNS > 0 && THREADS > 0)) || die "DURATION, ROUNDS, CONNS, THREADS must be > 0"
+for c in $CONNS_LIST; do
+    [[ $c =~ ^[0-9]+$ ]] && ((c > 0)) || die "CONNS must be whole numbers > 0, got '$CONNS_LIST'"
+done
+# The syscall and profile runs use the first count.
+CONNS=${CONNS_LIST%% *}
+((DURATION > 0 && ROUNDS > 0 && THREADS > 0)) || die "DURATION, ROUNDS, THREADS must be > 0"
 
 # ---------------------------------------------------------------- cleanup ----------
 PIDS=()      # processes this script started (proxies, backends, perf)
@@ -105,6 +117,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# Thousands of idle connections: the proxies and the idle client need the fds.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---------------------------------------------------------------- install ----------
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -184,7 +199,7 @@ nginx -t -q -p "$RUN" -c "$RUN/nginx-proxy.conf" || die "nginx rejects nginx-pro
 # ---------------------------------------------------------------- machine info -----
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "command: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP CONNS=$CONNS THREADS=$THREADS benches/proxy/run.sh"
+    echo "command: DURATION=$DURATION ROUNDS=$ROUNDS WARMUP=$WARMUP CONNS=\"$CONNS_LIST\" IDLE_CONNS=$IDLE_CONNS THREADS=$THREADS benches/proxy/run.sh"
     echo "cpus: $(nproc) ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))"
     echo "kernel: $(uname -r)"
     echo "lb-proxy: $("$LB_PROXY" --version 2>&1) from $LB_PROXY_SRC (git $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- lb-core lb-proxy-bin 2>/dev/null || echo ', dirty tree'))"
@@ -292,13 +307,13 @@ echo "load before: $(cat /proc/loadavg)" >>"$OUT/meta.txt"
 
 # ---------------------------------------------------------------- measure ----------
 RESULTS=$OUT/results.tsv
-printf 'round\tproxy\treq_s\tp50_ms\tp99_ms\trequests\tcpu_s\tcpu_pct\treq_per_cpu_s\tnon2xx\tsock_err\tcore_proxy_busy_pct\tcore_loadgen_busy_pct\twrk_rc\tuser_pct_of_cpu\n' >"$RESULTS"
+printf 'conns\tround\tproxy\treq_s\tp50_ms\tp99_ms\trequests\tcpu_s\tcpu_pct\treq_per_cpu_s\tnon2xx\tsock_err\tcore_proxy_busy_pct\tcore_loadgen_busy_pct\twrk_rc\tuser_pct_of_cpu\n' >"$RESULTS"
 
-run_one() { # round proxy
-    local round=$1 proxy=$2 port pid raw rc
+run_one() { # conns round proxy
+    local CONNS=$1 round=$2 proxy=$3 port pid raw rc
     port=$(proxy_port "$proxy")
     pid=$(proxy_pid "$proxy")
-    raw=$OUT/wrk-$proxy-r$round.txt
+    raw=$OUT/wrk-$proxy-c$CONNS-r$round.txt
     if ((WARMUP > 0)); then
         timeout $((WARMUP + 30)) taskset -c "$LOADGEN_CPU" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
     fi
@@ -324,29 +339,32 @@ run_one() { # round proxy
     p50=$(to_ms "$p50")
     p99=$(to_ms "$p99")
     cpu=$(awk -v a="$((u0 + k0))" -v b="$((u1 + k1))" -v h="$CLK_TCK" 'BEGIN { printf "%.2f", (b - a) / h }')
-    awk -v r="$round" -v px="$proxy" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" -v cpu="$cpu" \
+    awk -v c="$CONNS" -v r="$round" -v px="$proxy" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v n="$reqs" -v cpu="$cpu" \
         -v d="$DURATION" -v nx="${non2xx:-0}" -v se="${sockerr:-0}" -v pa="$pa" -v pb="$pb" -v pt0="$pt0" -v pt1="$pt1" \
         -v la="$la" -v lb="$lb" -v lt0="$lt0" -v lt1="$lt1" -v rc="$rc" -v du="$((u1 - u0))" -v dk="$((k1 - k0))" 'BEGIN {
         rpc = cpu > 0 ? n / cpu : 0
         pbusy = pt1 > pt0 ? 100 * (pb - pa) / (pt1 - pt0) : 0
         lbusy = lt1 > lt0 ? 100 * (lb - la) / (lt1 - lt0) : 0
         user = du + dk > 0 ? 100 * du / (du + dk) : 0
-        printf "%d\t%s\t%.0f\t%.3f\t%.3f\t%d\t%.2f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.0f\t%d\t%.0f\n",
-            r, px, rps, p50, p99, n, cpu, 100 * cpu / d, rpc, nx, se, pbusy, lbusy, rc, user }' >>"$RESULTS"
-    log "round $round $proxy: $(tail -1 "$RESULTS" | awk -F'\t' '{ printf "%s req/s, p50 %s ms, p99 %s ms, cpu %s s (%s%%), %s req/cpu-s, non-2xx %s, socket errors %s", $3, $4, $5, $7, $8, $9, $10, $11 }')"
+        printf "%d\t%d\t%s\t%.0f\t%.3f\t%.3f\t%d\t%.2f\t%.0f\t%.0f\t%d\t%d\t%.0f\t%.0f\t%d\t%.0f\n",
+            c, r, px, rps, p50, p99, n, cpu, 100 * cpu / d, rpc, nx, se, pbusy, lbusy, rc, user }' >>"$RESULTS"
+    log "c=$CONNS round $round $proxy: $(tail -1 "$RESULTS" | cut -f2- | awk -F'\t' '{ printf "%s req/s, p50 %s ms, p99 %s ms, cpu %s s (%s%%), %s req/cpu-s, non-2xx %s, socket errors %s", $3, $4, $5, $7, $8, $9, $10, $11 }')"
     ((${non2xx:-0} == 0 && ${sockerr:-0} == 0)) || log "WARNING: $proxy round $round: non-2xx ${non2xx:-0}, socket errors ${sockerr:-0} (see $raw)"
 }
 
-for ((round = 1; round <= ROUNDS; round++)); do
-    for proxy in $PROXIES; do
-        run_one "$round" "$proxy"
+for c in $CONNS_LIST; do
+    for ((round = 1; round <= ROUNDS; round++)); do
+        for proxy in $PROXIES; do
+            run_one "$c" "$round" "$proxy"
+        done
     done
 done
 echo "load after: $(cat /proc/loadavg)" >>"$OUT/meta.txt"
 
 # ---------------------------------------------------------------- summary ----------
-summarize() {
-    awk -F'\t' -v dur="$DURATION" -v rounds="$ROUNDS" -v conns="$CONNS" -v order="$PROXIES" '
+summarize() { # conns
+    awk -F'\t' -v c="$1" '$1 == "conns" || $1 == c' "$RESULTS" | cut -f2- |
+    awk -F'\t' -v dur="$DURATION" -v rounds="$ROUNDS" -v conns="$1" -v order="$PROXIES" '
     NR == 1 { next }
     {
         r = $1; p = $2
@@ -389,9 +407,13 @@ summarize() {
                 printf "| %d | %s | %.0f | %.3f | %.3f | %.0f | %.0f | %.0f | %s | %s | %.0f | %.0f | %d | %d |\n", r, name(p), R[k], P50[k], P99[k], RPC[k], PCT[k], USR[k],
                     hr, hp, CB[k], LB[k], NX[k], SE[k]
             }
-    }' "$RESULTS"
+    }'
 }
-summarize >"$OUT/summary.md"
+: >"$OUT/summary.md"
+for c in $CONNS_LIST; do
+    summarize "$c" >>"$OUT/summary.md"
+    echo >>"$OUT/summary.md"
+done
 {
     echo
     echo '```'
@@ -399,6 +421,62 @@ summarize >"$OUT/summary.md"
     echo '```'
 } >>"$OUT/summary.md"
 cat "$OUT/summary.md"
+
+# ---------------------------------------------------------------- idle memory ------
+# RSS (process and children) before and after IDLE_CONNS clients each send one request
+# and stay idle: the memory one idle client connection costs.
+rss_kib() {
+    local t=0 p v
+    for p in "$1" $(pgrep -P "$1" 2>/dev/null || true); do
+        v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+if ((IDLE_CONNS > 0)); then
+    have python3 || die "IDLE_CONNS needs python3"
+    {
+        echo
+        echo "Memory of idle client connections ($IDLE_CONNS keep-alive connections, one request each, then idle; RSS of the proxy's processes):"
+        echo
+        echo "| proxy | RSS before (MiB) | RSS with them (MiB) | KiB per idle connection | vs HAProxy |"
+        echo "|---|---:|---:|---:|---:|"
+    } >"$OUT/idle.md"
+    declare -A PER_CONN
+    for proxy in $PROXIES; do
+        port=$(proxy_port "$proxy")
+        pid=$(proxy_pid "$proxy")
+        before=$(rss_kib "$pid")
+        fifo=$RUN/idle-$proxy.fifo
+        rm -f "$fifo"
+        mkfifo "$fifo"
+        # Its stdin stays open (and so it holds the connections) until it is killed after
+        # the measure, 120 s at most.
+        sleep 150 | taskset -c "$LOADGEN_CPU" timeout 180 python3 "$HERE/idle.py" "$port" "$IDLE_CONNS" 120 >"$fifo" 2>"$OUT/idle-$proxy.log" &
+        ip=$!
+        PIDS+=("$ip")
+        NAMES+=("idle-$proxy")
+        line=$(timeout 150 head -1 "$fifo" || true)
+        if [[ $line != "ready $IDLE_CONNS" ]]; then
+            log "idle connections to $proxy: got '$line' (see $OUT/idle-$proxy.log)"
+            kill "$ip" 2>/dev/null || true
+            continue
+        fi
+        after=$(rss_kib "$pid")
+        kill "$ip" 2>/dev/null || true
+        wait "$ip" 2>/dev/null || true
+        PER_CONN[$proxy]=$(awk -v a="$before" -v b="$after" -v n="$IDLE_CONNS" 'BEGIN { printf "%.2f", (b - a) / n }')
+        printf '%s\t%s\t%s\t%s\n' "$proxy" "$before" "$after" "${PER_CONN[$proxy]}" >>"$OUT/idle.tsv"
+        log "idle memory $proxy: $before KiB -> $after KiB: ${PER_CONN[$proxy]} KiB per idle connection"
+    done
+    if [[ -s $OUT/idle.tsv ]]; then
+        awk -F'\t' -v h="${PER_CONN[haproxy]:-0}" '
+            function name(p) { return p == "lbproxy" ? "lb-proxy" : p == "haproxy" ? "HAProxy" : p }
+            { printf "| %s | %.1f | %.1f | %.2f | %s |\n", name($1), $2 / 1024, $3 / 1024, $4, h > 0 ? sprintf("%.2fx", $4 / h) : "n/a" }' \
+            "$OUT/idle.tsv" >>"$OUT/idle.md"
+        tee -a "$OUT/summary.md" <"$OUT/idle.md"
+    fi
+fi
 
 # ---------------------------------------------------------------- syscalls ---------
 # Not part of the measured runs (counting tracepoints costs a little per syscall): one
