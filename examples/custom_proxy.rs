@@ -47,7 +47,7 @@ async fn handle(lb: Lb, req: hyper::Request<Incoming>, peer: SocketAddr) -> hype
             } else {
                 StatusCode::BAD_GATEWAY
             };
-            let mut rsp = hyper::Response::new(full(format!("{status}: {e}\n")));
+            let mut rsp = hyper::Response::new(full(format!("{status}: {}\n", lb_core::error::chain(&*e))));
             *rsp.status_mut() = status;
             rsp
         }

@@ -30,10 +30,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_core::balance::RoundRobin;
-use lb_core::error::{chain, EndpointError};
+use lb_core::error::chain;
 use lb_core::health::OutlierConfig;
 use lb_core::http::{full, is_connect_error, ClientConfig, HttpConnect, TlsConnect};
-use lb_core::{discover, Avoid, Balancer, BoxError, Endpoint};
+use lb_core::{discover, Avoid, Balancer, BoxError, Endpoint, EndpointError};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tower::retry::Policy;
@@ -61,13 +61,11 @@ impl<Res> Policy<Request<Bytes>, Res, BoxError> for RetryOnAnother {
         }
         self.retries_left -= 1;
         let why = if never_sent { "connect error" } else { "failed" };
+        // The chain names the endpoint, then the endpoint service's error, each once.
+        println!("  retry ({why}): {}", chain(&**err));
         // The balancer names the endpoint that failed; the retry asks it for another.
-        match err.downcast_ref::<EndpointError>() {
-            Some(failed) => {
-                println!("  retry ({why} at {}): {}", failed.endpoint(), chain(failed.inner()));
-                req.extensions_mut().insert(Avoid(failed.endpoint().clone()));
-            }
-            None => println!("  retry ({why}): {}", chain(&**err)),
+        if let Some(failed) = err.downcast_ref::<EndpointError>() {
+            req.extensions_mut().insert(Avoid(failed.endpoint().clone()));
         }
         Some(std::future::ready(()))
     }
@@ -157,7 +155,8 @@ async fn run() -> Result<(), BoxError> {
     })
     .with_tls(tls);
 
-    let endpoints = [a, b, c].map(Endpoint::new);
+    // Named endpoints: errors and the status say `down`, not an address.
+    let endpoints = [(a, "a"), (b, "b"), (c, "down")].map(|(addr, id)| Endpoint::new(addr).with_id(id));
     let balancer = Balancer::builder(RoundRobin::new())
         .name("api")
         .timeout(Duration::from_secs(2))
@@ -198,13 +197,14 @@ async fn run() -> Result<(), BoxError> {
     println!("endpoints:");
     for ep in balancer.status().endpoints {
         let role = match ep.addr {
-            addr if addr == a => "a, HTTP/2",
-            addr if addr == b => "b, HTTP/1.1",
-            _ => "down",
+            addr if addr == a => "HTTP/2",
+            addr if addr == b => "HTTP/1.1",
+            _ => "nothing listens",
         };
         println!(
-            "  {} ({role}): {} requests, {} failed, {}",
+            "  {} ({}, {role}): {} requests, {} failed, {}",
             ep.id,
+            ep.addr,
             ep.requests,
             ep.failures,
             ep.health.as_str()
