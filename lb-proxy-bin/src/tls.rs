@@ -151,7 +151,7 @@ impl Drop for Tls {
 
 impl Tls {
     /// Loads the certificates of `cfg` and starts watching their files; `None` when the
-    /// config serves no TLS. ACME is set up here and driven by [`Tls::run_acme`].
+    /// config serves no TLS. ACME is set up here; `stack::start` spawns its driver.
     pub(crate) fn start(cfg: &Config) -> Result<Option<Arc<Self>>, StackError> {
         let serves = cfg.server.tls.is_some() || cfg.acme.is_some() || cfg.tcp.iter().any(|t| t.tls);
         if !serves {
