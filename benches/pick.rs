@@ -39,7 +39,7 @@ use lb_core::balance::{
     Balance, LeastConn, Maglev, P2c, PeakEwma, PendingRequests, Random, RoundRobin, WeightedRoundRobin,
 };
 use lb_core::discover::{self, Publisher, Update};
-use lb_core::{connect_fn, Balancer, Builder, CompleteOnResponse, Endpoint, KeyFn, RequestKey};
+use lb_core::{connect_fn, Balancer, Builder, Endpoint, KeyFn, Protocol};
 use tokio::runtime::Runtime;
 use tower::Service;
 
@@ -172,12 +172,7 @@ fn request_key(req: &u64) -> Option<u64> {
 }
 
 /// Spawns a balancer on `rt` and waits until all `n` endpoints are in rotation.
-fn start<P: Balance, K>(
-    rt: &Runtime,
-    builder: Builder<P, CompleteOnResponse, K>,
-    src: Source,
-    n: usize,
-) -> Balancer<P, Svc, CompleteOnResponse, K> {
+fn start<P: Balance, R>(rt: &Runtime, builder: Builder<P, R>, src: Source, n: usize) -> Balancer<P, Svc, R> {
     let _enter = rt.enter();
     let lb = builder.spawn(src, connect_fn(|_: &Endpoint| Svc));
     rt.block_on(lb.ready_endpoints(n));
@@ -221,23 +216,23 @@ fn case(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, mode: Mode, policy: 
             measure(g, rt, mode, id, lb, churn);
         }
         Policy::Maglev => {
-            let builder = Balancer::builder(Maglev::new()).key(KeyFn(request_key as fn(&u64) -> Option<u64>));
+            let builder = Balancer::builder(Maglev::new()).protocol(KeyFn(request_key as fn(&u64) -> Option<u64>));
             let lb = start(rt, builder, src, n);
             measure(g, rt, mode, id, lb, churn);
         }
     }
 }
 
-fn measure<P, K>(
+fn measure<P, R>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     rt: &Runtime,
     mode: Mode,
     id: BenchmarkId,
-    mut lb: Balancer<P, Svc, CompleteOnResponse, K>,
+    mut lb: Balancer<P, Svc, R>,
     churn: Option<(Publisher, Vec<Endpoint>)>,
 ) where
     P: Balance,
-    K: RequestKey<u64> + Send + Sync + 'static,
+    R: Protocol<u64, ()> + Send + Sync + 'static,
 {
     let churn_task = churn.map(|(publisher, eps)| {
         rt.spawn(async move {

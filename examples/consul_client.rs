@@ -19,7 +19,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use lb_consul_emulator::Emulator;
 use lb_core::balance::RoundRobin;
-use lb_core::http::{empty, ClientConfig, HttpConnect};
+use lb_core::http::{empty, ClientConfig, EndpointService, Http, HttpConnect};
 use lb_core::{BalanceLayer, Balancer, BoxError};
 use lb_discovery_consul::{ConsulService, Registration};
 use tokio::net::TcpListener;
@@ -44,8 +44,8 @@ async fn backend(name: &'static str) -> std::net::SocketAddr {
     addr
 }
 
-/// The caller's client: a balancer over lb-core's pooled hyper connector.
-type Client = Balancer<RoundRobin, lb_core::http::EndpointService, lb_core::BodyCompletion, lb_core::ExtensionKey>;
+/// The caller's client: a balancer over lb-core's pooled hyper connector, speaking HTTP.
+type Client = Balancer<RoundRobin, EndpointService, Http>;
 
 /// One call; the name of the backend that answered.
 async fn call(client: &Client) -> Result<String, BoxError> {

@@ -25,12 +25,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use lb_core::balance::LeastConn;
 use lb_core::health::OutlierConfig;
-use lb_core::http::{boxed, forward, full, Body, ClientConfig, EndpointService, HttpConnect};
-use lb_core::{Balancer, BodyCompletion, ExtensionKey};
+use lb_core::http::{boxed, forward, full, Body, ClientConfig, EndpointService, Http, HttpConnect};
+use lb_core::Balancer;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
-type Lb = Balancer<LeastConn, EndpointService, BodyCompletion, ExtensionKey>;
+type Lb = Balancer<LeastConn, EndpointService, Http>;
 
 /// One request: prepare it for the hop, balance it, map failures to 502/503.
 async fn handle(lb: Lb, req: hyper::Request<Incoming>, peer: SocketAddr) -> hyper::Response<Body> {

@@ -251,7 +251,7 @@ where
 }
 
 /// Where the connector stands for endpoint `id`.
-fn connection<P: lb_core::balance::Balance, S, C, K>(balancer: &Balancer<P, S, C, K>, id: &str) -> String {
+fn connection<P: lb_core::balance::Balance, S, R>(balancer: &Balancer<P, S, R>, id: &str) -> String {
     let status = balancer.status();
     match status.endpoints.iter().find(|ep| ep.id.as_str() == id) {
         Some(ep) => format!("{:?}", ep.connection),

@@ -43,8 +43,8 @@
 //!
 //! A balancer does not retry: compose a `tower::retry` policy around it. A failed call
 //! returns an [`EndpointError`] naming the endpoint; the retry puts an [`Avoid`] naming
-//! it in the request's extensions (read by [`Builder::http`]'s key, [`ExtensionKey`])
-//! and the next attempt goes to another endpoint if one is eligible. This policy retries
+//! it in the request's extensions (read by the protocol [`Builder::http`] sets,
+//! `http::Http`) and the next attempt goes to another endpoint if one is eligible. This policy retries
 //! a connect error (the request never reached the endpoint) whatever the method, and
 //! any other failure of an idempotent request, at most twice; the body is `Bytes`, so a
 //! clone of the request replays it without copying. The example `https_retry` runs it
@@ -141,16 +141,22 @@ pub mod health;
 pub mod http;
 pub mod load;
 
+// The layers, each using only those above it: endpoint -> state -> (balance, load,
+// health, status, protocol) -> table -> pick -> service. `docs/architecture.md` draws
+// them.
 mod endpoint;
+mod pick;
+mod protocol;
 mod service;
 mod state;
+mod status;
 mod table;
 
 pub use crate::endpoint::{Endpoint, EndpointId, DEFAULT_WEIGHT, MAX_WEIGHT};
 pub use crate::error::{BoxError, Elapsed, EndpointError, NoEndpoints, UnknownEndpoint};
-pub use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Outcome, TrackCompletion, TrackedBody};
-pub use crate::service::{
-    connect_fn, Avoid, AvoidHint, BalanceLayer, Balancer, BalancerStatus, Builder, ConnectFn, Connection,
-    EndpointStatus, ExtensionKey, HashKey, KeyFn, NoKey, Picked, RequestKey, ResponseFuture,
-};
+pub use crate::load::{InFlight, Outcome};
+pub use crate::pick::Picked;
+pub use crate::protocol::{Avoid, AvoidHint, HashKey, KeyFn, Plain, Protocol};
+pub use crate::service::{connect_fn, BalanceLayer, Balancer, Builder, ConnectFn, ResponseFuture};
 pub use crate::state::{CheckRecord, EndpointState, Health};
+pub use crate::status::{BalancerStatus, Connection, EndpointStatus};

@@ -1,11 +1,11 @@
 //! In-flight guards and completion tracking.
 //!
 //! A pick takes an [`InFlight`] guard on the chosen endpoint. The guard lives until the
-//! request is really over: by default until the response arrives
-//! ([`CompleteOnResponse`]); for HTTP, until the response body ends ([`BodyCompletion`]
-//! and [`TrackedBody`]), so a long download counts as load for its whole length. When it
-//! drops, the in-flight count goes down and the request's [`Outcome`] feeds passive
-//! health and the latency estimate:
+//! request is really over, as the balancer's [`Protocol`](crate::Protocol) decides: by
+//! default until the response arrives ([`Plain`](crate::Plain)); for HTTP (feature
+//! `http`), until the response body ends (`http::Http` and `http::TrackedBody`), so a
+//! long download counts as load for its whole length. When it drops, the in-flight count goes down and the request's
+//! [`Outcome`] feeds passive health and the latency estimate:
 //!
 //! - a **success** ([`InFlight::succeed`]) ends the endpoint's failure streak and, when
 //!   requests are timed, records its latency;
@@ -26,15 +26,12 @@
 //! [`Builder::timeout`]: crate::Builder::timeout
 
 use std::fmt;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::state::{End, EndpointState};
+use crate::health::outlier;
+use crate::state::EndpointState;
 
 /// How a request ended, as reported to its [`InFlight`] guard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -147,152 +144,30 @@ impl InFlight {
 }
 
 impl Drop for InFlight {
+    /// Ends the request: the outcome feeds passive health (the failure streak, and the
+    /// writer's wake-up when it reaches the outlier threshold) and the latency estimate,
+    /// then the endpoint's in-flight count goes down.
+    #[inline]
     fn drop(&mut self) {
-        let end = match self.outcome {
+        match self.outcome {
             Some(Outcome::Success) => {
                 self.observe_latency();
-                End::Success
+                self.state.record_success();
             }
             Some(Outcome::Failure) => {
                 if self.start.is_some() {
                     self.state.observe_failure(self.start.filter(|_| !self.observed));
                 }
-                End::Failure
+                let streak = self.state.record_failure();
+                outlier::failed(&self.state, streak);
             }
-            // Cancelled: the caller stopped waiting. Nothing is known of the endpoint.
-            None => End::Cancelled,
-        };
-        self.state.finish(end);
+            // Cancelled: the caller stopped waiting. Nothing is known of the endpoint, so
+            // the streak is neither ended nor extended.
+            None => {}
+        }
+        self.state.release();
         if let Some((snap, index)) = self.tracker.take() {
             snap.release(index);
         }
-    }
-}
-
-/// Decides how long a request's guard lives, given its response.
-pub trait TrackCompletion<Rsp>: Clone {
-    /// The response handed back to the caller.
-    type Output;
-
-    /// Takes the response and the guard; returns the response, perhaps with the guard
-    /// attached to it.
-    fn track(&self, response: Rsp, guard: InFlight) -> Self::Output;
-}
-
-/// The guard drops when the response arrives: the request is over then.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CompleteOnResponse;
-
-impl<Rsp> TrackCompletion<Rsp> for CompleteOnResponse {
-    type Output = Rsp;
-
-    #[inline]
-    fn track(&self, response: Rsp, mut guard: InFlight) -> Rsp {
-        guard.succeed();
-        drop(guard);
-        response
-    }
-}
-
-/// For `http::Response`s: the guard rides in the body until it ends. A 5xx status
-/// counts as a failure for passive health (as Linkerd's and Envoy's outlier detection
-/// do); so does a body that ends in an error. A body dropped before its end is a
-/// cancellation (the caller's choice, not the endpoint's fault): its latency, measured
-/// at the response head, stands, and nothing else is recorded.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BodyCompletion;
-
-impl<B: Body> TrackCompletion<http::Response<B>> for BodyCompletion {
-    type Output = http::Response<TrackedBody<B>>;
-
-    fn track(&self, response: http::Response<B>, mut guard: InFlight) -> Self::Output {
-        if response.status().is_server_error() {
-            // A fast 503 is no sign of a fast endpoint: the failure's latency sample is
-            // penalised when the guard drops.
-            guard.fail();
-        } else {
-            guard.observe_latency();
-        }
-        if response.body().is_end_stream() {
-            // Nothing to come (a 204, an empty body): the request is over now. A reader
-            // may never poll such a body (hyper does not), so it would never see its end.
-            guard.succeed();
-            return response.map(|inner| TrackedBody { inner, guard: None });
-        }
-        response.map(|body| TrackedBody::new(body, guard))
-    }
-}
-
-pin_project! {
-    /// A body that holds an [`InFlight`] guard until its last frame (a success, unless
-    /// the head was a 5xx), an error (a failure), or until it is dropped (a
-    /// cancellation).
-    pub struct TrackedBody<B> {
-        #[pin]
-        inner: B,
-        guard: Option<InFlight>,
-    }
-}
-
-impl<B> fmt::Debug for TrackedBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrackedBody").field("guard", &self.guard).finish()
-    }
-}
-
-impl<B> TrackedBody<B> {
-    /// Attaches `guard` to `inner`.
-    pub fn new(inner: B, guard: InFlight) -> Self {
-        Self {
-            inner,
-            guard: Some(guard),
-        }
-    }
-
-    /// The guard, while the body has not ended.
-    pub fn guard(&self) -> Option<&InFlight> {
-        self.guard.as_ref()
-    }
-
-    /// Whether the guard is still held (the body has not ended).
-    pub fn is_tracking(&self) -> bool {
-        self.guard.is_some()
-    }
-}
-
-impl<B: Body> Body for TrackedBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let mut this = self.project();
-        let ready = this.inner.as_mut().poll_frame(cx);
-        let end = match &ready {
-            Poll::Ready(None) => true,
-            // The last frame: a reader that checks `is_end_stream` (hyper does) will
-            // not poll again, so the body ends here.
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(mut g) = this.guard.take() {
-                    g.fail();
-                }
-                false
-            }
-            Poll::Pending => false,
-        };
-        if end {
-            if let Some(mut g) = this.guard.take() {
-                g.succeed();
-            }
-        }
-        ready
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

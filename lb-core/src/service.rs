@@ -2,143 +2,27 @@
 
 use std::fmt;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use pin_project_lite::pin_project;
 use tokio::sync::{mpsc, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::balance::{Balance, PickContext, WEIGHT_SCALE};
+use crate::balance::{Balance, WEIGHT_SCALE};
 use crate::discover::Discover;
 use crate::endpoint::{Endpoint, EndpointId};
 use crate::error::{BoxError, Elapsed, EndpointError, NoEndpoints, UnknownEndpoint};
 use crate::health::{CheckConfig, HealthCheck, OutlierConfig, SlowStart};
-use crate::load::{BodyCompletion, CompleteOnResponse, InFlight, Release, TrackCompletion};
-use crate::state::{Health, DEFAULT_FAILURE_PENALTY};
-use crate::table::{empty_snapshot, Command, Config, Events, Shared, Writer};
-
-/// Extracts a hash key from a request, for consistent hashing.
-pub trait RequestKey<Req>: Clone {
-    /// The request's key, if it has one.
-    fn key(&self, req: &Req) -> Option<u64>;
-
-    /// An endpoint this request should not go to if another can take it: the one a
-    /// previous attempt failed on, for a retry (HAProxy's `redispatch`).
-    fn avoid<'r>(&self, req: &'r Req) -> Option<&'r EndpointId> {
-        let _ = req;
-        None
-    }
-}
-
-/// Asks, through `http::Request` extensions read by [`ExtensionKey`], that a retry go
-/// to another endpoint than this one (when another is eligible).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Avoid(pub EndpointId);
-
-/// No key: consistent hashing falls back to weighted random.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoKey;
-
-impl<Req> RequestKey<Req> for NoKey {
-    #[inline]
-    fn key(&self, _: &Req) -> Option<u64> {
-        None
-    }
-}
-
-/// A request's hash key carried in `http::Request` extensions; see [`ExtensionKey`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct HashKey(pub u64);
-
-/// Reads a [`HashKey`] (and an [`Avoid`]) from an `http::Request`'s extensions, where
-/// a router put them.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ExtensionKey;
-
-impl<B> RequestKey<http::Request<B>> for ExtensionKey {
-    #[inline]
-    fn key(&self, req: &http::Request<B>) -> Option<u64> {
-        req.extensions().get::<HashKey>().map(|k| k.0)
-    }
-
-    #[inline]
-    fn avoid<'r>(&self, req: &'r http::Request<B>) -> Option<&'r EndpointId> {
-        req.avoid_hint()
-    }
-}
-
-/// A request that can name an endpoint to avoid, for a retry: what [`KeyFn`] reads
-/// besides the key.
-///
-/// An `http::Request` names it with an [`Avoid`] in its extensions. Requests of other
-/// types name none unless their type says otherwise: a request type of your own
-/// implements it (`impl AvoidHint for MyRequest {}` for none); integers, strings,
-/// byte vectors and `()` name none.
-pub trait AvoidHint {
-    /// The endpoint this request should not go to if another can take it.
-    fn avoid_hint(&self) -> Option<&EndpointId> {
-        None
-    }
-}
-
-impl<B> AvoidHint for http::Request<B> {
-    #[inline]
-    fn avoid_hint(&self) -> Option<&EndpointId> {
-        self.extensions().get::<Avoid>().map(|a| &a.0)
-    }
-}
-
-macro_rules! avoids_nothing {
-    ($($t:ty),* $(,)?) => { $(impl AvoidHint for $t {})* };
-}
-
-avoids_nothing!(
-    (),
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    String,
-    &str,
-    Vec<u8>,
-);
-
-/// A key computed by a closure. The endpoint to avoid (a retry's [`Avoid`]) comes
-/// from the request ([`AvoidHint`]), as with [`ExtensionKey`].
-#[derive(Clone, Copy)]
-pub struct KeyFn<F>(pub F);
-
-impl<F> fmt::Debug for KeyFn<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("KeyFn")
-    }
-}
-
-impl<Req: AvoidHint, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for KeyFn<F> {
-    #[inline]
-    fn key(&self, req: &Req) -> Option<u64> {
-        (self.0)(req)
-    }
-
-    #[inline]
-    fn avoid<'r>(&self, req: &'r Req) -> Option<&'r EndpointId> {
-        req.avoid_hint()
-    }
-}
+use crate::load::InFlight;
+use crate::pick::{NoPick, Picked, Shared};
+use crate::protocol::{Plain, Protocol};
+use crate::state::{EndpointState, DEFAULT_FAILURE_PENALTY};
+use crate::status::{BalancerStatus, EndpointStatus};
+use crate::table::{Command, Config, Events, Published, Readers, Writer};
 
 /// A load-balancing [`Service`]: picks an endpoint per request and calls it.
 ///
@@ -178,23 +62,21 @@ impl<Req: AvoidHint, F: Fn(&Req) -> Option<u64> + Clone> RequestKey<Req> for Key
 /// assert_ne!(a, b);
 /// # }
 /// ```
-pub struct Balancer<P: Balance, S, C = CompleteOnResponse, K = NoKey> {
+pub struct Balancer<P: Balance, S, R = Plain> {
     shared: Arc<Shared<P, S>>,
-    completion: C,
-    key: K,
+    protocol: R,
 }
 
-impl<P: Balance, S, C: Clone, K: Clone> Clone for Balancer<P, S, C, K> {
+impl<P: Balance, S, R: Clone> Clone for Balancer<P, S, R> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
-            completion: self.completion.clone(),
-            key: self.key.clone(),
+            protocol: self.protocol.clone(),
         }
     }
 }
 
-impl<P: Balance, S, C, K> fmt::Debug for Balancer<P, S, C, K> {
+impl<P: Balance, S, R> fmt::Debug for Balancer<P, S, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Balancer")
             .field("name", &self.shared.config.name)
@@ -204,14 +86,13 @@ impl<P: Balance, S, C, K> fmt::Debug for Balancer<P, S, C, K> {
 }
 
 /// Configures and spawns a [`Balancer`].
-pub struct Builder<P, C = CompleteOnResponse, K = NoKey> {
+pub struct Builder<P, R = Plain> {
     policy: P,
     config: Config,
-    completion: C,
-    key: K,
+    protocol: R,
 }
 
-impl<P: Balance, C, K> fmt::Debug for Builder<P, C, K> {
+impl<P: Balance, R> fmt::Debug for Builder<P, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("policy", &self.policy.name())
@@ -220,7 +101,7 @@ impl<P: Balance, C, K> fmt::Debug for Builder<P, C, K> {
     }
 }
 
-impl<P: Balance> Balancer<P, (), CompleteOnResponse, NoKey> {
+impl<P: Balance> Balancer<P, (), Plain> {
     /// Starts configuring a balancer that uses `policy`.
     pub fn builder(policy: P) -> Builder<P> {
         Builder {
@@ -242,13 +123,12 @@ impl<P: Balance> Balancer<P, (), CompleteOnResponse, NoKey> {
                 connect_timeout: Duration::from_secs(10),
                 connect_backoff: (Duration::from_millis(250), Duration::from_secs(30)),
             },
-            completion: CompleteOnResponse,
-            key: NoKey,
+            protocol: Plain,
         }
     }
 }
 
-impl<P: Balance, C, K> Builder<P, C, K> {
+impl<P: Balance, R> Builder<P, R> {
     /// A name for logs and status. Default `"default"`.
     pub fn name(mut self, name: impl AsRef<str>) -> Self {
         self.config.name = Arc::from(name.as_ref());
@@ -286,7 +166,7 @@ impl<P: Balance, C, K> Builder<P, C, K> {
     /// Sets passive outlier detection, or turns it off with `None`.
     ///
     /// On by default, with [`OutlierConfig::default()`]: an endpoint that fails 5
-    /// requests in a row (errors, timeouts, 5xx with [`http`](Self::http)) is ejected for
+    /// requests in a row (errors, timeouts, 5xx with `http()`) is ejected for
     /// a while. A `consecutive_failures` of 0 also turns it off.
     ///
     /// ```
@@ -308,12 +188,12 @@ impl<P: Balance, C, K> Builder<P, C, K> {
     /// response arrives (the endpoint service's `poll_ready` and call). Default: none.
     ///
     /// An attempt over the limit fails with an [`EndpointError`] that names the
-    /// endpoint (so a retry can [`Avoid`] it) and whose source is an
+    /// endpoint (so a retry can [`Avoid`](crate::Avoid) it) and whose source is an
     /// [`Elapsed`]; [`is_timeout`](crate::error::is_timeout) detects it. It counts as a
     /// failure of that endpoint (outlier detection, the latency estimate), unlike a
     /// timeout layered *around* the balancer, which only cancels the request and blames
     /// no one (see [`load`](crate::load)). The time before an endpoint is picked (the
-    /// [`wait`](Self::wait) for one) is not included, and with [`http`](Self::http)
+    /// [`wait`](Self::wait) for one) is not included, and with `http()` (feature `http`)
     /// neither is the response body, which may stream for as long as it needs: the
     /// limit ends with the response head. The clock is tokio's, so a test can pause it.
     /// The timer costs one allocation per request; without a limit there is none.
@@ -385,30 +265,14 @@ impl<P: Balance, C, K> Builder<P, C, K> {
         self
     }
 
-    /// Sets how long the guard lives; see [`TrackCompletion`].
-    pub fn completion<C2>(self, completion: C2) -> Builder<P, C2, K> {
+    /// Sets the [`Protocol`]: how a request's hash key and the endpoint to avoid are
+    /// read, and how long its guard lives. Default [`Plain`]: none, and until the
+    /// response. `http()` (feature `http`) sets `http::Http`.
+    pub fn protocol<R2>(self, protocol: R2) -> Builder<P, R2> {
         Builder {
             policy: self.policy,
             config: self.config,
-            completion,
-            key: self.key,
-        }
-    }
-
-    /// Tracks `http::Response` bodies: the request counts as in flight until its body
-    /// ends, and a 5xx counts as a failure. Also reads hash keys from request
-    /// extensions ([`HashKey`]).
-    pub fn http(self) -> Builder<P, BodyCompletion, ExtensionKey> {
-        self.completion(BodyCompletion).key(ExtensionKey)
-    }
-
-    /// Sets how a request's hash key is found; see [`RequestKey`].
-    pub fn key<K2>(self, key: K2) -> Builder<P, C, K2> {
-        Builder {
-            policy: self.policy,
-            config: self.config,
-            completion: self.completion,
-            key,
+            protocol,
         }
     }
 
@@ -431,7 +295,7 @@ impl<P: Balance, C, K> Builder<P, C, K> {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn spawn<D, M, S>(self, discover: D, make: M) -> Balancer<P, S, C, K>
+    pub fn spawn<D, M, S>(self, discover: D, make: M) -> Balancer<P, S, R>
     where
         D: Discover,
         M: Service<Endpoint, Response = S> + Send + 'static,
@@ -453,23 +317,21 @@ impl<P: Balance, C, K> Builder<P, C, K> {
         let (tx, rx) = mpsc::unbounded_channel();
         let timed = config.track_latency || policy.needs_latency();
         let shared = Arc::new(Shared {
-            snapshot: ArcSwap::from_pointee(empty_snapshot(&policy)),
-            all: ArcSwap::from_pointee(Vec::new()),
+            published: Published::new(&policy),
             policy: policy.clone(),
             config: config.clone(),
             events: events.clone(),
-            published: tokio::sync::Notify::new(),
             commands: tx,
             timed,
         });
-        let mut writer = Writer::new(Arc::downgrade(&shared), policy, events, config, make, rx);
+        let readers: std::sync::Weak<dyn Readers<P, S>> = Arc::downgrade(&shared) as _;
+        let mut writer = Writer::new(readers, policy, events, config, make, rx);
         let mut discover = Box::pin(discover);
         let discovering = writer.prime(discover.as_mut());
         tokio::spawn(writer.run(discover, discovering));
         Balancer {
             shared,
-            completion: self.completion,
-            key: self.key,
+            protocol: self.protocol,
         }
     }
 }
@@ -509,90 +371,7 @@ where
     }
 }
 
-/// One endpoint as the status page shows it.
-#[derive(Clone, Debug)]
-pub struct EndpointStatus {
-    /// Its id.
-    pub id: EndpointId,
-    /// Its address.
-    pub addr: std::net::SocketAddr,
-    /// The configured weight.
-    pub weight: u32,
-    /// The effective weight now (slow start applied), or `None` if out of rotation.
-    pub effective_weight: Option<f64>,
-    /// Its state.
-    pub health: Health,
-    /// Requests in flight.
-    pub in_flight: u32,
-    /// Requests started.
-    pub requests: u64,
-    /// Requests failed.
-    pub failures: u64,
-    /// Times ejected by outlier detection.
-    pub times_ejected: u32,
-    /// The peak-EWMA latency (only measured when latency is tracked): successes' times,
-    /// failures' penalised ones ([`Builder::failure_penalty`]); cancelled requests
-    /// record nothing. Until a first sample ([`latency_measured`](Self::latency_measured)
-    /// false) it is the assumed [`Builder::default_rtt`], not a measurement.
-    pub ewma_latency: Duration,
-    /// Whether [`ewma_latency`](Self::ewma_latency) comes from at least one measured
-    /// request.
-    pub latency_measured: bool,
-    /// Whether the endpoint's service is made (an endpoint takes requests only then).
-    pub connection: Connection,
-    /// The last active health check.
-    pub last_check: Option<crate::state::CheckRecord>,
-    /// Metadata from discovery.
-    pub metadata: std::collections::BTreeMap<String, String>,
-}
-
-/// Where making an endpoint's service (the connector given to [`Builder::spawn`])
-/// stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Connection {
-    /// The service is made: the endpoint can take requests.
-    Ready,
-    /// Being made, or waiting for the connector to be ready; not pickable yet.
-    Connecting {
-        /// Attempts so far, this one included (0: not started yet).
-        attempts: u32,
-    },
-    /// The last attempt failed (an error, or over [`Builder::connect_timeout`]); another
-    /// follows after a backoff. Not pickable.
-    Failed {
-        /// Attempts that failed in a row.
-        attempts: u32,
-        /// The last error, with its sources.
-        error: Arc<str>,
-    },
-}
-
-impl Connection {
-    /// Whether the service is made.
-    pub fn is_ready(&self) -> bool {
-        matches!(self, Self::Ready)
-    }
-}
-
-/// A balancer as the status page shows it.
-#[derive(Clone, Debug)]
-pub struct BalancerStatus {
-    /// The balancer's name.
-    pub name: String,
-    /// The policy's name.
-    pub policy: &'static str,
-    /// Whether panic mode is on (health ignored).
-    pub panic: bool,
-    /// How many endpoints are in rotation.
-    pub eligible: usize,
-    /// The snapshot generation: how many times the eligible set has been published.
-    pub generation: u64,
-    /// Every endpoint, draining ones included, ordered by id.
-    pub endpoints: Vec<EndpointStatus>,
-}
-
-impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
+impl<P: Balance, S, R> Balancer<P, S, R> {
     /// The balancer's name.
     pub fn name(&self) -> &str {
         &self.shared.config.name
@@ -605,7 +384,7 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
 
     /// How many endpoints are in rotation now.
     pub fn eligible(&self) -> usize {
-        self.shared.snapshot.load().endpoints.len()
+        self.shared.published.snapshot.load().endpoints.len()
     }
 
     /// Waits until at least `n` endpoints are in rotation.
@@ -615,7 +394,7 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     /// Cancel safe: it only observes.
     pub async fn ready_endpoints(&self, n: usize) {
         loop {
-            let notified = self.shared.published.notified();
+            let notified = self.shared.published.notify.notified();
             if self.eligible() >= n {
                 return;
             }
@@ -625,10 +404,10 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
 
     /// A point-in-time view of every endpoint (allocates; not for the request path).
     pub fn status(&self) -> BalancerStatus {
-        let snap = self.shared.snapshot.load();
-        let all = self.shared.all.load();
+        let snap = self.shared.published.snapshot.load();
+        let all = self.shared.published.all.load();
         // Each state's place in the snapshot, by address: one pass, not a scan per endpoint.
-        let index: std::collections::HashMap<*const crate::state::EndpointState, usize> = snap
+        let index: std::collections::HashMap<*const EndpointState, usize> = snap
             .endpoints
             .iter()
             .enumerate()
@@ -721,171 +500,45 @@ impl<P: Balance, S, C, K> Balancer<P, S, C, K> {
     }
 }
 
-impl<P: Balance, S: Clone + Send + Sync + 'static, C, K> Balancer<P, S, C, K> {
-    /// Picks an endpoint and takes its guard, without calling it. `None` if no
-    /// endpoint is eligible. The building block of [`call`](Service::call), for
-    /// callers that forward requests themselves (a TCP proxy). Such a caller reports
-    /// how the request went with [`InFlight::succeed`] or [`InFlight::fail`] before
-    /// dropping the guard: a guard dropped without an outcome is a cancellation, and
-    /// counts neither way. The per-attempt [`Builder::timeout`] does not apply.
-    pub fn pick(&self, key: Option<u64>) -> Option<Picked<S>> {
-        self.shared.pick(key, None).ok()
+impl<P: Balance, S: Clone + Send + Sync + 'static, R> Balancer<P, S, R> {
+    /// Picks an endpoint and takes its guard, without calling it. The building block of
+    /// [`call`](Service::call), for callers that forward requests themselves (a TCP
+    /// proxy). Such a caller reports how the request went with [`InFlight::succeed`] or
+    /// [`InFlight::fail`] before dropping the guard: a guard dropped without an outcome
+    /// is a cancellation, and counts neither way. The per-attempt [`Builder::timeout`]
+    /// does not apply, nor does [`Builder::wait`].
+    ///
+    /// # Errors
+    ///
+    /// [`NoEndpoints`] when no endpoint is eligible, or, with
+    /// [`Builder::max_in_flight`], when every eligible one is full
+    /// ([`NoEndpoints::is_overloaded`]).
+    pub fn pick(&self, key: Option<u64>) -> Result<Picked<S>, NoEndpoints> {
+        self.pick_with(key, None)
     }
 
     /// [`pick`](Self::pick), but not `avoid` if another endpoint can take the request:
     /// for a retry after `avoid` failed.
-    pub fn pick_with(&self, key: Option<u64>, avoid: Option<&EndpointId>) -> Option<Picked<S>> {
-        self.shared.pick(key, avoid).ok()
+    ///
+    /// # Errors
+    ///
+    /// As [`pick`](Self::pick).
+    pub fn pick_with(&self, key: Option<u64>, avoid: Option<&EndpointId>) -> Result<Picked<S>, NoEndpoints> {
+        self.shared.pick(key, avoid).map_err(|why| why.into_error(None))
     }
 }
 
-/// An endpoint picked for one request: its service and the guard.
-#[derive(Debug)]
-pub struct Picked<S> {
-    /// A clone of the endpoint's service.
-    pub service: S,
-    /// The guard: set its outcome ([`InFlight::succeed`], [`InFlight::fail`]) and drop
-    /// it when the request is over. [`InFlight::endpoint`] tells which endpoint it is.
-    pub guard: InFlight,
-}
-
-impl<P: Balance, S: Clone + Send + Sync + 'static> Shared<P, S> {
-    #[inline]
-    fn pick(&self, key: Option<u64>, avoid: Option<&EndpointId>) -> Result<Picked<S>, bool> {
-        // Timed requests read the clock once here: the pick (peak EWMA) and the
-        // latency sample share the reading.
-        let start = self.timed.then(tokio::time::Instant::now);
-        let cx = PickContext {
-            key,
-            now: start.map_or(0, crate::state::ns_at),
-        };
-        // A guard, not a clone: the snapshot's reference count is shared by every
-        // thread, and only policies that track releases need to keep the snapshot.
-        let mut snap = self.snapshot.load();
-        // A snapshot can go stale while a picker looks at it: if every endpoint in it
-        // went out meanwhile (a whole set replaced, or this thread preempted across
-        // several updates), a newer snapshot has the endpoints that replaced them.
-        let mut reloads = 0;
-        let mut full = 0;
-        let i = loop {
-            match self.find(&snap, &cx, avoid) {
-                Ok(i) => {
-                    let st = &snap.endpoints[i];
-                    match self.config.max_in_flight {
-                        None => st.acquire(),
-                        // With a limit, check and count in one step: another thread
-                        // may have taken the last place since `find` looked.
-                        Some(max) => {
-                            if !st.try_acquire(max) {
-                                full += 1;
-                                if full == 4 {
-                                    return Err(true);
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    break i;
-                }
-                Err(overloaded) => {
-                    let current = self.snapshot.load();
-                    if reloads == 2 || Arc::ptr_eq(&current, &snap) {
-                        return Err(overloaded);
-                    }
-                    snap = current;
-                    reloads += 1;
-                }
-            }
-        };
-        let set = snap.candidates();
-        snap.policy.on_acquire(&snap.state, &set, i);
-        let service = snap.services[i].clone();
-        let state = snap.endpoints[i].clone();
-        let tracker = if snap.policy.tracks_release() {
-            let full: Arc<crate::table::Snapshot<P, S>> = arc_swap::Guard::into_inner(snap);
-            let rel: Arc<dyn Release> = full;
-            Some((rel, i as u32))
-        } else {
-            None
-        };
-        Ok(Picked {
-            service,
-            guard: InFlight::new(state, tracker, start),
-        })
-    }
-
-    /// A usable endpoint with room in `snap`, or whether some were full.
-    #[inline]
-    fn find(
-        &self,
-        snap: &crate::table::Snapshot<P, S>,
-        cx: &PickContext,
-        avoid: Option<&EndpointId>,
-    ) -> Result<usize, bool> {
-        let set = snap.candidates();
-        let n = set.len();
-        let max = self.config.max_in_flight;
-        // An endpoint to avoid is passed over only when there is another.
-        let avoid = avoid.filter(|_| n > 1);
-        let fits = |i: usize| max.map_or(true, |m| set.endpoint(i).in_flight() < m);
-        let allowed = |i: usize| avoid.map_or(true, |a| set.endpoint(i).id() != a);
-        let mut overloaded = false;
-        for _ in 0..3 {
-            match snap.policy.pick(&snap.state, &set, cx) {
-                Some(i) if i >= n => {
-                    debug_assert!(
-                        false,
-                        "policy {} picked index {i} out of range (0..{n}): a bug in the policy",
-                        snap.policy.name()
-                    );
-                    return Err(false);
-                }
-                Some(i) if snap.usable(i) && allowed(i) => {
-                    if fits(i) {
-                        return Ok(i);
-                    }
-                    overloaded = true;
-                }
-                Some(_) => {}
-                None => return Err(false),
-            }
-        }
-        // The snapshot is stale (an endpoint just went out) or endpoints are full:
-        // the first usable endpoint with room, scanning from a rotating start.
-        let start = self.snapshot_scan_start(n);
-        let scan = |allowed: &dyn Fn(usize) -> bool| {
-            (0..n)
-                .map(|k| (start + k) % n.max(1))
-                .find(|&i| snap.usable(i) && allowed(i) && fits(i))
-        };
-        // Avoiding an endpoint must not turn a pick into a failure: when no other can
-        // take the request, the avoided one may.
-        scan(&allowed)
-            .or_else(|| avoid.and_then(|_| scan(&|_| true)))
-            .ok_or(overloaded)
-    }
-
-    fn snapshot_scan_start(&self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (crate::state::now_ns() as usize) % n
-        }
-    }
-}
-
-impl<P, S, C, K, Req> Service<Req> for Balancer<P, S, C, K>
+impl<P, S, R, Req> Service<Req> for Balancer<P, S, R>
 where
     P: Balance,
     S: Service<Req> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
-    C: TrackCompletion<S::Response>,
-    K: RequestKey<Req>,
+    R: Protocol<Req, S::Response>,
     Req: Send + 'static,
 {
-    type Response = C::Output;
+    type Response = R::Output;
     type Error = BoxError;
-    type Future = ResponseFuture<P, S, C, Req>;
+    type Future = ResponseFuture<S, R, Req>;
 
     #[inline]
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -894,21 +547,22 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let key = self.key.key(&req);
-        let avoid = self.key.avoid(&req);
+        let key = self.protocol.key(&req);
+        let avoid = self.protocol.avoid(&req);
         let state = match self.shared.pick(key, avoid) {
             Ok(p) => State::Ready {
                 service: p.service,
                 req: Some(req),
                 guard: Some(p.guard),
             },
-            Err(overloaded) => match self.shared.config.wait {
-                Some(wait) if !overloaded => State::Waiting {
-                    wait: Box::pin(wait_for_endpoint(self.shared.clone(), key, avoid.cloned(), wait)),
+            Err(why) => match self.shared.config.wait {
+                // Waiting is for endpoints to come, not for full ones to empty.
+                Some(wait) if why != NoPick::Overloaded => State::Waiting {
+                    wait: Box::pin(self.shared.clone().pick_within(key, avoid.cloned(), wait)),
                     req: Some(req),
                 },
                 _ => State::Failed {
-                    err: Some(NoEndpoints::new(None, overloaded)),
+                    err: Some(why.into_error(None)),
                 },
             },
         };
@@ -916,33 +570,12 @@ where
             state,
             timeout: self.shared.config.timeout,
             deadline: None,
-            completion: self.completion.clone(),
-            _p: PhantomData,
+            protocol: self.protocol.clone(),
         }
     }
 }
 
 type WaitFuture<S> = Pin<Box<dyn Future<Output = Result<Picked<S>, NoEndpoints>> + Send>>;
-
-async fn wait_for_endpoint<P: Balance, S: Clone + Send + Sync + 'static>(
-    shared: Arc<Shared<P, S>>,
-    key: Option<u64>,
-    avoid: Option<EndpointId>,
-    wait: Duration,
-) -> Result<Picked<S>, NoEndpoints> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let notified = shared.published.notified();
-        match shared.pick(key, avoid.as_ref()) {
-            Ok(p) => return Ok(p),
-            Err(true) => return Err(NoEndpoints::new(Some(wait), true)),
-            Err(false) => {}
-        }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Err(NoEndpoints::new(Some(wait), false));
-        }
-    }
-}
 
 pin_project! {
     /// The future a [`Balancer`] call returns.
@@ -950,7 +583,7 @@ pin_project! {
     /// Dropping it before it completes cancels the request: the endpoint's guard is
     /// released as a cancellation, which counts neither as a success nor as a failure
     /// (see [`load`](crate::load)).
-    pub struct ResponseFuture<P: Balance, S: Service<Req>, C, Req> {
+    pub struct ResponseFuture<S: Service<Req>, R, Req> {
         #[pin]
         state: State<S, Req>,
         timeout: Option<Duration>,
@@ -958,12 +591,11 @@ pin_project! {
         // Boxed, and only when a timeout is set: kept inline, the timer made every
         // response future (and so every call) larger and 5-20 ns slower.
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-        completion: C,
-        _p: PhantomData<fn() -> P>,
+        protocol: R,
     }
 }
 
-impl<P: Balance, S: Service<Req>, C, Req> fmt::Debug for ResponseFuture<P, S, C, Req> {
+impl<S: Service<Req>, R, Req> fmt::Debug for ResponseFuture<S, R, Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture")
     }
@@ -993,14 +625,13 @@ fn endpoint_failure(guard: &mut Option<InFlight>, err: BoxError) -> BoxError {
     Box::new(EndpointError::new(g.endpoint().id().clone(), err))
 }
 
-impl<P, S, C, Req> Future for ResponseFuture<P, S, C, Req>
+impl<S, R, Req> Future for ResponseFuture<S, R, Req>
 where
-    P: Balance,
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    C: TrackCompletion<S::Response>,
+    R: Protocol<Req, S::Response>,
 {
-    type Output = Result<C::Output, BoxError>;
+    type Output = Result<R::Output, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -1049,7 +680,7 @@ where
                     let res = match fut.poll(cx) {
                         Poll::Ready(Ok(rsp)) => {
                             let g = guard.take().expect("polled after completion");
-                            Ok(this.completion.track(rsp, g))
+                            Ok(this.protocol.complete(rsp, g))
                         }
                         Poll::Ready(Err(e)) => Err(endpoint_failure(guard, e.into())),
                         Poll::Pending => {
@@ -1087,46 +718,45 @@ where
 ///
 /// Applied a second time to a connector whose services are of another type than the
 /// first time's (a programming error: one stream cannot feed two balancers).
-pub struct BalanceLayer<P, D, C = CompleteOnResponse, K = NoKey> {
-    state: std::sync::Mutex<Applied<P, D, C, K>>,
+pub struct BalanceLayer<P, D, R = Plain> {
+    state: std::sync::Mutex<Applied<P, D, R>>,
 }
 
 /// What a [`BalanceLayer`] holds until it is applied.
-type Unapplied<P, D, C, K> = (Builder<P, C, K>, D);
+type Unapplied<P, D, R> = (Builder<P, R>, D);
 
 /// A [`BalanceLayer`]'s builder until it is applied, then the balancer it spawned.
-enum Applied<P, D, C, K> {
-    Not(Option<Box<Unapplied<P, D, C, K>>>),
+enum Applied<P, D, R> {
+    Not(Option<Box<Unapplied<P, D, R>>>),
     Once(Box<dyn std::any::Any + Send>),
 }
 
-impl<P: Balance, D, C, K> fmt::Debug for BalanceLayer<P, D, C, K> {
+impl<P: Balance, D, R> fmt::Debug for BalanceLayer<P, D, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("BalanceLayer")
     }
 }
 
-impl<P: Balance, D: Discover, C, K> BalanceLayer<P, D, C, K> {
+impl<P: Balance, D: Discover, R> BalanceLayer<P, D, R> {
     /// A layer that spawns one balancer, configured by `builder`, fed by `discover`.
-    pub fn new(builder: Builder<P, C, K>, discover: D) -> Self {
+    pub fn new(builder: Builder<P, R>, discover: D) -> Self {
         Self {
             state: std::sync::Mutex::new(Applied::Not(Some(Box::new((builder, discover))))),
         }
     }
 }
 
-impl<P, D, C, K, M, S> Layer<M> for BalanceLayer<P, D, C, K>
+impl<P, D, R, M, S> Layer<M> for BalanceLayer<P, D, R>
 where
     P: Balance,
     D: Discover,
-    C: Clone + Send + 'static,
-    K: Clone + Send + 'static,
+    R: Clone + Send + 'static,
     M: Service<Endpoint, Response = S> + Send + 'static,
     M::Error: Into<BoxError>,
     M::Future: Send,
     S: Clone + Send + Sync + 'static,
 {
-    type Service = Balancer<P, S, C, K>;
+    type Service = Balancer<P, S, R>;
 
     fn layer(&self, make: M) -> Self::Service {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -1138,7 +768,7 @@ where
                 lb
             }
             Applied::Once(spawned) => spawned
-                .downcast_ref::<Balancer<P, S, C, K>>()
+                .downcast_ref::<Balancer<P, S, R>>()
                 .expect(
                     "a BalanceLayer applied again to a connector of another type: its discovery stream \
                      already feeds a balancer of another type",

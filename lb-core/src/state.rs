@@ -1,15 +1,20 @@
 //! The live state of one endpoint, shared by every snapshot that holds it.
 //!
-//! Counters, latency and health live here and nowhere else, behind an `Arc` that the
-//! endpoint table, each snapshot and each in-flight guard share. A discovery update
+//! Counters, latency and health flags live here and nowhere else, behind an `Arc` that
+//! the endpoint table, each snapshot and each in-flight guard share. A discovery update
 //! that re-inserts an endpoint updates this state in place; a removal marks it
 //! draining, and it is freed when the last guard drops.
+//!
+//! This module holds data and the atomic operations on it, not decisions: when an
+//! endpoint is ejected, found unhealthy or ramped up is decided in
+//! [`health`](crate::health); how a request's end is recorded, in [`load`](crate::load).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointId};
@@ -61,9 +66,8 @@ const ADMIN_DRAIN: u8 = 2;
 const EJECTED: u8 = 4;
 const UNHEALTHY: u8 = 8;
 const OUT: u8 = DRAINING | ADMIN_DRAIN | EJECTED | UNHEALTHY;
+/// An active check has given a verdict (healthy or unhealthy) at least once.
 const CHECKED: u8 = 16;
-/// Before the first verdict: whether the previous check passed.
-const LAST_OK: u8 = 32;
 
 /// What an endpoint's state is, as the status page shows it.
 ///
@@ -127,48 +131,104 @@ impl CheckRecord {
 ///
 /// Policies read it to pick (`in_flight`, `cost`); the in-flight guard writes it. Every
 /// read is a relaxed atomic load: no lock is taken on the request path.
+// `repr(C)`, hot fields first: what every request reads or writes (the counts, the
+// failure streak, the flags; least-conn's last pick, peak EWMA's estimate) sits in the
+// first 48 bytes, next to the `Arc`'s reference counts that every guard also touches,
+// instead of wherever the compiler's reordering puts it (the flags and the streak
+// landed 150 bytes away from the counts, another cache line per request).
 #[derive(Debug)]
+#[repr(C)]
 pub struct EndpointState {
-    id: EndpointId,
-    endpoint: ArcSwap<Endpoint>,
-    flags: AtomicU8,
     /// Requests started (high bits) and in flight (low [`IN_FLIGHT_BITS`] bits), in one
     /// word so that starting a request is one atomic add, not two.
     counts: AtomicU64,
-    failures: AtomicU64,
     consecutive_failures: AtomicU32,
-    times_ejected: AtomicU32,
+    flags: AtomicU8,
     last_pick: AtomicU64,
-    rtt_ns: AtomicU64,
-    rtt_stamp_ns: AtomicU64,
-    /// Whether `rtt_ns` holds a measurement, not the assumed default.
-    rtt_measured: AtomicBool,
-    health_streak: AtomicU32,
+    rtt: Rtt,
+    // Cold: failures, status, identity, set-up.
+    failures: AtomicU64,
+    times_ejected: AtomicU32,
+    id: EndpointId,
+    endpoint: ArcSwap<Endpoint>,
     last_check: Mutex<Option<CheckRecord>>,
     /// How a finished request reaches the balancer's writer (set when the writer
     /// creates the state; absent for states made by hand, e.g. in policy tests).
     link: OnceLock<Link>,
 }
 
-/// What an endpoint's state needs of its balancer when a request ends.
+/// What an endpoint's state needs of its balancer when a request ends: set once, when
+/// the balancer's writer creates the state.
 #[derive(Debug)]
 pub(crate) struct Link {
-    pub(crate) events: Arc<crate::table::Events>,
+    /// Wakes the balancer's writer (passive outlier detection uses it).
+    pub(crate) wake: Arc<Notify>,
+    /// The failure streak that wakes the writer; 0: never.
     pub(crate) outlier_threshold: u32,
+    /// The time constant of the latency estimate, in nanoseconds.
     pub(crate) decay_ns: f64,
+    /// The least latency sample a failure records.
     pub(crate) failure_penalty: Duration,
 }
 
-/// How one request ended, as the in-flight guard reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum End {
-    /// Succeeded: ends a failure streak.
-    Success,
-    /// Failed: counts toward passive outlier detection.
-    Failure,
-    /// Given up by the caller (the response future or body dropped, a timeout around
-    /// the balancer): neither a success nor a failure.
-    Cancelled,
+/// The peak-EWMA round-trip estimate of one endpoint: the bits of an `f64` of
+/// nanoseconds, the time of the last sample, and whether any sample came in.
+#[derive(Debug)]
+#[repr(C)]
+struct Rtt {
+    ns: AtomicU64,
+    stamp_ns: AtomicU64,
+    /// Whether `ns` holds a measurement, not the assumed default.
+    measured: AtomicBool,
+}
+
+impl Rtt {
+    fn new(default: Duration) -> Self {
+        Self {
+            ns: AtomicU64::new((default.as_nanos() as f64).to_bits()),
+            stamp_ns: AtomicU64::new(now_ns()),
+            measured: AtomicBool::new(false),
+        }
+    }
+
+    /// Folds one sample in. A sample above the estimate replaces it at once (the
+    /// "peak"); a lower one is blended in with weight `1 - exp(-elapsed / decay)`, as in
+    /// Finagle and tower.
+    fn observe(&self, rtt: Duration, now: u64, decay_ns: f64) {
+        let sample = rtt.as_nanos() as f64;
+        let prev = f64::from_bits(self.ns.load(Relaxed));
+        let stamp = self.stamp_ns.swap(now, Relaxed);
+        let next = if sample > prev {
+            sample
+        } else {
+            let elapsed = now.saturating_sub(stamp) as f64;
+            let w = (-elapsed / decay_ns).exp();
+            prev * w + sample * (1.0 - w)
+        };
+        self.ns.store(next.to_bits(), Relaxed);
+        // Read first: a store on every sample would bounce the cache line for nothing.
+        if !self.measured.load(Relaxed) {
+            self.measured.store(true, Relaxed);
+        }
+    }
+
+    /// The estimate decayed toward zero for the time since the last sample.
+    #[inline]
+    fn estimate(&self, now: u64, decay_ns: f64) -> f64 {
+        let rtt = f64::from_bits(self.ns.load(Relaxed));
+        let stamp = self.stamp_ns.load(Relaxed);
+        let elapsed = now.saturating_sub(stamp) as f64;
+        if elapsed <= 0.0 {
+            rtt
+        } else {
+            rtt * (-elapsed / decay_ns).exp()
+        }
+    }
+
+    /// The estimate as last stored, not decayed.
+    fn last(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.ns.load(Relaxed)) as u64)
+    }
 }
 
 // === impl EndpointState ===
@@ -185,11 +245,7 @@ impl EndpointState {
             consecutive_failures: AtomicU32::new(0),
             times_ejected: AtomicU32::new(0),
             last_pick: AtomicU64::new(0),
-            // The estimate is kept as the bits of an `f64` of nanoseconds.
-            rtt_ns: AtomicU64::new((default_rtt.as_nanos() as f64).to_bits()),
-            rtt_stamp_ns: AtomicU64::new(now_ns()),
-            rtt_measured: AtomicBool::new(false),
-            health_streak: AtomicU32::new(0),
+            rtt: Rtt::new(default_rtt),
             last_check: Mutex::new(None),
             link: OnceLock::new(),
         }
@@ -235,15 +291,15 @@ impl EndpointState {
         self.times_ejected.load(Relaxed)
     }
 
-    /// A sequence number of its last pick, used to rotate among ties.
+    /// A sequence number of its last pick, which least-conn rotates ties by.
     #[inline]
-    pub fn last_pick(&self) -> u64 {
+    pub(crate) fn last_pick(&self) -> u64 {
         self.last_pick.load(Relaxed)
     }
 
-    /// Records that a policy picked this endpoint as the `seq`-th pick.
+    /// Records that least-conn picked this endpoint as the `seq`-th pick.
     #[inline]
-    pub fn mark_picked(&self, seq: u64) {
+    pub(crate) fn mark_picked(&self, seq: u64) {
         self.last_pick.store(seq, Relaxed);
     }
 
@@ -304,34 +360,17 @@ impl EndpointState {
         let _ = self.link.set(link);
     }
 
-    /// Ends one request: in flight goes down, the outcome feeds passive health, and the
-    /// writer is woken if the failure streak reached the outlier threshold. A
-    /// cancelled request only goes out of flight: it neither ends nor extends a streak.
+    /// What the balancer set when it created the state; `None` for states made by hand.
     #[inline]
-    pub(crate) fn finish(&self, end: End) {
-        match end {
-            End::Failure => {
-                let streak = self.record_failure();
-                if let Some(l) = self.link.get() {
-                    // Once, when the streak reaches the threshold: the writer rescans every
-                    // endpoint on each wake, so one held back by the ejection cap is found later.
-                    if l.outlier_threshold > 0 && streak == l.outlier_threshold {
-                        l.events.notify.notify_one();
-                    }
-                }
-            }
-            End::Success => {
-                self.record_success();
-            }
-            End::Cancelled => {}
-        }
-        self.release();
+    pub(crate) fn linked(&self) -> Option<&Link> {
+        self.link.get()
     }
 
     /// Records the time from `start` to now as a latency sample (one clock read).
     pub(crate) fn observe_since(&self, start: Instant) {
         let now = Instant::now();
-        self.observe_rtt(now.saturating_duration_since(start), ns_at(now), self.decay_ns());
+        self.rtt
+            .observe(now.saturating_duration_since(start), ns_at(now), self.decay_ns());
     }
 
     /// Records a failed request's latency sample: the time it took (from `start`, when
@@ -357,7 +396,7 @@ impl EndpointState {
         let now = Instant::now();
         let took = start.map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         let penalty = self.link.get().map_or(DEFAULT_FAILURE_PENALTY, |l| l.failure_penalty);
-        self.observe_rtt(took.max(penalty), ns_at(now), self.decay_ns());
+        self.rtt.observe(took.max(penalty), ns_at(now), self.decay_ns());
     }
 
     fn decay_ns(&self) -> f64 {
@@ -414,99 +453,37 @@ impl EndpointState {
         self.times_ejected.store(0, Relaxed);
     }
 
-    /// Folds one observed round-trip time into the peak EWMA.
-    ///
-    /// A sample above the estimate replaces it at once (the "peak"); a lower one is
-    /// blended in with weight `1 - exp(-elapsed / decay)`, as in Finagle and tower.
-    pub(crate) fn observe_rtt(&self, rtt: Duration, now: u64, decay_ns: f64) {
-        let sample = rtt.as_nanos() as f64;
-        let prev = f64::from_bits(self.rtt_ns.load(Relaxed));
-        let stamp = self.rtt_stamp_ns.swap(now, Relaxed);
-        let next = if sample > prev {
-            sample
-        } else {
-            let elapsed = now.saturating_sub(stamp) as f64;
-            let w = (-elapsed / decay_ns).exp();
-            prev * w + sample * (1.0 - w)
-        };
-        self.rtt_ns.store(next.to_bits(), Relaxed);
-        // Read first: a store on every sample would bounce the cache line for nothing.
-        if !self.rtt_measured.load(Relaxed) {
-            self.rtt_measured.store(true, Relaxed);
-        }
-    }
-
     /// The peak-EWMA round-trip estimate, decayed toward zero for the time since the
     /// last sample, in nanoseconds. An endpoint that has had no traffic for a while
     /// looks cheaper and gets tried again, so one slow answer cannot starve it.
     #[inline]
     pub fn rtt_estimate(&self, now: u64, decay_ns: f64) -> f64 {
-        let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
-        let stamp = self.rtt_stamp_ns.load(Relaxed);
-        let elapsed = now.saturating_sub(stamp) as f64;
-        if elapsed <= 0.0 {
-            rtt
-        } else {
-            rtt * (-elapsed / decay_ns).exp()
-        }
+        self.rtt.estimate(now, decay_ns)
     }
 
     /// The latency estimate as last stored, not decayed: what the status page shows.
     /// Until a first sample it is the assumed default; see
     /// [`latency_measured`](Self::latency_measured).
     pub fn ewma_latency(&self) -> Duration {
-        Duration::from_nanos(f64::from_bits(self.rtt_ns.load(Relaxed)) as u64)
+        self.rtt.last()
     }
 
     /// Whether [`ewma_latency`](Self::ewma_latency) comes from at least one measured
     /// request (not the assumed default).
     pub fn latency_measured(&self) -> bool {
-        self.rtt_measured.load(Relaxed)
+        self.rtt.measured.load(Relaxed)
     }
 
-    // --- active health ---
+    // --- active health (the rise/fall rule is in `health::active`) ---
 
-    /// Records one active check; returns the new health flag if it flipped.
-    pub(crate) fn record_check(&self, ok: bool, error: Option<String>, rise: u32, fall: u32) -> Option<bool> {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(CheckRecord {
-            at: Duration::from_nanos(now_ns()),
-            ok,
-            error,
-        });
-        let flags = self.flags.load(Relaxed);
-        let was_checked = flags & CHECKED != 0;
-        let unhealthy = self.is_unhealthy();
-        if !was_checked {
-            // No verdict yet: a streak is of equal results only (checks of one endpoint
-            // run one after another, on one task).
-            if self.health_streak.load(Relaxed) > 0 && (flags & LAST_OK != 0) != ok {
-                self.health_streak.store(0, Relaxed);
-            }
-            if ok {
-                self.flags.fetch_or(LAST_OK, Relaxed);
-            } else {
-                self.flags.fetch_and(!LAST_OK, Relaxed);
-            }
-        }
-        // The streak counts checks that disagree with the current state.
-        let disagrees = if !was_checked { true } else { ok == unhealthy };
-        if !disagrees {
-            self.health_streak.store(0, Relaxed);
-            return None;
-        }
-        let streak = self.health_streak.fetch_add(1, Relaxed) + 1;
-        let need = if ok { rise.max(1) } else { fall.max(1) };
-        if streak < need {
-            return None;
-        }
-        self.health_streak.store(0, Relaxed);
-        self.flags.fetch_or(CHECKED, Relaxed);
-        if !was_checked && ok && !unhealthy {
-            // unknown -> healthy
-            return Some(true);
-        }
-        self.set_flag(Flag::Unhealthy, !ok);
-        Some(ok)
+    /// Whether an active check has given a verdict at least once.
+    pub(crate) fn is_checked(&self) -> bool {
+        self.flags.load(Relaxed) & CHECKED != 0
+    }
+
+    /// Keeps the last active check for status.
+    pub(crate) fn set_last_check(&self, record: CheckRecord) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
     }
 
     /// The last active check, if one ran.
@@ -522,4 +499,6 @@ pub(crate) enum Flag {
     AdminDrain = ADMIN_DRAIN,
     Ejected = EJECTED,
     Unhealthy = UNHEALTHY,
+    Checked = CHECKED,
 }
+

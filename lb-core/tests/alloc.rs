@@ -10,13 +10,9 @@ mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::convert::Infallible;
 use std::future::Future;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body::Body;
-use http_body_util::Full;
 use lb_core::balance::{
     Balance, LeastConn, Maglev, P2c, PeakEwma, PendingRequests, Random, RoundRobin, WeightedRoundRobin,
 };
@@ -132,7 +128,7 @@ fn runtime() -> tokio::runtime::Runtime {
 fn keyed_allocations<P: Balance>(policy: P) -> usize {
     let rt = runtime();
     rt.block_on(async {
-        let mut lb = Balancer::builder(policy).key(KeyFn(|k: &u64| Some(*k))).spawn(
+        let mut lb = Balancer::builder(policy).protocol(KeyFn(|k: &u64| Some(*k))).spawn(
             discover::fixed([ep_w(0, 1), ep_w(1, 2), ep_w(2, 3)]),
             healthy_backends(),
         );
@@ -175,46 +171,64 @@ fn timeout_allocations<P: Balance>(policy: P) -> usize {
     })
 }
 
-/// An always-ready HTTP service answering 200 with a one-frame body.
-#[derive(Clone, Debug)]
-struct HttpOk;
+/// Through `Builder::http()` (feature `http`): the guard rides in the response body
+/// until it ends.
+#[cfg(feature = "http")]
+mod http_body_tracking {
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
 
-impl<B> Service<http::Request<B>> for HttpOk {
-    type Response = http::Response<Full<Bytes>>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    use bytes::Bytes;
+    use http_body::Body;
+    use http_body_util::Full;
+    use lb_core::balance::Balance;
+    use lb_core::{discover, Balancer};
+    use tower::Service;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    use super::{runtime, steady_state};
+    use crate::support::ep_w;
+
+    /// An always-ready HTTP service answering 200 with a one-frame body.
+    #[derive(Clone, Debug)]
+    struct HttpOk;
+
+    impl<B> Service<http::Request<B>> for HttpOk {
+        type Response = http::Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<B>) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(b"ok")))))
+        }
     }
 
-    fn call(&mut self, _: http::Request<B>) -> Self::Future {
-        std::future::ready(Ok(http::Response::new(Full::new(Bytes::from_static(b"ok")))))
+    /// Through `Builder::http()`: the guard rides in the response body until it ends.
+    pub(super) fn http_allocations<P: Balance>(policy: P) -> usize {
+        let rt = runtime();
+        rt.block_on(async {
+            let mut lb = Balancer::builder(policy).http().spawn(
+                discover::fixed([ep_w(0, 1), ep_w(1, 2), ep_w(2, 3)]),
+                lb_core::connect_fn(|_: &lb_core::Endpoint| HttpOk),
+            );
+            lb.ready_endpoints(3).await;
+            steady_state(
+                &mut lb,
+                |_| http::Request::new(()),
+                |rsp: http::Response<lb_core::http::TrackedBody<Full<Bytes>>>| {
+                    let body = rsp.into_body();
+                    let mut body = std::pin::pin!(body);
+                    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+                    assert!(body.as_mut().get_mut().is_tracking(), "in flight until the body ends");
+                    assert!(matches!(body.as_mut().poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
+                    assert!(!body.is_tracking(), "the last frame ends the body");
+                },
+            )
+        })
     }
-}
-
-/// Through `Builder::http()`: the guard rides in the response body until it ends.
-fn http_allocations<P: Balance>(policy: P) -> usize {
-    let rt = runtime();
-    rt.block_on(async {
-        let mut lb = Balancer::builder(policy).http().spawn(
-            discover::fixed([ep_w(0, 1), ep_w(1, 2), ep_w(2, 3)]),
-            lb_core::connect_fn(|_: &lb_core::Endpoint| HttpOk),
-        );
-        lb.ready_endpoints(3).await;
-        steady_state(
-            &mut lb,
-            |_| http::Request::new(()),
-            |rsp: http::Response<lb_core::TrackedBody<Full<Bytes>>>| {
-                let body = rsp.into_body();
-                let mut body = std::pin::pin!(body);
-                let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-                assert!(body.as_mut().get_mut().is_tracking(), "in flight until the body ends");
-                assert!(matches!(body.as_mut().poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
-                assert!(!body.is_tracking(), "the last frame ends the body");
-            },
-        )
-    })
 }
 
 #[test]
@@ -228,7 +242,8 @@ fn the_counter_counts() {
 
 #[test]
 fn no_policy_allocates_per_request() {
-    let results = [
+    #[allow(unused_mut)]
+    let mut results = vec![
         ("round_robin", unkeyed_allocations(RoundRobin::new())),
         ("weighted_round_robin", unkeyed_allocations(WeightedRoundRobin::new())),
         ("least_conn", unkeyed_allocations(LeastConn::new())),
@@ -242,12 +257,18 @@ fn no_policy_allocates_per_request() {
         ("maglev, no key", unkeyed_allocations(Maglev::new())),
         ("maglev bounded, keyed", keyed_allocations(Maglev::bounded(1.25))),
         ("least_conn, keyed", keyed_allocations(LeastConn::new())),
-        ("http body tracking, round_robin", http_allocations(RoundRobin::new())),
+    ];
+    #[cfg(feature = "http")]
+    results.extend([
+        (
+            "http body tracking, round_robin",
+            http_body_tracking::http_allocations(RoundRobin::new()),
+        ),
         (
             "http body tracking, peak_ewma",
-            http_allocations(P2c::from_seed(PeakEwma::default(), 1)),
+            http_body_tracking::http_allocations(P2c::from_seed(PeakEwma::default(), 1)),
         ),
-    ];
+    ]);
     let report: Vec<String> = results.iter().map(|(name, n)| format!("{name}: {n}")).collect();
     assert!(
         results.iter().all(|&(_, n)| n == 0),

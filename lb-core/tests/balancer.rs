@@ -1,5 +1,6 @@
-//! The `Balancer` service: diffed discovery, drain, fail-fast and bounded waits, body
-//! completion tracking, tower interop and the push handle.
+//! The `Balancer` service: diffed discovery, drain, fail-fast and bounded waits,
+//! completion tracking, tower interop and the push handle. Over HTTP (body tracking,
+//! keys from extensions): `http_balancer.rs`.
 
 mod support;
 
@@ -7,17 +8,12 @@ use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
-use http_body::Frame;
-use http_body_util::{BodyExt, StreamBody};
 use lb_core::balance::{RoundRobin, WeightedRoundRobin};
 use lb_core::discover::{self, Update};
 use lb_core::error::{is_no_endpoints, is_timeout, Elapsed, EndpointError, UnknownEndpoint};
-use lb_core::{connect_fn, BalanceLayer, Balancer, BoxError, Endpoint, EndpointId, Health, NoEndpoints, Outcome};
-use tokio::sync::mpsc;
+use lb_core::{BalanceLayer, Balancer, BoxError, Endpoint, EndpointId, Health, NoEndpoints, Outcome};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tower::discover::Change;
 use tower::{Service, ServiceExt};
 
@@ -33,7 +29,7 @@ fn no_endpoints(err: &BoxError) -> &NoEndpoints {
     err.downcast_ref::<NoEndpoints>().unwrap()
 }
 
-fn ids<P: lb_core::balance::Balance, S, C, K>(lb: &Balancer<P, S, C, K>) -> Vec<String> {
+fn ids<P: lb_core::balance::Balance, S, R>(lb: &Balancer<P, S, R>) -> Vec<String> {
     lb.status().endpoints.iter().map(|e| e.id.to_string()).collect()
 }
 
@@ -267,7 +263,7 @@ async fn no_eligible_endpoint_fails_at_once() {
     let e = no_endpoints(&err);
     assert_eq!(e.waited(), None);
     assert!(!e.is_overloaded());
-    assert!(lb.pick(None).is_none());
+    assert!(!lb.pick(None).expect_err("no endpoint").is_overloaded());
 }
 
 #[tokio::test(start_paused = true)]
@@ -324,7 +320,10 @@ async fn full_endpoints_fail_as_overloaded_even_with_a_wait() {
         .spawn(discover::fixed([ep(0)]), healthy_backends());
     lb.ready_endpoints(1).await;
     let held = [lb.pick(None).unwrap(), lb.pick(None).unwrap()];
-    assert!(lb.pick(None).is_none());
+    assert!(
+        lb.pick(None).expect_err("the endpoint is full").is_overloaded(),
+        "a pick says the endpoints are full, not absent"
+    );
     let err = lb
         .clone()
         .call(())
@@ -336,108 +335,7 @@ async fn full_endpoints_fail_as_overloaded_even_with_a_wait() {
     assert_eq!(lb.clone().oneshot(()).await.unwrap(), 0);
 }
 
-// === completion tracking ===
-
-type Chunk = Result<Frame<Bytes>, Down>;
-type ChanBody = StreamBody<ReceiverStream<Chunk>>;
-
-/// An http echo: the response body is the request body; the status comes from the
-/// request's `x-status` header (200 by default).
-fn echo() -> impl Service<http::Request<ChanBody>, Response = http::Response<ChanBody>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + Sync {
-    tower::service_fn(|req: http::Request<ChanBody>| async move {
-        let status = req
-            .headers()
-            .get("x-status")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(200);
-        let mut rsp = http::Response::new(req.into_body());
-        *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
-        Ok::<_, Infallible>(rsp)
-    })
-}
-
-fn chan_request(status: u16) -> (mpsc::Sender<Chunk>, http::Request<ChanBody>) {
-    let (tx, rx) = mpsc::channel(4);
-    let req = http::Request::builder()
-        .header("x-status", status.to_string())
-        .body(StreamBody::new(ReceiverStream::new(rx)))
-        .unwrap();
-    (tx, req)
-}
-
-#[tokio::test(start_paused = true)]
-async fn body_completion_holds_the_request_until_the_body_ends() {
-    let lb = Balancer::builder(RoundRobin::new())
-        .http()
-        .spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| echo()));
-    lb.ready_endpoints(1).await;
-    let (tx, req) = chan_request(200);
-    let mut rsp = lb.clone().oneshot(req).await.unwrap();
-    assert!(rsp.body().is_tracking());
-    assert_eq!(
-        status_of(&lb, 0).in_flight,
-        1,
-        "headers are in, the body is not: still in flight"
-    );
-    tx.send(Ok(Frame::data(Bytes::from_static(b"hello")))).await.unwrap();
-    let frame = rsp.body_mut().frame().await.unwrap().unwrap();
-    assert_eq!(frame.into_data().unwrap(), "hello");
-    assert_eq!(status_of(&lb, 0).in_flight, 1, "a body frame is not the end");
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    assert_eq!(status_of(&lb, 0).in_flight, 1, "a slow body stays in flight");
-    drop(tx);
-    assert!(rsp.body_mut().frame().await.is_none());
-    assert!(!rsp.body().is_tracking());
-    let s = status_of(&lb, 0);
-    assert_eq!((s.in_flight, s.requests, s.failures), (0, 1, 0));
-}
-
-#[tokio::test(start_paused = true)]
-async fn complete_on_response_ends_at_the_headers() {
-    // The contrast: without body tracking the request ends with the response head.
-    let lb = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| echo()));
-    lb.ready_endpoints(1).await;
-    let (_tx, req) = chan_request(200);
-    let _rsp = lb.clone().oneshot(req).await.unwrap();
-    assert_eq!(status_of(&lb, 0).in_flight, 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn body_completion_counts_5xx_and_body_errors_as_failures() {
-    let lb = Balancer::builder(RoundRobin::new())
-        .http()
-        .spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| echo()));
-    lb.ready_endpoints(1).await;
-
-    // A 503 whose body ends cleanly: one failure.
-    let (tx, req) = chan_request(503);
-    let rsp = lb.clone().oneshot(req).await.unwrap();
-    assert_eq!(rsp.status(), 503);
-    drop(tx);
-    let _ = rsp.into_body().collect().await.unwrap();
-    let s = status_of(&lb, 0);
-    assert_eq!((s.in_flight, s.failures), (0, 1));
-
-    // A 200 whose body fails midway: another.
-    let (tx, req) = chan_request(200);
-    let mut rsp = lb.clone().oneshot(req).await.unwrap();
-    tx.send(Err(Down(0))).await.unwrap();
-    assert!(rsp.body_mut().frame().await.unwrap().is_err());
-    let s = status_of(&lb, 0);
-    assert_eq!((s.in_flight, s.failures), (0, 2));
-
-    // A 200 dropped before its end: a cancellation, not a failure.
-    let (tx, req) = chan_request(200);
-    let rsp = lb.clone().oneshot(req).await.unwrap();
-    assert_eq!(status_of(&lb, 0).in_flight, 1);
-    drop(rsp);
-    drop(tx);
-    let s = status_of(&lb, 0);
-    assert_eq!((s.in_flight, s.requests, s.failures), (0, 3, 2));
-}
+// === completion tracking (HTTP bodies: tests/http_balancer.rs) ===
 
 #[tokio::test(start_paused = true)]
 async fn inner_service_errors_count_as_failures() {
@@ -629,7 +527,6 @@ async fn replacing_the_whole_set_never_fails_a_request() {
 
 #[tokio::test(start_paused = true)]
 async fn a_retry_avoids_the_endpoint_that_failed() {
-    use lb_core::{Avoid, ExtensionKey, RequestKey};
     // Consistent hashing sends a key to one endpoint; with `Avoid` it goes elsewhere.
     let lb = Balancer::builder(lb_core::balance::Maglev::new())
         .spawn(discover::fixed([ep(0), ep(1), ep(2)]), backends(Switches::new()));
@@ -647,14 +544,10 @@ async fn a_retry_avoids_the_endpoint_that_failed() {
             .clone();
         assert_ne!(other, first, "a retry avoiding the failed endpoint goes elsewhere");
     }
-    // Through requests: ExtensionKey reads Avoid from the extensions.
-    let mut req = http::Request::new(());
-    req.extensions_mut().insert(Avoid(first.clone()));
-    assert_eq!(ExtensionKey.avoid(&req), Some(&first));
     // With one endpoint, avoiding it still picks it (better than failing).
     let one = Balancer::builder(RoundRobin::new()).spawn(discover::fixed([ep(0)]), backends(Switches::new()));
     one.ready_endpoints(1).await;
-    assert!(one.pick_with(None, Some(ep(0).id())).is_some());
+    assert!(one.pick_with(None, Some(ep(0).id())).is_ok());
 }
 
 // === cancellation: a request the caller gives up counts for nothing ===
@@ -872,98 +765,6 @@ async fn a_hung_endpoint_is_ejected_for_its_timeouts() {
     }
 }
 
-/// An http echo whose response head waits for the `x-delay-ms` header's milliseconds.
-fn delayed_echo(
-) -> impl Service<http::Request<ChanBody>, Response = http::Response<ChanBody>, Error = Infallible, Future: Send>
-       + Clone
-       + Send
-       + Sync {
-    tower::service_fn(|req: http::Request<ChanBody>| async move {
-        let delay = req
-            .headers()
-            .get("x-delay-ms")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        Ok::<_, Infallible>(http::Response::new(req.into_body()))
-    })
-}
-
-/// With body tracking the limit ends at the response head: a body may stream for
-/// longer; a head that comes late is a timeout.
-#[tokio::test(start_paused = true)]
-async fn with_http_the_timeout_ends_at_the_response_head() {
-    let lb = Balancer::builder(RoundRobin::new())
-        .http()
-        .timeout(Duration::from_millis(100))
-        .spawn(discover::fixed([ep(0)]), connect_fn(|_: &Endpoint| delayed_echo()));
-    lb.ready_endpoints(1).await;
-
-    let (tx, mut req) = chan_request(200);
-    req.headers_mut().insert("x-delay-ms", "50".parse().unwrap());
-    let mut rsp = lb.clone().oneshot(req).await.expect("the head is in time");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    tx.send(Ok(Frame::data(Bytes::from_static(b"late")))).await.unwrap();
-    let frame = rsp.body_mut().frame().await.unwrap().unwrap();
-    assert_eq!(frame.into_data().unwrap(), "late");
-    drop(tx);
-    assert!(rsp.body_mut().frame().await.is_none());
-    let s = status_of(&lb, 0);
-    assert_eq!(
-        (s.in_flight, s.requests, s.failures),
-        (0, 1, 0),
-        "a slow body is no timeout"
-    );
-
-    let (_tx, mut req) = chan_request(200);
-    req.headers_mut().insert("x-delay-ms", "150".parse().unwrap());
-    let err = lb.clone().oneshot(req).await.unwrap_err();
-    assert!(is_timeout(&*err), "{err}");
-    let s = status_of(&lb, 0);
-    assert_eq!((s.in_flight, s.requests, s.failures), (0, 2, 1));
-}
-
-/// A body that says it has ended (`is_end_stream`) ends the request: a reader such as
-/// hyper does not poll it again, and dropping it then is no cancellation.
-#[tokio::test(start_paused = true)]
-async fn a_body_at_its_end_ends_the_request() {
-    use http_body_util::{Empty, Full};
-    let full = |_: &Endpoint| {
-        tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"one frame"))))
-        })
-    };
-    let lb = Balancer::builder(RoundRobin::new())
-        .http()
-        .spawn(discover::fixed([ep(0)]), connect_fn(full));
-    lb.ready_endpoints(1).await;
-    // A failure first, so that the successes below have a streak to end.
-    lb.pick(None).unwrap().guard.fail();
-    assert_eq!(streak_of(&lb, 0), 1);
-    let mut rsp = lb.clone().oneshot(http::Request::new(())).await.unwrap();
-    assert!(rsp.body().is_tracking());
-    let frame = rsp.body_mut().frame().await.unwrap().unwrap();
-    assert_eq!(frame.into_data().unwrap(), "one frame");
-    assert!(!rsp.body().is_tracking(), "its last frame ends it");
-    drop(rsp);
-    assert_eq!(streak_of(&lb, 0), 0, "a success");
-
-    let empty = |_: &Endpoint| {
-        tower::service_fn(|_: http::Request<()>| async {
-            Ok::<_, Infallible>(http::Response::new(Empty::<Bytes>::new()))
-        })
-    };
-    let lb = Balancer::builder(RoundRobin::new())
-        .http()
-        .spawn(discover::fixed([ep(0)]), connect_fn(empty));
-    lb.ready_endpoints(1).await;
-    lb.pick(None).unwrap().guard.fail();
-    let rsp = lb.clone().oneshot(http::Request::new(())).await.unwrap();
-    assert!(!rsp.body().is_tracking(), "an empty body ends with the head");
-    assert_eq!(status_of(&lb, 0).in_flight, 0);
-    assert_eq!(streak_of(&lb, 0), 0, "a success");
-}
-
 // === the connector runs off the writer's loop ===
 
 /// A connector whose futures the test finishes by hand: `gate(i)` opens endpoint `i`'s
@@ -1017,7 +818,7 @@ use std::sync::Arc;
 
 use lb_core::Connection;
 
-fn connection_of<P: lb_core::balance::Balance, S, C, K>(lb: &Balancer<P, S, C, K>, i: usize) -> Connection {
+fn connection_of<P: lb_core::balance::Balance, S, R>(lb: &Balancer<P, S, R>, i: usize) -> Connection {
     status_of(lb, i).connection
 }
 
@@ -1176,65 +977,6 @@ async fn a_metadata_only_update_rebuilds_the_policy_state() {
         1,
         "the policy reads the new metadata"
     );
-}
-
-// === every key source honours Avoid ===
-
-#[tokio::test(start_paused = true)]
-async fn a_key_fn_honours_avoid_on_http_requests() {
-    use lb_core::{Avoid, KeyFn};
-    let key = KeyFn(|req: &http::Request<()>| {
-        req.headers()
-            .get("x-user")
-            .map(|v| v.as_bytes().iter().fold(7u64, |h, b| h.wrapping_mul(31) ^ *b as u64))
-    });
-    let lb = Balancer::builder(lb_core::balance::Maglev::new())
-        .key(key)
-        .spawn(discover::fixed([ep(0), ep(1), ep(2)]), healthy_backends());
-    let request = |avoid: Option<usize>| {
-        let mut req = http::Request::builder().header("x-user", "alice").body(()).unwrap();
-        if let Some(i) = avoid {
-            req.extensions_mut().insert(Avoid(id(i)));
-        }
-        req
-    };
-    let home = lb.clone().oneshot(request(None)).await.unwrap();
-    for _ in 0..5 {
-        assert_eq!(
-            lb.clone().oneshot(request(None)).await.unwrap(),
-            home,
-            "the key stays on its endpoint"
-        );
-        let retry = lb.clone().oneshot(request(Some(home))).await.unwrap();
-        assert_ne!(retry, home, "a retry goes to another endpoint than the one that failed");
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_waiting_call_keeps_its_avoid() {
-    use lb_core::Avoid;
-    let (publisher, subscription) = discover::channel();
-    let lb = Balancer::builder(RoundRobin::new())
-        .key(lb_core::ExtensionKey)
-        .wait(Duration::from_secs(1))
-        .spawn(subscription, healthy_backends());
-    let calls: Vec<_> = (0..10)
-        .map(|_| {
-            let mut req = http::Request::new(());
-            req.extensions_mut().insert(Avoid(id(0)));
-            lb.clone().oneshot(req)
-        })
-        .collect();
-    let all = tokio::spawn(futures_util::future::join_all(calls));
-    settle().await;
-    publisher.reset([ep(0), ep(1)]);
-    for got in all.await.unwrap() {
-        assert_eq!(
-            got.unwrap(),
-            1,
-            "a call that waited for an endpoint still avoids endpoint 0"
-        );
-    }
 }
 
 // === what `spawn` returns is current ===

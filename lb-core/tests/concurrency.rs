@@ -122,7 +122,7 @@ async fn churn_while_calling<P: Balance>(policy: P) {
     };
     // The request (a clock value) doubles as the hash key, so Maglev spreads.
     let lb = Balancer::builder(policy)
-        .key(KeyFn(|started: &u64| Some(started.wrapping_mul(0x9E37_79B9_7F4A_7C15))))
+        .protocol(KeyFn(|started: &u64| Some(started.wrapping_mul(0x9E37_79B9_7F4A_7C15))))
         .spawn(subscription, connect);
     lb.ready_endpoints(LIVE).await;
 
@@ -289,7 +289,7 @@ async fn a_stalled_picker_finds_the_endpoints_that_replaced_its_snapshot() {
     lb.policy().armed.store(true, SeqCst);
     let picker = {
         let lb = lb.clone();
-        std::thread::spawn(move || lb.pick(None).map(|p| p.service.idx))
+        std::thread::spawn(move || lb.pick(None).map(|p| p.service.idx).ok())
     };
     tokio::task::spawn_blocking(move || stalled_rx.recv_timeout(Duration::from_secs(10)))
         .await

@@ -105,7 +105,7 @@ async fn never_picks_an_endpoint_that_is_out<P: Balance>(policy: P, panic: bool)
         }
         // Keys vary so that consistent hashing reaches every endpoint.
         let _ = lb.clone().oneshot(k).await;
-        if let Some(p) = lb.pick(Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15))) {
+        if let Ok(p) = lb.pick(Some(k.wrapping_mul(0x9E37_79B9_7F4A_7C15))) {
             hold(p);
         }
         settle().await;
@@ -355,7 +355,7 @@ async fn without_a_panic_threshold_all_unhealthy_means_no_endpoints() {
     .await;
     settle().await;
     assert!(!lb.status().panic);
-    assert!(lb.pick(None).is_none());
+    assert!(!lb.pick(None).expect_err("no endpoint is eligible").is_overloaded());
     let err = lb.clone().oneshot(()).await.unwrap_err();
     assert!(lb_core::error::is_no_endpoints(&*err));
 }

@@ -9,6 +9,7 @@ use lb_consul_emulator::{Emulator, Fault};
 use lb_core::discover::Update;
 use lb_core::Endpoint;
 use lb_discovery_consul::{ConsulCatalog, ConsulService, Registration, Status};
+use lb_test_support::eventually;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -46,15 +47,6 @@ async fn next_set<S: Stream<Item = Result<Update, std::convert::Infallible>> + U
 
 fn ids(set: &[Endpoint]) -> Vec<String> {
     set.iter().map(|e| e.id().to_string()).collect()
-}
-
-/// Waits for `f`, polling, within [`LIMIT`].
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]
@@ -147,7 +139,7 @@ async fn an_index_rewind_resets_the_client_which_recovers() {
     emu.clear_requests();
     // A snapshot restore: the index goes back; the parked query answers with it.
     emu.rewind_index(3);
-    eventually("a plain read after the rewind", || {
+    eventually("a plain read after the rewind", LIMIT, || {
         emu.requests()
             .iter()
             .any(|r| r.path.starts_with("/v1/health/service/") && r.query_value("index").is_none())
@@ -180,7 +172,7 @@ async fn a_missing_index_never_becomes_a_busy_loop() {
         1,
         "the data is applied all the same"
     );
-    eventually("six requests", || emu.requests().len() >= 6).await;
+    eventually("six requests", LIMIT, || emu.requests().len() >= 6).await;
     let elapsed = t0.elapsed();
     // A burst of two, then one per 200 ms: six requests take at least 800 ms.
     assert!(
@@ -197,7 +189,7 @@ async fn a_missing_index_never_becomes_a_busy_loop() {
     let api = watch(&emu, "api").spawn().unwrap();
     let mut updates = api.updates();
     assert_eq!(next_set(&mut updates).await.len(), 1);
-    eventually("requests past the faults", || emu.requests().len() >= 6).await;
+    eventually("requests past the faults", LIMIT, || emu.requests().len() >= 6).await;
     for r in emu.requests() {
         assert_ne!(r.query_value("index"), Some("0"), "{r:?}");
     }
@@ -214,7 +206,7 @@ async fn spurious_wakeups_publish_nothing() {
         emu.wait_parked(1).await;
         let before = api.status().requests;
         emu.spurious_wakeup();
-        eventually("the wake-up answered and asked again", || {
+        eventually("the wake-up answered and asked again", LIMIT, || {
             api.status().requests > before
         })
         .await;
@@ -239,12 +231,12 @@ async fn failures_keep_the_last_set_and_changes_apply_on_recovery() {
     emu.fail_next(2, Fault::Status(500, "No cluster leader".into()));
     emu.fail_next(2, Fault::Status(429, "rate limit exceeded".into()));
     emu.spurious_wakeup();
-    eventually("errors counted", || api.status().errors >= 2).await;
+    eventually("errors counted", LIMIT, || api.status().errors >= 2).await;
     assert_eq!(api.endpoints().map(|s| s.len()), Some(2), "the last set is kept");
 
     // Consul goes away; a change is made meanwhile; it comes back.
     emu.stop().await;
-    eventually("failures in a row", || api.status().consecutive_failures >= 2).await;
+    eventually("failures in a row", LIMIT, || api.status().consecutive_failures >= 2).await;
     assert_eq!(api.endpoints().map(|s| s.len()), Some(2));
     assert!(emu.set_check("agent-a", "api-2-check", "critical", "down"));
     emu.resume().await;
@@ -264,7 +256,7 @@ async fn an_empty_set_only_when_consul_says_so() {
     emu.wait_parked(1).await;
     emu.fail_next(3, Fault::Drop);
     emu.spurious_wakeup();
-    eventually("dropped connections counted", || api.status().errors >= 3).await;
+    eventually("dropped connections counted", LIMIT, || api.status().errors >= 3).await;
     assert_eq!(api.endpoints().map(|s| s.len()), Some(1));
     emu.wait_parked(1).await;
     assert!(emu.deregister("agent-a", "api-1"));
@@ -406,7 +398,7 @@ async fn a_registration_is_kept_passing_and_deregistered() {
             .filter(|r| r.path == "/v1/agent/check/pass/api-7%3Attl")
             .count()
     };
-    eventually("renewals", || renewals() >= 6).await;
+    eventually("renewals", LIMIT, || renewals() >= 6).await;
     assert_eq!(api.endpoints().map(|s| s.len()), Some(1));
     me.deregister().await.unwrap();
     assert!(next_set(&mut updates).await.is_empty());

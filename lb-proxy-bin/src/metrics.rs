@@ -769,7 +769,6 @@ mod tests {
         publisher.reset([Endpoint::new(a), Endpoint::new(b)]);
         let balancer = Balancer::builder(AnyPolicy::from(RoundRobin::new()))
             .name("web")
-            .http()
             .spawn(updates, lb_core::http::HttpConnect::new(Default::default()));
         tokio::time::timeout(Duration::from_secs(3), balancer.ready_endpoints(2))
             .await

@@ -13,6 +13,14 @@
 //!   body that stops for `body_read_timeout` gets 408 ([`crate::body::ClientBody`]);
 //! - HTTP/2 pings every 30 s and closes a connection whose peer does not answer in 20 s.
 //!
+//! The supervisor is lazy: a request or a response part costs it nothing (a few
+//! atomics, no wake-up and no timer). It wakes at the next deadline that could be due,
+//! finds what really is, and sleeps again, at most half the shortest of the three
+//! timeouts: an idle connection is closed when its deadline is due (the supervisor
+//! sees it idle before then and sleeps until it), and a stalled client is found by
+//! sampling the response progress, so it is cut between one and two `send_timeout`s
+//! after it stopped reading.
+//!
 //! Open client connections are capped ([`Conns`]): at the cap the listeners stop
 //! accepting (new connections wait in the kernel's backlog, as under HAProxy's
 //! `maxconn`) and idle connections are closed to make room, while every connection
@@ -377,7 +385,8 @@ fn acme_challenge(http01: &lb_tls::acme::Http01Responder, req: &Request<Incoming
     Some(rsp)
 }
 
-/// What a connection's requests share with its supervisor.
+/// What a connection's requests share with its supervisor, which reads it when it wakes
+/// (nothing here wakes it).
 #[derive(Debug)]
 struct Tracker {
     in_flight: AtomicUsize,
@@ -390,7 +399,6 @@ struct Tracker {
     /// When the connection last had no request in flight (ns after `epoch`).
     idle_since: AtomicU64,
     epoch: Instant,
-    changed: Notify,
 }
 
 impl Tracker {
@@ -402,15 +410,12 @@ impl Tracker {
             requests: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             epoch,
-            changed: Notify::new(),
         })
     }
 
     fn start(self: &Arc<Self>) -> InFlightRequest {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_one();
-        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlightRequest(self.clone())
     }
 
@@ -428,9 +433,7 @@ impl Drop for InFlightRequest {
         let t = &self.0;
         let since = Instant::now().saturating_duration_since(t.epoch).as_nanos() as u64;
         t.idle_since.store(since, Ordering::Release);
-        if t.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            t.changed.notify_one();
-        }
+        t.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -482,9 +485,7 @@ impl http_body::Body for ConnBody {
             Poll::Ready(Some(Ok(_))) if !this.inner.is_end_stream() => {
                 if let Some(r) = &this.request {
                     this.waiting = true;
-                    if r.0.waiting.fetch_add(1, Ordering::AcqRel) == 0 {
-                        r.0.changed.notify_one();
-                    }
+                    r.0.waiting.fetch_add(1, Ordering::AcqRel);
                 }
             }
             Poll::Pending => {}
@@ -501,13 +502,6 @@ impl http_body::Body for ConnBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -544,32 +538,17 @@ pub(crate) async fn serve_conn<I, F, Fut>(
     let mut draining = false;
     // Set once a deadline asked the connection to close: it is cut when this passes.
     let mut cut_at: Option<Instant> = None;
-    // The progress seen when the client side was last found stalled, and when.
+    // A response found waiting for the client at this progress, since then.
     let mut stall: Option<(u64, Instant)> = None;
+    // The longest the supervisor sleeps: short enough that an idle deadline is seen
+    // before it is due, and that a stalled client is sampled twice per send_timeout.
+    let check_every = (limits.send_timeout / 2)
+        .min(limits.idle_timeout / 2)
+        .min(limits.header_read_timeout)
+        .max(Duration::from_millis(1));
+    let sleep = tokio::time::sleep_until(accepted + check_every);
+    tokio::pin!(sleep);
     let why = loop {
-        let in_flight = tracker.in_flight.load(Ordering::Acquire);
-        let waiting = tracker.waiting.load(Ordering::Acquire);
-        let progress = tracker.progress.load(Ordering::Acquire);
-        let deadline = if in_flight == 0 {
-            stall = None;
-            Some(if tracker.requests.load(Ordering::Relaxed) == 0 {
-                accepted + limits.header_read_timeout
-            } else {
-                tracker.idle_since() + limits.idle_timeout
-            })
-        } else if waiting > 0 {
-            match stall {
-                Some((p, _)) if p != progress => stall = Some((progress, Instant::now())),
-                None => stall = Some((progress, Instant::now())),
-                Some(_) => {}
-            }
-            stall.map(|(_, since)| since + limits.send_timeout)
-        } else {
-            stall = None;
-            None
-        };
-        // Once asked to close, the connection has until `cut_at`, and nothing else is due.
-        let deadline = cut_at.or(deadline);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -577,37 +556,50 @@ pub(crate) async fn serve_conn<I, F, Fut>(
                 }
                 return;
             }
-            () = sleep_until(deadline) => {
+            () = sleep.as_mut() => {
                 let now = Instant::now();
                 if cut_at.is_some_and(|c| c <= now) {
                     break "did not close when asked";
                 }
-                let in_flight = tracker.in_flight.load(Ordering::Acquire);
-                if in_flight == 0 {
-                    if tracker.requests.load(Ordering::Relaxed) == 0 {
-                        tracing::debug!(%peer, timeout = ?limits.header_read_timeout, "no request in time; closing");
-                    } else if tracker.idle_since() + limits.idle_timeout <= now {
-                        tracing::debug!(%peer, timeout = ?limits.idle_timeout, "idle; closing");
+                let next = if tracker.in_flight.load(Ordering::Acquire) == 0 {
+                    stall = None;
+                    let (due, timeout, what) = if tracker.requests.load(Ordering::Relaxed) == 0 {
+                        (accepted + limits.header_read_timeout, limits.header_read_timeout, "no request in time")
                     } else {
-                        continue;
-                    }
-                    if cut_at.is_none() {
+                        (tracker.idle_since() + limits.idle_timeout, limits.idle_timeout, "idle")
+                    };
+                    if due <= now && cut_at.is_none() {
+                        tracing::debug!(%peer, ?timeout, "{what}; closing");
                         conn.as_mut().graceful_shutdown();
                         cut_at = Some(now + CLOSE_GRACE);
                     }
-                } else if tracker.waiting.load(Ordering::Acquire) > 0
-                    && tracker.progress.load(Ordering::Acquire) == progress
-                    && stall.is_some_and(|(_, since)| since + limits.send_timeout <= now)
-                {
-                    tracing::debug!(%peer, timeout = ?limits.send_timeout, "the client stopped reading its response; closing");
-                    break "send timeout";
-                }
+                    // Not due yet (a request came and went since this was armed): the
+                    // real deadline, or the next sample if a request comes meanwhile.
+                    if due > now { due.min(now + check_every) } else { now + check_every }
+                } else {
+                    let waiting = tracker.waiting.load(Ordering::Acquire) > 0;
+                    let progress = tracker.progress.load(Ordering::Acquire);
+                    stall = match stall {
+                        Some((p, since)) if waiting && p == progress => Some((p, since)),
+                        _ if waiting => Some((progress, now)),
+                        _ => None,
+                    };
+                    if stall.is_some_and(|(_, since)| since + limits.send_timeout <= now) {
+                        tracing::debug!(%peer, timeout = ?limits.send_timeout, "the client stopped reading its response; closing");
+                        break "send timeout";
+                    }
+                    now + check_every
+                };
+                sleep.as_mut().reset(cut_at.map_or(next, |c| c.min(next)));
             }
-            () = tracker.changed.notified() => {}
-            () = conns.pressure.notified(), if in_flight == 0 && cut_at.is_none() => {
-                tracing::debug!(%peer, "at max_connections: closing an idle connection");
-                conn.as_mut().graceful_shutdown();
-                cut_at = Some(Instant::now() + CLOSE_GRACE);
+            () = conns.pressure.notified() => {
+                if tracker.in_flight.load(Ordering::Acquire) == 0 && cut_at.is_none() {
+                    tracing::debug!(%peer, "at max_connections: closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    let at = Instant::now() + CLOSE_GRACE;
+                    cut_at = Some(at);
+                    sleep.as_mut().reset(at);
+                }
             }
             ok = async { drain.wait_for(|d| *d).await.is_ok() }, if !draining => {
                 draining = true;

@@ -110,7 +110,6 @@ pub(crate) fn build_upstream(
     let mut b = Balancer::builder(policy(cfg))
         .drained(drained)
         .name(&cfg.name)
-        .http()
         .track_latency(true)
         .panic_threshold(cfg.panic_threshold as f64 / 100.0);
     // On in lb-core by default: `consecutive_failures = 0` (`None` here) turns it off

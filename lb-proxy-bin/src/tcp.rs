@@ -71,8 +71,11 @@ where
     let mut last = String::from("no eligible endpoint");
     let mut failed: Option<lb_core::EndpointId> = None;
     for _ in 0..=upstream.settings.retries {
-        let Some(picked) = upstream.balancer.pick_with(key, failed.as_ref()) else {
-            return Err(last);
+        let picked = match upstream.balancer.pick_with(key, failed.as_ref()) {
+            Ok(picked) => picked,
+            // After a failed attempt, that failure says more than "no endpoint".
+            Err(e) if failed.is_none() => return Err(e.to_string()),
+            Err(_) => return Err(last),
         };
         let mut guard = picked.guard;
         let addr = guard.endpoint().endpoint().addr();

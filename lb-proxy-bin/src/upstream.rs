@@ -11,14 +11,16 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use lb_core::balance::{hash_key, AnyPolicy};
 use lb_core::http::{is_connect_error, Body, EndpointService};
-use lb_core::{Balancer, BodyCompletion, EndpointId, ExtensionKey, Picked};
+use lb_core::{Balancer, EndpointId, Picked};
 use tower::ServiceExt;
 
 use crate::body::{ClientFault, Fault, UpstreamBody};
 use crate::metrics::Metrics;
 
-/// The balancer type every proxy service uses.
-pub(crate) type ProxyBalancer = Balancer<AnyPolicy, EndpointService, BodyCompletion, ExtensionKey>;
+/// The balancer type every proxy service uses. The proxy picks with `pick_with` and
+/// holds the guard in its own response body ([`UpstreamBody`]), so the balancer's
+/// protocol is the default: it is never called as a service.
+pub(crate) type ProxyBalancer = Balancer<AnyPolicy, EndpointService>;
 
 /// What a request's hash key is taken from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,14 +193,17 @@ impl Upstream {
                 parts.headers.clone()
             };
             // HAProxy's redispatch: a retry goes to another endpoint if one can take it.
-            let Some(Picked { service, mut guard }) = self.balancer.pick_with(key, avoid.as_ref()) else {
+            let Picked { service, mut guard } = match self.balancer.pick_with(key, avoid.as_ref()) {
+                Ok(picked) => picked,
                 // After a failed attempt, that failure is the answer (502).
-                return Err(match last {
-                    Some(prev) => Failure::Upstream(prev),
-                    None => Failure::NoEndpoints {
-                        overloaded: self.balancer.eligible() > 0,
-                    },
-                });
+                Err(e) => {
+                    return Err(match last {
+                        Some(prev) => Failure::Upstream(prev),
+                        None => Failure::NoEndpoints {
+                            overloaded: e.is_overloaded(),
+                        },
+                    })
+                }
             };
             let endpoint = guard.endpoint().id().clone();
             let call = service.oneshot(req);

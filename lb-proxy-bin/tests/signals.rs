@@ -8,13 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+use lb_test_support::{eventually_blocking, free_port, TempDir};
+
+/// How long any awaited condition may take.
+const LIMIT: Duration = Duration::from_secs(10);
 
 /// A tiny HTTP/1.1 backend on its own thread answering every request with `name`.
 fn backend(name: &'static str) -> SocketAddr {
@@ -76,14 +73,6 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success(), "kill -{sig}");
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Starts `lb-proxy run --config cfg` with its log (stderr) gathered line by line.
 fn run(cfg: &std::path::Path) -> (Child, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lb-proxy"))
@@ -114,22 +103,17 @@ fn logged(log: &Mutex<Vec<String>>, all: &[&str]) -> bool {
 
 /// Waits for the child to exit (at most `limit`).
 fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(st) = child.try_wait().expect("wait") {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "lb-proxy did not exit within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut status = None;
+    eventually_blocking("lb-proxy to exit", limit, || {
+        status = child.try_wait().expect("wait");
+        status.is_some()
+    });
+    status.expect("an exit status")
 }
 
 #[test]
 fn sighup_reloads_and_sigterm_stops() {
-    let dir_a = std::env::temp_dir().join(format!("lb-signals-{}-a", std::process::id()));
-    let dir_b = std::env::temp_dir().join(format!("lb-signals-{}-b", std::process::id()));
-    std::fs::create_dir_all(&dir_a).expect("dir");
-    std::fs::create_dir_all(&dir_b).expect("dir");
+    let (dir_a, dir_b) = (TempDir::new("signals-a"), TempDir::new("signals-b"));
     let cfg: PathBuf = dir_a.join("lb.toml");
     let (listen, admin) = (free_port(), free_port());
     let web = backend("web");
@@ -137,12 +121,11 @@ fn sighup_reloads_and_sigterm_stops() {
     // A second name for the same file, in another directory: writes through it do not
     // show in the proxy's watch of the first directory, so only SIGHUP can reload.
     let alias = dir_b.join("lb.toml");
-    let _ = std::fs::remove_file(&alias);
     std::fs::hard_link(&cfg, &alias).expect("hard link");
 
     let (mut child, log) = run(&cfg);
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    wait_for("the proxy to serve /old", || {
+    eventually_blocking("the proxy to serve /old", LIMIT, || {
         get(addr, "/old").is_some_and(|(s, _)| s == 200)
     });
     assert_eq!(get(addr, "/new").map(|r| r.0), Some(404));
@@ -157,7 +140,7 @@ fn sighup_reloads_and_sigterm_stops() {
         .and_then(|mut f| f.write_all(config(listen, admin, web, "/new").as_bytes()))
         .expect("rewrite config");
     signal(&child, "HUP");
-    wait_for("SIGHUP to apply the new routes", || {
+    eventually_blocking("SIGHUP to apply the new routes", LIMIT, || {
         get(addr, "/new").is_some_and(|(s, _)| s == 200)
     });
     assert!(
@@ -175,15 +158,14 @@ fn sighup_reloads_and_sigterm_stops() {
 
 #[test]
 fn sighup_in_the_first_moments_does_not_kill() {
-    let dir = std::env::temp_dir().join(format!("lb-signals-{}-early", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("signals-early");
     let cfg = dir.join("lb.toml");
     let (listen, admin) = (free_port(), free_port());
     std::fs::write(&cfg, config(listen, admin, backend("web"), "/")).expect("write config");
     let (mut child, log) = run(&cfg);
     // The first line is logged once the handlers are in: signal at once, and on and on
     // until the proxy serves.
-    wait_for("the first log line", || logged(&log, &["lb-proxy starting"]));
+    eventually_blocking("the first log line", LIMIT, || logged(&log, &["lb-proxy starting"]));
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -203,13 +185,11 @@ fn sighup_in_the_first_moments_does_not_kill() {
     assert!(child.try_wait().expect("wait").is_none(), "SIGHUP killed lb-proxy");
     signal(&child, "TERM");
     assert!(exit_within(&mut child, Duration::from_secs(10)).success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_second_sigterm_exits_at_once() {
-    let dir = std::env::temp_dir().join(format!("lb-signals-{}-twice", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("signals-twice");
     let cfg = dir.join("lb.toml");
     // A backend that takes requests and never answers.
     let hole = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -236,19 +216,19 @@ fn a_second_sigterm_exits_at_once() {
     std::fs::write(&cfg, text).expect("write config");
     let (mut child, log) = run(&cfg);
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    wait_for("the proxy to listen", || TcpStream::connect(addr).is_ok());
+    eventually_blocking("the proxy to listen", LIMIT, || TcpStream::connect(addr).is_ok());
     // A request in flight that nothing will ever answer.
     let mut held = TcpStream::connect(addr).expect("connect");
     held.write_all(b"GET /held HTTP/1.1\r\nhost: x\r\n\r\n").expect("write");
-    wait_for("the request to reach the backend", || {
+    eventually_blocking("the request to reach the backend", LIMIT, || {
         *taken.lock().expect("count") >= 1
     });
     signal(&child, "TERM");
     // Graceful: the listener closes, the request in flight is waited for (60 s grace).
-    wait_for("the listener to close", || {
+    eventually_blocking("the listener to close", LIMIT, || {
         TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
     });
-    wait_for("the shutdown to start", || logged(&log, &["shutting down"]));
+    eventually_blocking("the shutdown to start", LIMIT, || logged(&log, &["shutting down"]));
     assert!(
         child.try_wait().expect("wait").is_none(),
         "the first SIGTERM must wait for the request"
@@ -258,22 +238,19 @@ fn a_second_sigterm_exits_at_once() {
     assert_eq!(status.code(), Some(1), "a forced exit is not a clean one: {status:?}");
     assert!(logged(&log, &["second signal"]), "{:#?}", log.lock().expect("log"));
     drop(held);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_reload_refused_while_building_is_applied_by_the_next_sighup() {
-    let dir = std::env::temp_dir().join(format!("lb-signals-{}-refused", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("signals-refused");
     let cfg: PathBuf = dir.join("lb.toml");
     let more = dir.join("more.toml");
-    let _ = std::fs::remove_file(&more);
     let (listen, admin) = (free_port(), free_port());
     let (web, other) = (backend("web"), backend("more"));
     std::fs::write(&cfg, config(listen, admin, web, "/old")).expect("write config");
     let (mut child, log) = run(&cfg);
     let addr: SocketAddr = format!("127.0.0.1:{listen}").parse().expect("addr");
-    wait_for("the proxy to serve /old", || {
+    eventually_blocking("the proxy to serve /old", LIMIT, || {
         get(addr, "/old").is_some_and(|(s, _)| s == 200)
     });
 
@@ -285,17 +262,16 @@ fn a_reload_refused_while_building_is_applied_by_the_next_sighup() {
         config(listen, admin, web, "/old")
     );
     std::fs::write(&cfg, next).expect("rewrite config");
-    wait_for("the reload refused", || logged(&log, &["configuration refused"]));
+    eventually_blocking("the reload refused", LIMIT, || logged(&log, &["configuration refused"]));
     assert_eq!(get(addr, "/old").map(|r| r.0), Some(200), "the running config stays");
 
     // Once the endpoints file exists, SIGHUP applies the same config file: it is not
     // taken for "unchanged", since it never ran.
     std::fs::write(&more, format!("endpoints = [{{ addr = \"{other}\" }}]\n")).expect("write endpoints");
     signal(&child, "HUP");
-    wait_for("SIGHUP to apply the refused config", || {
+    eventually_blocking("SIGHUP to apply the refused config", LIMIT, || {
         get(addr, "/more").is_some_and(|(s, b)| s == 200 && b.trim() == "more")
     });
     signal(&child, "TERM");
     exit_within(&mut child, Duration::from_secs(10));
-    let _ = std::fs::remove_dir_all(&dir);
 }

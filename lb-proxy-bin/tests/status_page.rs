@@ -25,6 +25,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use lb_test_support::tls::{connector, Cert};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -371,7 +372,6 @@ fn now_unix() -> u64 {
 /// A self-signed certificate for `names` issued by (and to) [`ISSUER_CN`], valid from
 /// `from` to `until` (Unix seconds); returns its PEM, its key's PEM and its DER.
 fn self_signed(names: &[&str], from: u64, until: u64) -> (String, String, rustls::pki_types::CertificateDer<'static>) {
-    let key = rcgen::KeyPair::generate().expect("key pair");
     let mut params =
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
     let mut dn = rcgen::DistinguishedName::new();
@@ -380,8 +380,8 @@ fn self_signed(names: &[&str], from: u64, until: u64) -> (String, String, rustls
     let epoch = rcgen::date_time_ymd(1970, 1, 1);
     params.not_before = epoch + Duration::from_secs(from);
     params.not_after = epoch + Duration::from_secs(until);
-    let cert = params.self_signed(&key).expect("self-signed certificate");
-    (cert.pem(), key.serialize_pem(), cert.der().clone())
+    let cert = Cert::from_params(params, &rcgen::KeyPair::generate().expect("key pair"));
+    (cert.cert_pem, cert.key_pem, cert.der)
 }
 
 const ISSUER_CN: &str = "Status Page Test CA";
@@ -425,17 +425,9 @@ async fn https_get(
     name: &str,
     root: rustls::pki_types::CertificateDer<'static>,
 ) -> Result<(u16, String), String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).map_err(|e| e.to_string())?;
-    let cfg =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let server = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    let tls = connector(root, &[])
         .connect(server, tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lb_test_support::tls;
 use lb_tls::acme::{Acme, AcmeConfig, AcmeState, AcmeStatus, ChallengeKind, Http01Responder};
 use lb_tls::{CertStore, ACME_TLS_ALPN};
 use pebble::Pebble;
@@ -100,11 +101,7 @@ impl Rig {
     }
 
     async fn served_leaf_with_root(&self, name: &str, root_pem: &str) -> Result<Vec<u8>, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = client_config().with_root_certificates(roots).with_no_client_auth();
+        let config = tls::client_config_with_roots(tls::certs_from_pem(root_pem), &[]);
         handshake(self.tls_port, name, config).await
     }
 
@@ -113,7 +110,7 @@ impl Rig {
     async fn alpn_challenge_refused(&self, name: &str) -> bool {
         // Any certificate the server sends fails verification (it is self-signed), so
         // an alert *received* means the server had nothing to answer with.
-        let mut config = client_config()
+        let mut config = tls::client_builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
@@ -126,12 +123,6 @@ impl Rig {
     fn stored_cert(storage: &Path, name: &str) -> Option<Vec<u8>> {
         std::fs::read(storage.join("certs").join(format!("{name}.crt"))).ok()
     }
-}
-
-fn client_config() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier> {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
 }
 
 async fn handshake(port: u16, name: &str, config: rustls::ClientConfig) -> Result<Vec<u8>, String> {

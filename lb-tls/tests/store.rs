@@ -2,106 +2,39 @@
 //! challenge certificates, reports. Every check is a real TLS handshake, driven in memory.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lb_test_support::tls::{self, Cert};
+use lb_test_support::{eventually, TempDir};
 use lb_tls::{CertSource, CertStore, ACME_TLS_ALPN};
 use rcgen::{CertificateParams, DnType, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection, SignatureScheme};
+use rustls::{ClientConnection, DigitallySignedStruct, ServerConfig, ServerConnection, SignatureScheme};
 
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// How long a watch may take to serve a change.
+const LIMIT: Duration = Duration::from_secs(10);
 
-// ---- certificates -------------------------------------------------------------------
-
-/// A certificate and its key, as PEM, and the leaf as DER to recognise it in a handshake.
-struct Cert {
-    chain_pem: String,
-    key_pem: String,
-    der: Vec<u8>,
-}
-
-impl Cert {
-    /// Chain and key in one PEM.
-    fn combined(&self) -> String {
-        format!("{}{}", self.chain_pem, self.key_pem)
-    }
-}
-
-/// A self-signed certificate for `sans` (common name: the first, or `no-san`).
-fn cert(sans: &[&str]) -> Cert {
-    cert_with_key(sans, &KeyPair::generate().unwrap())
-}
+// ---- certificates and files ---------------------------------------------------------
 
 /// A self-signed certificate with no subject alternative names.
 fn cert_without_sans(common_name: &str) -> Cert {
-    let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(DnType::CommonName, common_name);
-    let c = params.self_signed(&key).unwrap();
-    Cert {
-        chain_pem: c.pem(),
-        key_pem: key.serialize_pem(),
-        der: c.der().to_vec(),
-    }
+    Cert::from_params(params, &KeyPair::generate().unwrap())
 }
 
-fn cert_with_key(sans: &[&str], key: &KeyPair) -> Cert {
-    let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, sans.first().copied().unwrap_or("no-san"));
-    let c = params.self_signed(key).unwrap();
-    Cert {
-        chain_pem: c.pem(),
-        key_pem: key.serialize_pem(),
-        der: c.der().to_vec(),
-    }
-}
-
-// ---- files --------------------------------------------------------------------------
-
-/// A directory under the system's temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("lb-tls-store-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-
-    /// Writes `cert`'s chain and key as `NAME.crt` and `NAME.key`, as a `Files` source.
-    fn files(&self, name: &str, cert: &Cert, names: &[&str]) -> CertSource {
-        CertSource::Files {
-            cert: self.write(&format!("{name}.crt"), &cert.chain_pem),
-            key: self.write(&format!("{name}.key"), &cert.key_pem),
-            names: names.iter().map(|n| n.to_string()).collect(),
-        }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Writes `cert`'s chain and key to `dir` as `NAME.crt` and `NAME.key`, as a `Files` source.
+fn files(dir: &TempDir, name: &str, cert: &Cert, names: &[&str]) -> CertSource {
+    CertSource::Files {
+        cert: dir.write(format!("{name}.crt"), &cert.cert_pem),
+        key: dir.write(format!("{name}.key"), &cert.key_pem),
+        names: names.iter().map(|n| n.to_string()).collect(),
     }
 }
 
@@ -156,19 +89,16 @@ impl ServerCertVerifier for AcceptAny {
 /// What a completed handshake showed the client.
 #[derive(Debug)]
 struct Served {
-    leaf: Vec<u8>,
+    leaf: CertificateDer<'static>,
     alpn: Option<Vec<u8>>,
 }
 
 /// A handshake with `server`, sending `sni` (none: the client connects to an address) and
 /// offering `alpn`; the server's certificate, or why it failed.
 fn handshake(server: &Arc<ServerConfig>, sni: Option<&str>, alpn: &[&[u8]]) -> Result<Served, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
+    let mut config = tls::client_builder()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(tls::provider())))
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = match sni {
@@ -197,7 +127,9 @@ fn handshake(server: &Arc<ServerConfig>, sni: Option<&str>, alpn: &[&[u8]]) -> R
             }
         }
         if !client.is_handshaking() && !srv.is_handshaking() {
-            let leaf = client.peer_certificates().ok_or("no server certificate")?[0].to_vec();
+            let leaf = client.peer_certificates().ok_or("no server certificate")?[0]
+                .clone()
+                .into_owned();
             return Ok(Served {
                 leaf,
                 alpn: client.alpn_protocol().map(<[u8]>::to_vec),
@@ -208,7 +140,7 @@ fn handshake(server: &Arc<ServerConfig>, sni: Option<&str>, alpn: &[&[u8]]) -> R
 }
 
 /// The leaf certificate served to a client sending `sni`; panics if the handshake fails.
-fn served(store: &CertStore, sni: Option<&str>) -> Vec<u8> {
+fn served(store: &CertStore, sni: Option<&str>) -> CertificateDer<'static> {
     handshake(&store.server_config(ALPN), sni, ALPN)
         .unwrap_or_else(|e| panic!("handshake for {sni:?}: {e}"))
         .leaf
@@ -217,10 +149,10 @@ fn served(store: &CertStore, sni: Option<&str>) -> Vec<u8> {
 /// Asserts which of `certs` (by label) each server name gets.
 #[track_caller]
 fn assert_serves(store: &CertStore, cases: &[(Option<&str>, &str)], certs: &[(&str, &Cert)]) {
-    let label = |der: &[u8]| {
+    let label = |der: &CertificateDer<'_>| {
         certs
             .iter()
-            .find(|(_, c)| c.der == der)
+            .find(|(_, c)| c.der == *der)
             .map_or("an unknown certificate", |(l, _)| *l)
     };
     let got: Vec<_> = cases
@@ -235,31 +167,22 @@ fn load_err(store: &CertStore, sources: &[CertSource]) -> String {
     store.load(sources).expect_err("the load should fail").to_string()
 }
 
-/// Polls `cond` every 20 ms until it holds, failing after 10 s.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 // ---- which certificate is served ----------------------------------------------------
 
 #[test]
 fn sni_selects_an_exact_name_then_a_wildcard_then_the_default() {
     let dir = TempDir::new("sni");
     let (default, exact, wild) = (
-        cert(&["default.test"]),
-        cert(&["a.example.com"]),
-        cert(&["w.example.com"]),
+        Cert::self_signed(&["default.test"]),
+        Cert::self_signed(&["a.example.com"]),
+        Cert::self_signed(&["w.example.com"]),
     );
     let store = CertStore::new();
     store
         .load(&[
-            dir.files("default", &default, &[]),
-            dir.files("exact", &exact, &["A.Example.com"]),
-            dir.files("wild", &wild, &["*.example.com"]),
+            files(&dir, "default", &default, &[]),
+            files(&dir, "exact", &exact, &["A.Example.com"]),
+            files(&dir, "wild", &wild, &["*.example.com"]),
         ])
         .unwrap();
     assert_serves(
@@ -281,12 +204,12 @@ fn sni_selects_an_exact_name_then_a_wildcard_then_the_default() {
 #[test]
 fn the_longest_wildcard_suffix_wins() {
     let dir = TempDir::new("longest");
-    let (short, long) = (cert(&["s.test"]), cert(&["l.test"]));
+    let (short, long) = (Cert::self_signed(&["s.test"]), Cert::self_signed(&["l.test"]));
     let store = CertStore::new();
     store
         .load(&[
-            dir.files("short", &short, &["*.example.com"]),
-            dir.files("long", &long, &["*.a.example.com"]),
+            files(&dir, "short", &short, &["*.example.com"]),
+            files(&dir, "long", &long, &["*.a.example.com"]),
         ])
         .unwrap();
     assert_serves(
@@ -300,7 +223,9 @@ fn the_longest_wildcard_suffix_wins() {
 fn without_a_default_an_unmatched_name_fails_the_handshake() {
     let dir = TempDir::new("nodefault");
     let store = CertStore::new();
-    store.load(&[dir.files("a", &cert(&["a.test"]), &["a.test"])]).unwrap();
+    store
+        .load(&[files(&dir, "a", &Cert::self_signed(&["a.test"]), &["a.test"])])
+        .unwrap();
     assert!(handshake(&store.server_config(ALPN), Some("b.test"), ALPN).is_err());
     assert!(handshake(&store.server_config(ALPN), None, ALPN).is_err());
     assert!(CertStore::new().is_empty());
@@ -311,23 +236,23 @@ fn without_a_default_an_unmatched_name_fails_the_handshake() {
 fn precedence_is_configured_name_then_managed_then_san_then_wildcard_then_default() {
     let dir = TempDir::new("precedence");
     let certs = TempDir::new("precedence-dir");
-    let configured = cert(&["configured.test"]);
-    let managed = cert(&["top.test", "managed.test", "san.test"]);
-    let from_dir = cert(&["san.test", "top.test", "managed.test", "x.wild.test", "dir.test"]);
-    let wild = cert(&["wild.test"]);
-    let default = cert(&["default.test", "dir.test"]);
-    certs.write("d.pem", from_dir.combined());
+    let configured = Cert::self_signed(&["configured.test"]);
+    let managed = Cert::self_signed(&["top.test", "managed.test", "san.test"]);
+    let from_dir = Cert::self_signed(&["san.test", "top.test", "managed.test", "x.wild.test", "dir.test"]);
+    let wild = Cert::self_signed(&["wild.test"]);
+    let default = Cert::self_signed(&["default.test", "dir.test"]);
+    certs.write("d.pem", from_dir.combined_pem());
 
     let store = CertStore::new();
     store
-        .set_managed("m", managed.chain_pem.as_bytes(), managed.key_pem.as_bytes(), "acme")
+        .set_managed("m", managed.cert_pem.as_bytes(), managed.key_pem.as_bytes(), "acme")
         .unwrap();
     store
         .load(&[
-            dir.files("default", &default, &[]),
+            files(&dir, "default", &default, &[]),
             CertSource::Dir(certs.path().to_path_buf()),
-            dir.files("wild", &wild, &["*.wild.test"]),
-            dir.files("configured", &configured, &["top.test"]),
+            files(&dir, "wild", &wild, &["*.wild.test"]),
+            files(&dir, "configured", &configured, &["top.test"]),
         ])
         .unwrap();
     assert_serves(
@@ -355,12 +280,15 @@ fn precedence_is_configured_name_then_managed_then_san_then_wildcard_then_defaul
 #[test]
 fn the_default_certificate_is_also_served_for_its_own_names_below_configured_names() {
     let dir = TempDir::new("default-sans");
-    let (default, named) = (cert(&["d.test", "*.d.test", "shared.test"]), cert(&["n.test"]));
+    let (default, named) = (
+        Cert::self_signed(&["d.test", "*.d.test", "shared.test"]),
+        Cert::self_signed(&["n.test"]),
+    );
     let store = CertStore::new();
     store
         .load(&[
-            dir.files("default", &default, &[]),
-            dir.files("named", &named, &["shared.test"]),
+            files(&dir, "default", &default, &[]),
+            files(&dir, "named", &named, &["shared.test"]),
         ])
         .unwrap();
     assert_serves(
@@ -384,14 +312,18 @@ fn the_default_certificate_is_also_served_for_its_own_names_below_configured_nam
 #[test]
 fn a_directory_serves_pem_files_and_crt_key_pairs_for_their_names() {
     let dir = TempDir::new("dir");
-    let (a, b, c) = (cert(&["a.test"]), cert(&["b.test"]), cert(&["c.test", "*.c.test"]));
-    dir.write("a.pem", a.combined());
-    dir.write("b.crt", &b.chain_pem);
+    let (a, b, c) = (
+        Cert::self_signed(&["a.test"]),
+        Cert::self_signed(&["b.test"]),
+        Cert::self_signed(&["c.test", "*.c.test"]),
+    );
+    dir.write("a.pem", a.combined_pem());
+    dir.write("b.crt", &b.cert_pem);
     dir.write("b.key", &b.key_pem);
-    dir.write("c.cert", &c.chain_pem);
+    dir.write("c.cert", &c.cert_pem);
     dir.write("c.key", &c.key_pem);
     dir.write("README.txt", "not a certificate");
-    dir.write("orphan.key", cert(&["o.test"]).key_pem);
+    dir.write("orphan.key", Cert::self_signed(&["o.test"]).key_pem);
     std::fs::create_dir(dir.path().join("sub.pem")).unwrap();
 
     let store = CertStore::new();
@@ -435,13 +367,13 @@ fn a_directory_serves_pem_files_and_crt_key_pairs_for_their_names() {
 fn a_default_file_takes_precedence_over_the_first_file_of_a_directory() {
     let dir = TempDir::new("dir-default");
     let certs = TempDir::new("dir-default-certs");
-    let (a, default) = (cert(&["a.test"]), cert(&["default.test"]));
-    certs.write("a.pem", a.combined());
+    let (a, default) = (Cert::self_signed(&["a.test"]), Cert::self_signed(&["default.test"]));
+    certs.write("a.pem", a.combined_pem());
     let store = CertStore::new();
     store
         .load(&[
             CertSource::Dir(certs.path().to_path_buf()),
-            dir.files("default", &default, &[]),
+            files(&dir, "default", &default, &[]),
         ])
         .unwrap();
     assert_serves(
@@ -453,12 +385,12 @@ fn a_default_file_takes_precedence_over_the_first_file_of_a_directory() {
 
 #[test]
 fn an_environment_variable_with_escaped_newlines_is_loaded() {
-    let (escaped, plain) = (cert(&["escaped.test"]), cert(&["plain.test"]));
+    let (escaped, plain) = (Cert::self_signed(&["escaped.test"]), Cert::self_signed(&["plain.test"]));
     // tutum/haproxy's SSL_CERT: the PEM on one line, `\n` written as backslash and n.
-    let one_line = escaped.combined().trim_end().replace('\n', "\\n");
+    let one_line = escaped.combined_pem().trim_end().replace('\n', "\\n");
     assert!(!one_line.contains('\n'));
     std::env::set_var("LB_TLS_TEST_ESCAPED_CERT", &one_line);
-    std::env::set_var("LB_TLS_TEST_PLAIN_CERT", plain.combined());
+    std::env::set_var("LB_TLS_TEST_PLAIN_CERT", plain.combined_pem());
 
     let store = CertStore::new();
     store
@@ -496,7 +428,7 @@ fn a_missing_or_empty_environment_variable_is_an_error_naming_it() {
         "{err}"
     );
 
-    std::env::set_var("LB_TLS_TEST_KEYLESS_CERT", cert(&["k.test"]).chain_pem);
+    std::env::set_var("LB_TLS_TEST_KEYLESS_CERT", Cert::self_signed(&["k.test"]).cert_pem);
     let err = load_err(&store, &[env_source("LB_TLS_TEST_KEYLESS_CERT", &[])]);
     assert!(
         err.contains("env:LB_TLS_TEST_KEYLESS_CERT") && err.contains("no PEM private key"),
@@ -507,7 +439,7 @@ fn a_missing_or_empty_environment_variable_is_an_error_naming_it() {
 #[test]
 fn a_certificate_file_without_a_certificate_is_an_error_naming_it() {
     let dir = TempDir::new("nocert");
-    let c = cert(&["a.test"]);
+    let c = Cert::self_signed(&["a.test"]);
     let cert_file = dir.write("a.crt", "hello");
     let key = dir.write("a.key", &c.key_pem);
     let err = load_err(
@@ -524,9 +456,9 @@ fn a_certificate_file_without_a_certificate_is_an_error_naming_it() {
 #[test]
 fn a_key_file_without_a_key_is_an_error_naming_it() {
     let dir = TempDir::new("nokey");
-    let c = cert(&["a.test"]);
-    let cert_file = dir.write("a.crt", &c.chain_pem);
-    let key = dir.write("a.key", &c.chain_pem);
+    let c = Cert::self_signed(&["a.test"]);
+    let cert_file = dir.write("a.crt", &c.cert_pem);
+    let key = dir.write("a.key", &c.cert_pem);
     let err = load_err(
         &CertStore::new(),
         &[CertSource::Files {
@@ -541,8 +473,8 @@ fn a_key_file_without_a_key_is_an_error_naming_it() {
 #[test]
 fn a_key_that_does_not_match_its_certificate_is_an_error_naming_both_files() {
     let dir = TempDir::new("mismatch");
-    let cert_file = dir.write("a.crt", cert(&["a.test"]).chain_pem);
-    let key = dir.write("a.key", cert(&["a.test"]).key_pem);
+    let cert_file = dir.write("a.crt", Cert::self_signed(&["a.test"]).cert_pem);
+    let key = dir.write("a.key", Cert::self_signed(&["a.test"]).key_pem);
     let err = load_err(
         &CertStore::new(),
         &[CertSource::Files {
@@ -582,8 +514,8 @@ fn a_missing_file_is_an_error_naming_it() {
 #[test]
 fn a_pem_file_without_a_key_in_a_directory_is_an_error_naming_it() {
     let dir = TempDir::new("dir-nokey");
-    dir.write("a.pem", cert(&["a.test"]).combined());
-    let keyless = dir.write("b.pem", cert(&["b.test"]).chain_pem);
+    dir.write("a.pem", Cert::self_signed(&["a.test"]).combined_pem());
+    let keyless = dir.write("b.pem", Cert::self_signed(&["b.test"]).cert_pem);
     let err = load_err(&CertStore::new(), &[CertSource::Dir(dir.path().to_path_buf())]);
     assert_eq!(err, format!("{}: no PEM private key", keyless.display()));
 }
@@ -602,8 +534,8 @@ fn an_unreadable_directory_is_an_error_naming_it() {
 #[test]
 fn an_encrypted_key_or_an_invalid_name_is_an_error_saying_so() {
     let dir = TempDir::new("encrypted");
-    let c = cert(&["a.test"]);
-    let cert_file = dir.write("a.crt", &c.chain_pem);
+    let c = Cert::self_signed(&["a.test"]);
+    let cert_file = dir.write("a.crt", &c.cert_pem);
     let key = dir.write(
         "a.key",
         "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBAA==\n-----END ENCRYPTED PRIVATE KEY-----\n",
@@ -636,16 +568,16 @@ fn an_encrypted_key_or_an_invalid_name_is_an_error_saying_so() {
 #[test]
 fn a_failed_load_changes_nothing() {
     let dir = TempDir::new("failed-load");
-    let (old, new) = (cert(&["old.test"]), cert(&["new.test"]));
+    let (old, new) = (Cert::self_signed(&["old.test"]), Cert::self_signed(&["new.test"]));
     let store = CertStore::new();
-    store.load(&[dir.files("old", &old, &[])]).unwrap();
+    store.load(&[files(&dir, "old", &old, &[])]).unwrap();
     let before = store.certificates();
 
     let good = TempDir::new("failed-load-new");
     let err = load_err(
         &store,
         &[
-            good.files("new", &new, &[]),
+            files(&good, "new", &new, &[]),
             CertSource::Files {
                 cert: dir.path().join("absent.crt"),
                 key: dir.path().join("absent.key"),
@@ -668,13 +600,13 @@ fn a_failed_load_changes_nothing() {
 fn managed_certificates_survive_a_load_and_lose_to_configured_names() {
     let dir = TempDir::new("managed");
     let (default, configured, managed) = (
-        cert(&["default.test"]),
-        cert(&["c.test"]),
-        cert(&["m.test", "c.test", "*.m.test"]),
+        Cert::self_signed(&["default.test"]),
+        Cert::self_signed(&["c.test"]),
+        Cert::self_signed(&["m.test", "c.test", "*.m.test"]),
     );
     let store = CertStore::new();
     store
-        .set_managed("site", managed.chain_pem.as_bytes(), managed.key_pem.as_bytes(), "acme")
+        .set_managed("site", managed.cert_pem.as_bytes(), managed.key_pem.as_bytes(), "acme")
         .unwrap();
     let certs = [
         ("default", &default),
@@ -691,8 +623,8 @@ fn managed_certificates_survive_a_load_and_lose_to_configured_names() {
 
     store
         .load(&[
-            dir.files("default", &default, &[]),
-            dir.files("c", &configured, &["c.test"]),
+            files(&dir, "default", &default, &[]),
+            files(&dir, "c", &configured, &["c.test"]),
         ])
         .unwrap();
     assert_serves(
@@ -706,7 +638,7 @@ fn managed_certificates_survive_a_load_and_lose_to_configured_names() {
         &certs,
     );
 
-    store.load(&[dir.files("default", &default, &[])]).unwrap();
+    store.load(&[files(&dir, "default", &default, &[])]).unwrap();
     assert_serves(
         &store,
         &[(Some("m.test"), "managed"), (Some("c.test"), "managed")],
@@ -726,20 +658,20 @@ fn managed_certificates_survive_a_load_and_lose_to_configured_names() {
 
 #[test]
 fn a_managed_certificate_is_replaced_under_its_id_and_a_bad_one_changes_nothing() {
-    let (first, second) = (cert(&["m.test"]), cert(&["m.test"]));
+    let (first, second) = (Cert::self_signed(&["m.test"]), Cert::self_signed(&["m.test"]));
     let store = CertStore::new();
     store
-        .set_managed("m", first.chain_pem.as_bytes(), first.key_pem.as_bytes(), "acme")
+        .set_managed("m", first.cert_pem.as_bytes(), first.key_pem.as_bytes(), "acme")
         .unwrap();
     store
-        .set_managed("m", second.chain_pem.as_bytes(), second.key_pem.as_bytes(), "acme")
+        .set_managed("m", second.cert_pem.as_bytes(), second.key_pem.as_bytes(), "acme")
         .unwrap();
     let certs = [("first", &first), ("second", &second)];
     assert_serves(&store, &[(Some("m.test"), "second")], &certs);
     assert_eq!(store.certificates().len(), 1);
 
     let err = store
-        .set_managed("m", first.chain_pem.as_bytes(), second.key_pem.as_bytes(), "acme")
+        .set_managed("m", first.cert_pem.as_bytes(), second.key_pem.as_bytes(), "acme")
         .unwrap_err()
         .to_string();
     assert!(err.contains("acme") && err.contains("does not match"), "{err}");
@@ -749,18 +681,25 @@ fn a_managed_certificate_is_replaced_under_its_id_and_a_bad_one_changes_nothing(
 fn certified_key(c: &Cert) -> Arc<CertifiedKey> {
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut c.key_pem.as_bytes()).unwrap().unwrap();
     let signing = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
-    Arc::new(CertifiedKey::new(vec![CertificateDer::from(c.der.clone())], signing))
+    Arc::new(CertifiedKey::new(vec![c.der.clone()], signing))
 }
 
 #[test]
 fn a_challenge_certificate_is_served_only_for_alpn_acme_tls_1() {
     let dir = TempDir::new("challenge");
-    let (default, site, challenge) = (cert(&["default.test"]), cert(&["c.test"]), cert(&["c.test"]));
+    let (default, site, challenge) = (
+        Cert::self_signed(&["default.test"]),
+        Cert::self_signed(&["c.test"]),
+        Cert::self_signed(&["c.test"]),
+    );
     let store = CertStore::new();
     store
-        .load(&[dir.files("default", &default, &[]), dir.files("c", &site, &["c.test"])])
+        .load(&[
+            files(&dir, "default", &default, &[]),
+            files(&dir, "c", &site, &["c.test"]),
+        ])
         .unwrap();
-    let other = cert(&["other.test"]);
+    let other = Cert::self_signed(&["other.test"]);
     store.set_challenge("C.test", Some(certified_key(&challenge)));
     store.set_challenge("other.test", Some(certified_key(&other)));
     store.set_challenge("other.test", None);
@@ -800,27 +739,28 @@ fn certificates_report_names_issuer_validity_source_and_default() {
     params.not_after = rcgen::date_time_ymd(2034, 1, 1);
     let leaf = params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     let leaf_cert = Cert {
-        chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+        cert_pem: format!("{}{}", leaf.pem(), ca.pem()),
         key_pem: leaf_key.serialize_pem(),
-        der: leaf.der().to_vec(),
+        der: leaf.der().clone(),
+        key_der: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
     };
     // No subject alternative names: served for and reported by its common name.
     let legacy = cert_without_sans("Legacy.Test");
-    let managed = cert(&["m.test"]);
+    let managed = Cert::self_signed(&["m.test"]);
 
     let store = CertStore::new();
-    let source = dir.files("leaf", &leaf_cert, &[]);
+    let source = files(&dir, "leaf", &leaf_cert, &[]);
     let CertSource::Files { cert: leaf_path, .. } = &source else {
         unreachable!()
     };
     store
         .load(&[
             source.clone(),
-            dir.files("legacy", &legacy, &["legacy.test", "*.legacy.test"]),
+            files(&dir, "legacy", &legacy, &["legacy.test", "*.legacy.test"]),
         ])
         .unwrap();
     store
-        .set_managed("m", managed.chain_pem.as_bytes(), managed.key_pem.as_bytes(), "acme")
+        .set_managed("m", managed.cert_pem.as_bytes(), managed.key_pem.as_bytes(), "acme")
         .unwrap();
 
     let infos = store.certificates();
@@ -846,7 +786,7 @@ fn certificates_report_names_issuer_validity_source_and_default() {
 
     // Served for its common name when it has no subject alternative names.
     let only_cn = TempDir::new("report-cn");
-    only_cn.write("legacy.pem", legacy.combined());
+    only_cn.write("legacy.pem", legacy.combined_pem());
     let store = CertStore::new();
     store.load(&[CertSource::Dir(only_cn.path().to_path_buf())]).unwrap();
     assert_eq!(store.certificates()[0].names, ["legacy.test"]);
@@ -858,14 +798,9 @@ fn days_left_counts_fractional_days_and_is_negative_once_expired() {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(vec!["d.test".to_string()]).unwrap();
     params.not_after = rcgen::date_time_ymd(2030, 1, 11);
-    let c = params.self_signed(&key).unwrap();
-    let c = Cert {
-        chain_pem: c.pem(),
-        key_pem: key.serialize_pem(),
-        der: c.der().to_vec(),
-    };
+    let c = Cert::from_params(params, &key);
     let store = CertStore::new();
-    store.load(&[dir.files("d", &c, &[])]).unwrap();
+    store.load(&[files(&dir, "d", &c, &[])]).unwrap();
     let info = &store.certificates()[0];
     let jan_1_2030 = UNIX_EPOCH + Duration::from_secs(1_893_456_000);
     assert_eq!(info.days_left(jan_1_2030), 10.0);
@@ -884,12 +819,17 @@ fn days_left_counts_fractional_days_and_is_negative_once_expired() {
 /// until a first replacement is served: the watch reloads once when it starts, so only a
 /// change after that one proves that changes are seen.
 async fn watch_site(dir: &TempDir, store: &CertStore, key: &KeyPair) -> tokio::task::JoinHandle<()> {
-    let sources = vec![dir.files("site", &cert_with_key(&["site.test"], key), &[])];
+    let sources = vec![files(
+        dir,
+        "site",
+        &Cert::self_signed_with_key(&["site.test"], key),
+        &[],
+    )];
     store.load(&sources).unwrap();
     let watch = tokio::spawn(store.watch_with_interval(sources, Duration::from_millis(20)));
-    let started = cert_with_key(&["site.test", "started.test"], key);
-    dir.write("site.crt", &started.chain_pem);
-    eventually("the watch has started", || served(store, None) == started.der).await;
+    let started = Cert::self_signed_with_key(&["site.test", "started.test"], key);
+    dir.write("site.crt", &started.cert_pem);
+    eventually("the watch has started", LIMIT, || served(store, None) == started.der).await;
     watch
 }
 
@@ -900,9 +840,12 @@ async fn a_replaced_certificate_file_is_served_at_the_next_handshake() {
     let store = CertStore::new();
     let watch = watch_site(&dir, &store, &key).await;
 
-    let new = cert_with_key(&["new.test"], &key);
-    dir.write("site.crt", &new.chain_pem);
-    eventually("the new certificate is served", || served(&store, None) == new.der).await;
+    let new = Cert::self_signed_with_key(&["new.test"], &key);
+    dir.write("site.crt", &new.cert_pem);
+    eventually("the new certificate is served", LIMIT, || {
+        served(&store, None) == new.der
+    })
+    .await;
     assert_eq!(store.certificates()[0].names, ["new.test"]);
     watch.abort();
 }
@@ -914,14 +857,14 @@ async fn a_renewal_writing_the_certificate_then_the_key_never_interrupts_service
     let store = CertStore::new();
     let watch = watch_site(&dir, &store, &key).await;
     let old = served(&store, None);
-    let new = cert(&["site.test"]);
+    let new = Cert::self_signed(&["site.test"]);
 
     // In between, the new certificate and the old key do not match: that reload fails,
     // and the old pair stays served until the key arrives.
-    dir.write("site.crt", &new.chain_pem);
+    dir.write("site.crt", &new.cert_pem);
     assert_eq!(served(&store, Some("site.test")), old);
     dir.write("site.key", &new.key_pem);
-    eventually("the new pair is served", || {
+    eventually("the new pair is served", LIMIT, || {
         let leaf = served(&store, Some("site.test"));
         assert!(
             leaf == old || leaf == new.der,
@@ -940,13 +883,13 @@ async fn a_bad_file_keeps_the_old_certificate_and_the_next_good_change_is_loaded
     let store = CertStore::new();
     let watch = watch_site(&dir, &store, &key).await;
     let old = served(&store, None);
-    let new = cert_with_key(&["site.test", "new.test"], &key);
+    let new = Cert::self_signed_with_key(&["site.test", "new.test"], &key);
 
     // Whenever the watch reads it, the reload fails and the old certificate stays.
     dir.write("site.crt", "truncated");
     assert_eq!(served(&store, None), old);
-    dir.write("site.crt", &new.chain_pem);
-    eventually("the good certificate is served", || {
+    dir.write("site.crt", &new.cert_pem);
+    eventually("the good certificate is served", LIMIT, || {
         let leaf = served(&store, None);
         assert!(
             leaf == old || leaf == new.der,
@@ -961,17 +904,21 @@ async fn a_bad_file_keeps_the_old_certificate_and_the_next_good_change_is_loaded
 #[tokio::test]
 async fn certificates_added_to_or_removed_from_a_watched_directory_are_served_or_dropped() {
     let dir = TempDir::new("watch-dir");
-    let (a, b, c) = (cert(&["a.test"]), cert(&["b.test"]), cert(&["c.test"]));
-    dir.write("a.pem", a.combined());
+    let (a, b, c) = (
+        Cert::self_signed(&["a.test"]),
+        Cert::self_signed(&["b.test"]),
+        Cert::self_signed(&["c.test"]),
+    );
+    dir.write("a.pem", a.combined_pem());
     let sources = vec![CertSource::Dir(dir.path().to_path_buf())];
     let store = CertStore::new();
     store.load(&sources).unwrap();
     let watch = tokio::spawn(store.watch_with_interval(sources, Duration::from_millis(20)));
     assert_eq!(served(&store, Some("b.test")), a.der);
 
-    dir.write("b.crt", &b.chain_pem);
+    dir.write("b.crt", &b.cert_pem);
     dir.write("b.key", &b.key_pem);
-    eventually("b.test gets its certificate", || {
+    eventually("b.test gets its certificate", LIMIT, || {
         served(&store, Some("b.test")) == b.der
     })
     .await;
@@ -979,13 +926,13 @@ async fn certificates_added_to_or_removed_from_a_watched_directory_are_served_or
 
     // The watch reloads once as it starts; these changes come after that.
     std::fs::remove_file(dir.path().join("b.crt")).unwrap();
-    eventually("b.test falls back to the default", || {
+    eventually("b.test falls back to the default", LIMIT, || {
         served(&store, Some("b.test")) == a.der
     })
     .await;
     assert_eq!(store.certificates().len(), 1);
-    dir.write("c.pem", c.combined());
-    eventually("c.test gets its certificate", || {
+    dir.write("c.pem", c.combined_pem());
+    eventually("c.test gets its certificate", LIMIT, || {
         served(&store, Some("c.test")) == c.der
     })
     .await;

@@ -41,7 +41,7 @@ impl LeastConn {
     }
 }
 
-/// The tournament tree of one snapshot.
+/// The tournament tree of one snapshot: [`LeastConn`]'s per-snapshot state, opaque.
 #[derive(Debug)]
 pub struct Tree {
     /// `nodes[1]` is the root; leaves sit at `leaves..2 * leaves`.
@@ -166,7 +166,7 @@ impl Tree {
     }
 
     /// The current winner: the index of a least-loaded endpoint.
-    pub fn winner(&self) -> Option<usize> {
+    pub(crate) fn winner(&self) -> Option<usize> {
         match self.nodes.get(1).map(|n| n.load(Relaxed)) {
             Some(EMPTY) | None => None,
             Some(i) => Some(i as usize),

@@ -54,7 +54,7 @@ pub use self::maglev::{hash_key, Maglev, Table as MaglevTable};
 pub use self::p2c::{Load, P2c, PeakEwma, PendingRequests};
 pub use self::random::{Random, Weighted};
 pub use self::round_robin::RoundRobin;
-pub use self::wrr::{smooth_schedule, Schedule, WeightedRoundRobin};
+pub use self::wrr::{Schedule, WeightedRoundRobin};
 
 pub(crate) use self::rng::Rng;
 

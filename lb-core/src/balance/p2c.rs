@@ -19,6 +19,12 @@ use super::{bounded, Balance, Candidates, PickContext, Rng};
 use crate::state::{now_ns, EndpointState};
 
 /// How loaded an endpoint is, for [`P2c`]. Lower is better.
+///
+/// Not tower's `tower::load::Load`, though it measures the same thing: tower's is
+/// implemented by an endpoint's *service* (a wrapper that counts its own requests), this
+/// one by a *measure* that reads the endpoint's shared state ([`EndpointState`]), which the
+/// balancer keeps for every endpoint whatever its service. Import one of the two under
+/// another name if a module needs both.
 pub trait Load: Send + Sync + 'static {
     /// The endpoint's load at `now` (nanoseconds on the process clock, or 0 when
     /// [`needs_clock`](Load::needs_clock) is false). Compared per unit of weight.
@@ -44,6 +50,9 @@ pub trait Load: Send + Sync + 'static {
 }
 
 /// Load = requests in flight (their response bodies included).
+///
+/// The measure of tower's `tower::load::PendingRequests`, but not a service wrapper: a
+/// unit value handed to [`P2c`], reading the count the balancer keeps per endpoint.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PendingRequests;
 
@@ -66,6 +75,12 @@ impl Load for PendingRequests {
 /// balancer's failure penalty ([`Builder::failure_penalty`](crate::Builder::failure_penalty),
 /// default 1 s), so an endpoint that fails fast looks slow, not fast; a cancelled one
 /// is no sample. Times are read from tokio's clock, which a test can pause.
+///
+/// The measure of tower's `tower::load::PeakEwma`, but not a service wrapper: the
+/// estimate lives in the endpoint's shared state and survives discovery updates; this
+/// value only holds the decay time. Unlike tower's, a failure is sampled as at least
+/// the failure penalty, and weights count (a weight-3 endpoint at equal cost takes three
+/// times the share).
 #[derive(Clone, Copy, Debug)]
 pub struct PeakEwma {
     decay_ns: f64,

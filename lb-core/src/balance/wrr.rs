@@ -38,17 +38,12 @@ impl WeightedRoundRobin {
     }
 }
 
-/// One laid-out cycle. Empty when all weights are equal (the cursor then walks the set).
+/// One laid-out cycle: [`WeightedRoundRobin`]'s per-snapshot state, opaque. Empty when
+/// all weights are equal (the cursor then walks the set).
 #[derive(Debug)]
 pub struct Schedule {
+    /// The endpoint indices of one cycle, in pick order.
     order: Box<[u32]>,
-}
-
-impl Schedule {
-    /// The endpoint indices of one cycle, in pick order. Empty for equal weights.
-    pub fn order(&self) -> &[u32] {
-        &self.order
-    }
 }
 
 impl Balance for WeightedRoundRobin {
@@ -97,7 +92,7 @@ pub(crate) fn reduce(weights: &[u32]) -> Vec<u64> {
 }
 
 /// Lays out one cycle of smooth weighted round robin.
-pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
+pub(crate) fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
     let w = reduce(weights);
     let n = w.len();
     let total: u64 = w.iter().sum();

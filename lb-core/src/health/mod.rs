@@ -21,16 +21,25 @@
 //! An endpoint that joins after the first set, or comes back from ejection or
 //! unhealthy, ramps its effective weight linearly from 10% over `slow_start` (HAProxy's
 //! `slowstart`, Envoy's `slow_start_config` with aggression 1).
+//!
+//! Inside the crate, one file per concern: `active` (the probe task and the rise/fall
+//! rule), `outlier` (the failure streak's wake-up, ejection and re-admission), and
+//! `slow_start` (the ramp); the balancer's writer drives all three.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 
+pub(crate) mod active;
+pub(crate) mod outlier;
+pub(crate) mod slow_start;
 mod tcp;
 
+pub use self::active::CheckConfig;
+pub use self::outlier::OutlierConfig;
+pub use self::slow_start::SlowStart;
 pub use self::tcp::TcpProbe;
 
 /// A boxed, sendable future, as probes return.
@@ -71,86 +80,5 @@ where
 {
     fn check(&self, endpoint: &Endpoint) -> BoxFuture<Result<(), ProbeError>> {
         Box::pin(self(endpoint))
-    }
-}
-
-/// How often and how strictly active checks run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CheckConfig {
-    /// Time between two probes of one endpoint. Default 2 s (HAProxy's `inter`).
-    pub interval: Duration,
-    /// A probe that takes longer fails. Default 1 s.
-    pub timeout: Duration,
-    /// Passes in a row to become healthy. Default 2.
-    pub rise: u32,
-    /// Failures in a row to become unhealthy. Default 3.
-    pub fall: u32,
-}
-
-impl Default for CheckConfig {
-    fn default() -> Self {
-        Self {
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 3,
-        }
-    }
-}
-
-/// Passive outlier detection: on by default in a [`Builder`](crate::Builder), with
-/// these defaults; see [`Builder::outlier_detection`](crate::Builder::outlier_detection).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct OutlierConfig {
-    /// Failures in a row (errors, timeouts, or 5xx for HTTP) that eject an endpoint;
-    /// cancelled requests neither count nor break the streak. Default 5; 0 turns
-    /// outlier detection off.
-    pub consecutive_failures: u32,
-    /// The first ejection lasts this long; the k-th, k times as long. Default 10 s.
-    pub base_ejection: Duration,
-    /// No ejection lasts longer. Default 300 s.
-    pub max_ejection: Duration,
-    /// At most this share of endpoints is ejected at once (at least one may always be).
-    /// Default 0.5.
-    pub max_ejection_percent: f64,
-}
-
-impl Default for OutlierConfig {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(10),
-            max_ejection: Duration::from_secs(300),
-            max_ejection_percent: 0.5,
-        }
-    }
-}
-
-/// Slow start: the effective weight of an endpoint that joins late or recovers ramps
-/// up over `window`, from `min_weight_percent` of its weight.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SlowStart {
-    /// How long the ramp lasts.
-    pub window: Duration,
-    /// The share of the weight it starts at. Default 0.1.
-    pub min_weight_percent: f64,
-}
-
-impl SlowStart {
-    /// A linear ramp over `window` from 10%.
-    pub fn new(window: Duration) -> Self {
-        Self {
-            window,
-            min_weight_percent: 0.1,
-        }
-    }
-
-    /// The factor applied to the weight `elapsed` after the ramp began.
-    pub fn factor(&self, elapsed: Duration) -> f64 {
-        if self.window.is_zero() || elapsed >= self.window {
-            return 1.0;
-        }
-        let t = elapsed.as_secs_f64() / self.window.as_secs_f64();
-        t.max(self.min_weight_percent.clamp(0.0, 1.0))
     }
 }

@@ -9,6 +9,10 @@
 //!   response for the hop back.
 //! - [`upgrade`] splices an HTTP Upgrade (WebSocket) once the endpoint answers 101.
 //! - [`HttpProbe`] is an active health check: `GET path`, 2xx or 3xx passes.
+//! - [`Http`] is the balancer's protocol for HTTP, what
+//!   [`Builder::http`](crate::Builder::http) sets: a request is in flight until its
+//!   response body ends ([`TrackedBody`]), a 5xx is a failure, and the hash key and the
+//!   endpoint to avoid come from the request's extensions.
 //! - `TlsConnect` (feature `tls`) makes [`HttpConnect`] reach endpoints over TLS.
 //!
 //! # Calling HTTPS endpoints (feature `tls`)
@@ -53,6 +57,7 @@
 mod client;
 pub mod forward;
 mod probe;
+mod protocol;
 #[cfg(feature = "tls")]
 mod tls;
 pub mod upgrade;
@@ -61,6 +66,7 @@ pub use self::client::{
     is_connect_error, ClientConfig, ClientError, EndpointService, HttpConnect, ResponseBody, ResponseFuture,
 };
 pub use self::probe::HttpProbe;
+pub use self::protocol::{Http, TrackedBody};
 #[cfg(feature = "tls")]
 pub use self::tls::{TlsConnect, TlsError, TLS_SERVER_NAME};
 

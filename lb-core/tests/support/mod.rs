@@ -158,7 +158,7 @@ pub fn find(status: &BalancerStatus, i: usize) -> Option<&EndpointStatus> {
 }
 
 /// The status of endpoint `i`; panics if the balancer does not hold it.
-pub fn status_of<P, S, C, K>(lb: &Balancer<P, S, C, K>, i: usize) -> EndpointStatus
+pub fn status_of<P, S, R>(lb: &Balancer<P, S, R>, i: usize) -> EndpointStatus
 where
     P: lb_core::balance::Balance,
 {
@@ -169,7 +169,7 @@ where
 }
 
 /// The health of endpoint `i`, or `None` if the balancer no longer holds it.
-pub fn health_of<P, S, C, K>(lb: &Balancer<P, S, C, K>, i: usize) -> Option<Health>
+pub fn health_of<P, S, R>(lb: &Balancer<P, S, R>, i: usize) -> Option<Health>
 where
     P: lb_core::balance::Balance,
 {
@@ -297,7 +297,7 @@ pub fn scripted(
 
 /// Endpoint `i`'s current failure streak, read through a pick whose guard is dropped
 /// at once (a cancellation: it changes no streak, but counts as a request started).
-pub fn streak_of<P, S, C, K>(lb: &Balancer<P, S, C, K>, i: usize) -> u32
+pub fn streak_of<P, S, R>(lb: &Balancer<P, S, R>, i: usize) -> u32
 where
     P: lb_core::balance::Balance,
     S: Clone + Send + Sync + 'static,

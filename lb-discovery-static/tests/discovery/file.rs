@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use lb_discovery_static::{EndpointsFile, Error, Location};
+use lb_test_support::TempDir;
 
-use crate::support::{assert_quiet, endpoints, expect_err, ids, next_reset, overwrite, replace, ScratchDir, Warnings};
+use crate::support::{assert_quiet, endpoints, expect_err, ids, next_reset, overwrite, replace, Warnings};
 
 /// How long a change may take to arrive: debounce plus slack for a loaded machine.
 const WITHIN: Duration = Duration::from_secs(3);
@@ -19,8 +20,8 @@ fn watcher(path: &std::path::Path) -> EndpointsFile {
 
 #[tokio::test]
 async fn the_file_at_start_gives_a_reset() {
-    let dir = ScratchDir::new("start");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-start");
+    let path = dir.join("endpoints.toml");
     overwrite(
         &path,
         r#"endpoints = [
@@ -40,8 +41,8 @@ async fn the_file_at_start_gives_a_reset() {
 
 #[tokio::test]
 async fn edits_by_rename_and_in_place_yield_resets() {
-    let dir = ScratchDir::new("edits");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-edits");
+    let path = dir.join("endpoints.toml");
     overwrite(&path, &endpoints(&["127.0.0.1:9001"]));
     let mut updates = watcher(&path).watch().unwrap();
     assert_eq!(ids(&next_reset(&mut updates, WITHIN).await), ["127.0.0.1:9001"]);
@@ -61,8 +62,8 @@ async fn edits_by_rename_and_in_place_yield_resets() {
 
 #[tokio::test]
 async fn a_bad_edit_keeps_the_last_set_until_a_good_one() {
-    let dir = ScratchDir::new("bad");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-bad");
+    let path = dir.join("endpoints.toml");
     overwrite(&path, &endpoints(&["127.0.0.1:9001"]));
     let mut updates = watcher(&path).watch().unwrap();
     assert_eq!(ids(&next_reset(&mut updates, WITHIN).await), ["127.0.0.1:9001"]);
@@ -88,8 +89,8 @@ async fn a_bad_edit_keeps_the_last_set_until_a_good_one() {
 async fn a_bad_edit_is_logged_with_file_line_and_column() {
     // The stream is polled on this thread (a current-thread runtime), so its events are too.
     let warnings = Warnings::capture();
-    let dir = ScratchDir::new("log");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-log");
+    let path = dir.join("endpoints.toml");
     overwrite(&path, &endpoints(&["127.0.0.1:9001"]));
     let mut updates = watcher(&path).watch().unwrap();
     next_reset(&mut updates, WITHIN).await;
@@ -122,8 +123,8 @@ async fn a_bad_edit_is_logged_with_file_line_and_column() {
 
 #[tokio::test]
 async fn file_events_alone_see_changes() {
-    let dir = ScratchDir::new("events");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-events");
+    let path = dir.join("endpoints.toml");
     overwrite(&path, &endpoints(&["127.0.0.1:9001"]));
     // No poll within the test: only the file watcher can see the edits.
     let mut updates = watcher(&path).poll_interval(Duration::from_secs(3600)).watch().unwrap();
@@ -136,8 +137,8 @@ async fn file_events_alone_see_changes() {
 
 #[tokio::test]
 async fn unchanged_writes_emit_nothing() {
-    let dir = ScratchDir::new("same");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-same");
+    let path = dir.join("endpoints.toml");
     let text = endpoints(&["127.0.0.1:9001", "127.0.0.1:9002"]);
     overwrite(&path, &text);
     let mut updates = watcher(&path).watch().unwrap();
@@ -153,14 +154,14 @@ async fn unchanged_writes_emit_nothing() {
     assert_quiet(&mut updates, QUIET).await;
 
     // Another file in the same directory changing is no change either.
-    overwrite(&dir.file("other.toml"), "x = 1");
+    overwrite(&dir.join("other.toml"), "x = 1");
     assert_quiet(&mut updates, QUIET).await;
 }
 
 #[tokio::test]
 async fn polling_alone_sees_changes() {
-    let dir = ScratchDir::new("poll");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-poll");
+    let path = dir.join("endpoints.toml");
     overwrite(&path, &endpoints(&["127.0.0.1:9001"]));
     let mut updates = watcher(&path).fs_events(false).watch().unwrap();
     next_reset(&mut updates, WITHIN).await;
@@ -172,8 +173,8 @@ async fn polling_alone_sees_changes() {
 
 #[tokio::test]
 async fn a_bad_file_at_start_is_an_error_with_its_location() {
-    let dir = ScratchDir::new("start-bad");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-start-bad");
+    let path = dir.join("endpoints.toml");
     let err = expect_err(EndpointsFile::new(&path).watch());
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert_eq!(err.path(), Some(path.as_path()));
@@ -191,8 +192,8 @@ async fn a_bad_file_at_start_is_an_error_with_its_location() {
 
 #[tokio::test]
 async fn names_in_the_file_are_resolved() {
-    let dir = ScratchDir::new("names");
-    let path = dir.file("endpoints.toml");
+    let dir = TempDir::new("static-names");
+    let path = dir.join("endpoints.toml");
     overwrite(
         &path,
         "endpoints = [ { addr = \"localhost:9001\", weight = 2 }, { addr = \"127.0.0.1:9002\" } ]\n",

@@ -1,11 +1,11 @@
-//! Shared helpers: a scratch directory, file writes as editors do them, and bounded waits.
+//! Shared helpers: file writes as editors do them, and bounded waits. (Scratch
+//! directories: `lb_test_support::TempDir`.)
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 use std::thread::{self, ThreadId};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lb_core::discover::Update;
@@ -13,36 +13,6 @@ use lb_core::Endpoint;
 use lb_discovery_static::{Error, Updates};
 use tracing::field::{Field, Visit};
 use tracing::{span, Event, Level, Metadata, Subscriber};
-
-/// A directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub(crate) struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    pub(crate) fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "lb-discovery-static-{name}-{}-{}-{nanos}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub(crate) fn file(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("cannot remove {}: {e}", self.0.display());
-        }
-    }
-}
 
 /// Writes a sibling temp file and renames it over `path`, as editors and config tools do.
 pub(crate) fn replace(path: &Path, text: &str) {

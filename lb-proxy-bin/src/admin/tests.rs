@@ -30,7 +30,6 @@ fn upstream(name: &str) -> Arc<Upstream> {
     ];
     let balancer = lb_core::Balancer::builder(AnyPolicy::from(WeightedRoundRobin::new()))
         .name(name)
-        .http()
         .spawn(
             lb_core::discover::fixed(eps),
             lb_core::http::HttpConnect::new(Default::default()),

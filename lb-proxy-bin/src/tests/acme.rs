@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
+use lb_test_support::tls::{certs_from_pem, client_config_with_roots};
 use pebble::Pebble;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
@@ -84,7 +85,7 @@ impl Rig {
              [[routes]]\nhost = \"{NAME}\"\nservice = \"shop\"\nacme = true\n",
             self.pebble.directory_url(),
             self.pebble.ca_pem_path().display(),
-            self.storage.0.join("acme").display(),
+            self.storage.join("acme").display(),
             self.backend.addr,
         )
     }
@@ -116,18 +117,7 @@ impl Rig {
 
 /// A TLS client that trusts only `root_pem`, offering `alpn`.
 fn connector(root_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
-        roots.add(cert.expect("a PEM certificate")).expect("add the root");
-    }
-    assert!(!roots.is_empty(), "no certificate in the root PEM");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConnector::from(Arc::new(cfg))
+    TlsConnector::from(Arc::new(client_config_with_roots(certs_from_pem(root_pem), alpn)))
 }
 
 /// A handshake with 127.0.0.1:`port` for SNI [`NAME`], trusting only `root_pem`
@@ -267,7 +257,7 @@ fn unix_now() -> f64 {
 
 /// The leaf of the chain stored for [`NAME`] under `storage`.
 fn stored_leaf(rig: &Rig) -> Vec<u8> {
-    let file = rig.storage.0.join("acme").join("certs").join(format!("{NAME}.crt"));
+    let file = rig.storage.join("acme").join("certs").join(format!("{NAME}.crt"));
     let chain = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let first = rustls_pemfile::certs(&mut chain.as_slice())
         .next()

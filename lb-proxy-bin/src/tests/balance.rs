@@ -94,7 +94,7 @@ async fn least_conn_avoids_the_endpoint_holding_slow_requests() {
         // The proxy counts a request in flight until its body is sent: wait until it has
         // counted B's and C's out, with A's N still in.
         let (a_addr, b_addr, c_addr) = (a.addr, b.addr, c.addr);
-        super::support::wait_for("the proxy to count B and C out", Duration::from_secs(3), || {
+        super::support::eventually("the proxy to count B and C out", Duration::from_secs(3), || {
             let rt = p.state.load();
             let st = rt.upstream("web").expect("web").balancer.status();
             let in_flight = |addr| st.endpoints.iter().find(|e| e.addr == addr).map_or(0, |e| e.in_flight);

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::support::{
-    bounded, client, endpoint_state, free_port, get, head, proxy, read_head, ready, send, service_with, wait_for,
+    bounded, client, endpoint_state, eventually, free_port, get, head, proxy, read_head, ready, send, service_with,
     Backend,
 };
 
@@ -73,13 +73,13 @@ async fn broken_uploads_are_the_clients_fault_and_never_eject_the_endpoint() {
             s.write_all(opening.as_bytes()).await.expect("write");
             if i % 2 == 0 {
                 // Streamed: abort once the endpoint has the request.
-                wait_for("the upload to reach the endpoint", Duration::from_secs(3), || {
+                eventually("the upload to reach the endpoint", Duration::from_secs(3), || {
                     a.in_flight() == 1
                 })
                 .await;
             }
             drop(s);
-            wait_for("the endpoint's request to end", Duration::from_secs(3), || {
+            eventually("the endpoint's request to end", Duration::from_secs(3), || {
                 a.in_flight() == 0
             })
             .await;
@@ -115,7 +115,7 @@ async fn a_response_timeout_is_the_endpoints_failure() {
             assert_discreet(&r.body, a.addr);
         }
         // Two hung requests in a row: ejected, as HAProxy's `observe layer7` would.
-        wait_for("the hung endpoint to be ejected", Duration::from_secs(3), || {
+        eventually("the hung endpoint to be ejected", Duration::from_secs(3), || {
             endpoint_state(&p, "web", a.addr).1 == Health::Ejected
         })
         .await;

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::support::{
-    bounded, bounded_paused, client, endpoint_state, get, read_head, ready, service_with, wait_for, Backend,
+    bounded, bounded_paused, client, endpoint_state, eventually, get, read_head, ready, service_with, Backend,
 };
 
 /// Reads until EOF or a reset; how long that took.
@@ -56,7 +56,7 @@ async fn silent_and_stalled_openings_are_closed_after_header_read_timeout() {
             assert!(took <= Duration::from_secs(5), "{what:?} closed after {took:?}");
         }
         assert_eq!(a.hits(), 0);
-        wait_for("every connection to be gone", Duration::from_secs(5), || {
+        eventually("every connection to be gone", Duration::from_secs(5), || {
             p.open_connections() == 0
         })
         .await;
@@ -157,7 +157,7 @@ async fn a_request_body_that_stops_gets_408_and_the_endpoint_is_not_blamed() {
                 "{what}: the endpoint is named: {head}"
             );
             assert_eq!(a.hits() - before, usize::from(reaches_backend), "{what}");
-            wait_for("the endpoint's request to end", Duration::from_secs(5), || {
+            eventually("the endpoint's request to end", Duration::from_secs(5), || {
                 a.in_flight() == 0
             })
             .await;
@@ -229,12 +229,12 @@ async fn a_client_that_never_reads_is_cut_after_send_timeout_and_frees_the_endpo
             .expect("write");
         // Never read: the buffers fill, then nothing moves until the deadline.
         let t = Instant::now();
-        wait_for("the endpoint's response to be dropped", Duration::from_secs(60), || {
+        eventually("the endpoint's response to be dropped", Duration::from_secs(60), || {
             gone.load(Ordering::SeqCst)
         })
         .await;
         assert!(t.elapsed() >= Duration::from_secs(5), "cut after {:?}", t.elapsed());
-        wait_for("the client connection to be closed", Duration::from_secs(5), || {
+        eventually("the client connection to be closed", Duration::from_secs(5), || {
             p.open_connections() == 0
         })
         .await;
@@ -299,7 +299,7 @@ async fn at_max_connections_idle_connections_make_room_and_busy_ones_are_served(
         for _ in 0..4 {
             silent.push(TcpStream::connect(addr).await.expect("connect"));
         }
-        wait_for("the four to be accepted", Duration::from_secs(3), || {
+        eventually("the four to be accepted", Duration::from_secs(3), || {
             p.open_connections() == 4
         })
         .await;
@@ -317,7 +317,7 @@ async fn at_max_connections_idle_connections_make_room_and_busy_ones_are_served(
                 tokio::spawn(async move { get(&cl, addr, "/gate", &[]).await })
             })
             .collect();
-        wait_for("four requests in flight", Duration::from_secs(3), || a.in_flight() == 4).await;
+        eventually("four requests in flight", Duration::from_secs(3), || a.in_flight() == 4).await;
         assert!(p.open_connections() <= 4, "{} open", p.open_connections());
         let fifth = tokio::spawn(async move { get(&client(), addr, "/after", &[]).await });
         a.release();

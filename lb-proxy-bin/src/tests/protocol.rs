@@ -10,7 +10,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::support::{bounded, client, free_port, get, head, health, one_service, proxy, raw, ready, send, Backend};
+use super::support::{
+    bounded, client, eventually, free_port, get, head, health, one_service, proxy, raw, ready, send, Backend,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_matching_route_is_404() {
@@ -70,17 +72,12 @@ async fn no_eligible_endpoint_is_503_naming_the_service() {
         assert!(r.body.contains("idle"), "body names the service: {}", r.body);
         assert_eq!(a.hits(), 0);
         // Failed health checks, panic mode off.
-        let t = Instant::now();
-        while health(&p, "checked")
-            .iter()
-            .any(|(_, h)| *h != lb_core::Health::Unhealthy)
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(3),
-                "the dead endpoint never turned unhealthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the dead endpoint to turn unhealthy", Duration::from_secs(3), || {
+            health(&p, "checked")
+                .iter()
+                .all(|(_, h)| *h == lb_core::Health::Unhealthy)
+        })
+        .await;
         let r = get(&cl, addr, "/checked", &[]).await.expect("request");
         assert_eq!(r.status, 503, "{}", r.body);
         assert!(r.body.contains("checked"), "body names the service: {}", r.body);
@@ -89,17 +86,12 @@ async fn no_eligible_endpoint_is_503_naming_the_service() {
         let r = get(&cl, addr, "/ejected", &[]).await.expect("request");
         assert_eq!(r.status, 502, "{}", r.body);
         // The balancer's writer applies the ejection a moment later.
-        let t = Instant::now();
-        while health(&p, "ejected")
-            .iter()
-            .any(|(_, h)| *h != lb_core::Health::Ejected)
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(2),
-                "the failing endpoint was not ejected"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("the failing endpoint to be ejected", Duration::from_secs(2), || {
+            health(&p, "ejected")
+                .iter()
+                .all(|(_, h)| *h == lb_core::Health::Ejected)
+        })
+        .await;
         let r = get(&cl, addr, "/ejected", &[]).await.expect("request");
         assert_eq!(r.status, 503, "{}", r.body);
         assert!(r.body.contains("ejected"), "body names the service: {}", r.body);

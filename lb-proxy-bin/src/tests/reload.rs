@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::support::{bounded, client, get, head, proxy_at, ready, wait_for, Backend, TempDir};
+use super::support::{bounded, client, eventually, eventually_async, get, head, proxy_at, ready, Backend, TempDir};
 use crate::stack::Started;
 
 fn config(head: &str, backend: &Backend, extra_route: &str) -> String {
@@ -32,7 +32,7 @@ async fn a_file_caught_empty_or_cut_short_is_refused_and_nothing_404s() {
     bounded(async {
         let a = Backend::start("a").await;
         let dir = TempDir::new("reload-empty");
-        let path = dir.0.join("lb.toml");
+        let path = dir.join("lb.toml");
         let head = head();
         let text = config(&head, &a, "");
         std::fs::write(&path, &text).expect("write");
@@ -58,12 +58,12 @@ async fn a_file_caught_empty_or_cut_short_is_refused_and_nothing_404s() {
         };
         // An editor that writes in place: the file empty, then only its first table.
         std::fs::write(&path, "").expect("truncate");
-        wait_for("the empty file to be refused", Duration::from_secs(8), || {
+        eventually("the empty file to be refused", Duration::from_secs(8), || {
             reloads(&p, "failure") >= 1
         })
         .await;
         std::fs::write(&path, &head).expect("write a cut-short file");
-        wait_for("the cut-short file to be refused", Duration::from_secs(8), || {
+        eventually("the cut-short file to be refused", Duration::from_secs(8), || {
             reloads(&p, "failure") >= 2
         })
         .await;
@@ -73,7 +73,7 @@ async fn a_file_caught_empty_or_cut_short_is_refused_and_nothing_404s() {
             config(&head, &a, "\n[[routes]]\npath_prefix = \"/new\"\nservice = \"web\"\n"),
         )
         .expect("write the whole file");
-        wait_for("the whole file to apply", Duration::from_secs(8), || {
+        eventually("the whole file to apply", Duration::from_secs(8), || {
             reloads(&p, "success") >= 1
         })
         .await;
@@ -84,7 +84,7 @@ async fn a_file_caught_empty_or_cut_short_is_refused_and_nothing_404s() {
         assert_eq!(get(&client(), addr, "/new", &[]).await.expect("request").status, 200);
         // A file that says it means no services is applied.
         std::fs::write(&path, format!("services = []\n{head}")).expect("write");
-        wait_for("the explicit empty config to apply", Duration::from_secs(8), || {
+        eventually("the explicit empty config to apply", Duration::from_secs(8), || {
             reloads(&p, "success") >= 2
         })
         .await;
@@ -99,7 +99,7 @@ async fn admin_credentials_changed_by_a_reload_apply() {
     bounded(async {
         let a = Backend::start("a").await;
         let dir = TempDir::new("reload-admin");
-        let path = dir.0.join("lb.toml");
+        let path = dir.join("lb.toml");
         let with_auth = |auth: &str| {
             config(
                 &format!("[server]\nlisten = [\"127.0.0.1:0\"]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n{auth}\n\n"),
@@ -125,20 +125,18 @@ async fn admin_credentials_changed_by_a_reload_apply() {
         assert_eq!(status("Bearer first-token").await, 200);
         assert_eq!(status("Bearer second-token").await, 401);
         std::fs::write(&path, with_auth("token = \"second-token\"")).expect("rewrite");
-        let t = tokio::time::Instant::now();
-        while status("Bearer second-token").await != 200 {
-            assert!(t.elapsed() < Duration::from_secs(8), "the new token never applied");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_async("the new token to apply", Duration::from_secs(8), || async {
+            status("Bearer second-token").await == 200
+        })
+        .await;
         assert_eq!(status("Bearer first-token").await, 401, "the old token still works");
         // Basic auth instead: the token goes.
         std::fs::write(&path, with_auth("user = \"admin\"\npassword = \"pw\"")).expect("rewrite");
-        let t = tokio::time::Instant::now();
         // admin:pw
-        while status("Basic YWRtaW46cHc=").await != 200 {
-            assert!(t.elapsed() < Duration::from_secs(8), "basic auth never applied");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_async("basic auth to apply", Duration::from_secs(8), || async {
+            status("Basic YWRtaW46cHc=").await == 200
+        })
+        .await;
         assert_eq!(status("Bearer second-token").await, 401);
         p.shutdown().await;
     })

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lb_core::Health;
 
 use super::support::{
-    bounded, client, endpoints, free_port, get, head, health, one_service, proxy, proxy_at, ready, wait_for, Backend,
+    bounded, client, endpoints, eventually, free_port, get, head, health, one_service, proxy, proxy_at, ready, Backend,
     TempDir,
 };
 
@@ -103,7 +103,7 @@ async fn reload_swapping_endpoints_under_load_drops_nothing() {
         let old = [Backend::start("old-1").await, Backend::start("old-2").await];
         let new = [Backend::start("new-1").await, Backend::start("new-2").await];
         let dir = TempDir::new("reload");
-        let path = dir.0.join("lb.toml");
+        let path = dir.join("lb.toml");
         let head = head();
         let text = reload_config(&head, &[&old[0], &old[1]]);
         std::fs::write(&path, &text).expect("write the config");
@@ -132,17 +132,17 @@ async fn reload_swapping_endpoints_under_load_drops_nothing() {
                 })
             })
             .collect();
-        wait_for("traffic to flow before the reload", Duration::from_secs(3), || {
+        eventually("traffic to flow before the reload", Duration::from_secs(3), || {
             old[0].hits() > 0 && old[1].hits() > 0
         })
         .await;
         std::fs::write(&path, reload_config(&head, &[&new[0], &new[1]])).expect("rewrite the config");
-        wait_for("the new endpoints to get traffic", Duration::from_secs(4), || {
+        eventually("the new endpoints to get traffic", Duration::from_secs(4), || {
             new[0].hits() > 0 && new[1].hits() > 0
         })
         .await;
         // Old endpoints are out of rotation: once their last requests end, close them.
-        wait_for(
+        eventually(
             "the old endpoints' last requests to end",
             Duration::from_secs(3),
             || old[0].in_flight() + old[1].in_flight() == 0,
@@ -153,7 +153,7 @@ async fn reload_swapping_endpoints_under_load_drops_nothing() {
         old[1].kill().await;
         // Traffic goes on after the kill: fifty more answers from the new endpoints.
         let after = new[0].hits() + new[1].hits();
-        wait_for(
+        eventually(
             "traffic after the old endpoints are gone",
             Duration::from_secs(3),
             || new[0].hits() + new[1].hits() >= after + 50,
@@ -195,7 +195,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
         let addr = p.http_addrs[0];
         // Held at the backend until released: in flight for as long as the test says.
         let slow = tokio::spawn(async move { get(&client(), addr, "/gate", &[]).await });
-        wait_for("the request to reach the backend", Duration::from_secs(3), || {
+        eventually("the request to reach the backend", Duration::from_secs(3), || {
             a.in_flight() == 1
         })
         .await;

@@ -1,24 +1,20 @@
-//! Test support: killable counting backends, an HTTP client, and starting the proxy.
+//! Test support: an HTTP client, configs and starting the proxy. The backends ([`Backend`]),
+//! waits ([`eventually`]) and scratch directories come from lb-test-support.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+pub(crate) use lb_test_support::http::Backend;
+pub(crate) use lb_test_support::{eventually, eventually_async, free_port, TempDir};
 
 use crate::stack::Started;
 
@@ -47,222 +43,6 @@ pub(crate) async fn bounded_paused<F: std::future::Future<Output = ()>>(limit: D
         watchdog.join().unwrap_or(false),
         "test ran longer than its real-time limit"
     );
-}
-
-/// Shared state of one backend.
-#[derive(Debug, Default)]
-struct Inner {
-    /// Requests answered or being answered (not counting `/healthz`).
-    hits: AtomicUsize,
-    /// Requests being answered now.
-    in_flight: AtomicUsize,
-    /// Connection and upgrade tasks, aborted by [`Backend::kill`].
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// A real HTTP/1.1 backend on loopback.
-///
-/// Every response carries `x-backend: NAME` and the body `NAME path=PATH`. Behaviour by
-/// request:
-/// - `?delay_ms=N` (or a per-path delay given to [`Backend::with_delays`]) waits first;
-/// - `/gate` waits until [`Backend::release`];
-/// - `/headers` answers the request headers, one `name: value` per line;
-/// - `/healthz` answers `ok` and is not counted;
-/// - a request with `Upgrade` is answered `101` and the connection then echoes bytes.
-#[derive(Debug)]
-pub(crate) struct Backend {
-    pub(crate) addr: SocketAddr,
-    inner: Arc<Inner>,
-    gate: watch::Sender<bool>,
-    accept: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Backend {
-    /// A backend with no per-path delays.
-    pub(crate) async fn start(name: &str) -> Backend {
-        Self::with_delays(name, &[]).await
-    }
-
-    /// A backend that waits `delay` before answering requests for `path`.
-    pub(crate) async fn with_delays(name: &str, delays: &[(&str, Duration)]) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a backend");
-        let addr = listener.local_addr().expect("backend address");
-        let inner = Arc::new(Inner::default());
-        let (gate, gate_rx) = watch::channel(false);
-        let delays: Arc<HashMap<String, Duration>> =
-            Arc::new(delays.iter().map(|(p, d)| (p.to_string(), *d)).collect());
-        let accept = {
-            let inner = inner.clone();
-            let name = name.to_string();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((io, _)) = listener.accept().await else { continue };
-                    let ctx = Ctx {
-                        name: name.clone(),
-                        inner: inner.clone(),
-                        delays: delays.clone(),
-                        gate: gate_rx.clone(),
-                    };
-                    let svc = hyper::service::service_fn(move |req| ctx.clone().answer(req));
-                    let task = tokio::spawn(async move {
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(io), svc)
-                            .with_upgrades()
-                            .await;
-                    });
-                    let mut tasks = inner.tasks.lock().expect("tasks lock");
-                    tasks.retain(|t| !t.is_finished());
-                    tasks.push(task);
-                }
-            })
-        };
-        Backend {
-            addr,
-            inner,
-            gate,
-            accept: Mutex::new(Some(accept)),
-        }
-    }
-
-    /// Requests seen (not counting health checks).
-    pub(crate) fn hits(&self) -> usize {
-        self.inner.hits.load(Ordering::SeqCst)
-    }
-
-    /// Requests being answered now.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.inner.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Lets every `/gate` request (waiting or to come) answer.
-    pub(crate) fn release(&self) {
-        let _ = self.gate.send(true);
-    }
-
-    /// Closes the port and every connection: afterwards a connect is refused and pooled
-    /// connections see EOF.
-    pub(crate) async fn kill(&self) {
-        let accept = self.accept.lock().expect("accept lock").take();
-        if let Some(a) = accept {
-            a.abort();
-            let _ = a.await;
-        }
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().expect("tasks lock"));
-        for t in &tasks {
-            t.abort();
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(a) = self.accept.lock().map(|mut a| a.take()).ok().flatten() {
-            a.abort();
-        }
-        if let Ok(tasks) = self.inner.tasks.lock() {
-            for t in tasks.iter() {
-                t.abort();
-            }
-        }
-    }
-}
-
-/// What one backend connection's requests see.
-#[derive(Clone)]
-struct Ctx {
-    name: String,
-    inner: Arc<Inner>,
-    delays: Arc<HashMap<String, Duration>>,
-    gate: watch::Receiver<bool>,
-}
-
-/// Decrements a counter when dropped (also when the request's task is aborted).
-struct Count(Arc<Inner>);
-
-impl Drop for Count {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Ctx {
-    async fn answer(mut self, mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-        let path = req.uri().path().to_string();
-        if path == "/healthz" {
-            return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
-        }
-        self.inner.hits.fetch_add(1, Ordering::SeqCst);
-        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        let _count = Count(self.inner.clone());
-        let query_delay = req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_millis);
-        if let Some(d) = query_delay.or_else(|| self.delays.get(&path).copied()) {
-            tokio::time::sleep(d).await;
-        }
-        if path == "/gate" {
-            let _ = self.gate.wait_for(|open| *open).await;
-        }
-        let mut rsp = if let Some(proto) = req.headers().get(http::header::UPGRADE).cloned() {
-            let on = hyper::upgrade::on(&mut req);
-            let task = tokio::spawn(async move {
-                let Ok(up) = on.await else { return };
-                let mut io = TokioIo::new(up);
-                let mut buf = [0u8; 1024];
-                loop {
-                    match io.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if io.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = io.shutdown().await;
-            });
-            self.inner.tasks.lock().expect("tasks lock").push(task);
-            let mut rsp = Response::new(Full::new(Bytes::new()));
-            *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            rsp.headers_mut()
-                .insert(http::header::CONNECTION, "upgrade".parse().expect("a header value"));
-            rsp.headers_mut().insert(http::header::UPGRADE, proto);
-            rsp
-        } else if path == "/headers" {
-            let mut text = String::new();
-            for (k, v) in req.headers() {
-                text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
-            }
-            Response::new(Full::new(Bytes::from(text)))
-        } else {
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let text = format!("{} path={path} body={}\n", self.name, body.len());
-            Response::new(Full::new(Bytes::from(text)))
-        };
-        rsp.headers_mut()
-            .insert("x-backend", self.name.parse().expect("a header value"));
-        Ok(rsp)
-    }
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (bind, read, drop): connecting to it
-/// is refused.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
 }
 
 /// A TOML endpoints list: `[{ addr = "..." }, ...]`, with weights if given.
@@ -400,43 +180,6 @@ pub(crate) async fn raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Vec<u
     match tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await {
         Ok(Err(e)) if out.is_empty() => Err(e),
         _ => Ok(out),
-    }
-}
-
-/// A unique scratch directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "lb-proxy-test-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create a temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Waits until `cond` holds, checking every few milliseconds; panics naming `what` if it
-/// does not within `limit`.
-pub(crate) async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -10,34 +10,15 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::support::{bounded, head, proxy, ready, Backend, TempDir};
+use lb_test_support::tls::{connector, Cert};
+
+use super::support::{bounded, eventually, eventually_async, head, proxy, ready, Backend, TempDir};
 
 /// A self-signed certificate for `names`, written as PEM files; returns (cert, key, DER).
 fn cert(dir: &TempDir, tag: &str, names: &[&str]) -> (String, String, CertificateDer<'static>) {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("generate a certificate");
-    let cert = dir.0.join(format!("{tag}.pem"));
-    let key = dir.0.join(format!("{tag}-key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
-    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write key");
-    (
-        cert.display().to_string(),
-        key.display().to_string(),
-        ck.cert.der().clone(),
-    )
-}
-
-/// A TLS client that trusts only `root`, offering `alpn`.
-fn connector(root: CertificateDer<'static>, alpn: &[&[u8]]) -> TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).expect("add root");
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    TlsConnector::from(Arc::new(cfg))
+    let c = Cert::self_signed(names);
+    let (cert, key) = c.write_pem(dir.path(), tag);
+    (cert.display().to_string(), key.display().to_string(), c.der)
 }
 
 /// One GET over TLS; returns (negotiated ALPN, status, body).
@@ -274,18 +255,15 @@ async fn a_replaced_certificate_file_is_served_at_the_next_handshake_and_open_co
         std::fs::copy(&nkey, &dkey).expect("replace the key");
         std::fs::copy(&ncert, &dcert).expect("replace the certificate");
         let new_tls = connector(new_root, &[b"http/1.1"]);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-        loop {
-            let tcp = TcpStream::connect(https).await.expect("connect");
-            if new_tls.connect(name(), tcp).await.is_ok() {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the new certificate was never served"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually_async(
+            "the new certificate to be served",
+            std::time::Duration::from_secs(15),
+            || async {
+                let tcp = TcpStream::connect(https).await.expect("connect");
+                new_tls.connect(name(), tcp).await.is_ok()
+            },
+        )
+        .await;
         // A client trusting only the old certificate is refused now...
         let tcp = TcpStream::connect(https).await.expect("connect");
         assert!(connector(old_root, &[b"http/1.1"]).connect(name(), tcp).await.is_err());
@@ -348,8 +326,8 @@ async fn a_tcp_service_terminates_tls_with_the_certificate_chosen_by_sni() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_from_an_environment_variable_with_escaped_newlines() {
     bounded(async {
-        let ck = rcgen::generate_simple_self_signed(vec!["env.localhost".to_string()]).expect("cert");
-        let pem = format!("{}{}", ck.cert.pem(), ck.key_pair.serialize_pem()).replace('\n', "\\n");
+        let ck = Cert::self_signed(&["env.localhost"]);
+        let pem = ck.combined_pem().replace('\n', "\\n");
         // A name no other test uses: the environment is the process's.
         std::env::set_var("LBTEST_SSL_CERT_ENV", pem);
         let a = Backend::start("a").await;
@@ -364,7 +342,7 @@ async fn a_certificate_from_an_environment_variable_with_escaped_newlines() {
         ready(&p, "web", 1).await;
         let server = ServerName::try_from("env.localhost".to_string()).expect("name");
         let tcp = TcpStream::connect(p.https_addrs[0]).await.expect("connect");
-        let mut tls = connector(ck.cert.der().clone(), &[b"http/1.1"])
+        let mut tls = connector(ck.der.clone(), &[b"http/1.1"])
             .connect(server, tcp)
             .await
             .expect("handshake with the certificate from the variable");
@@ -380,7 +358,7 @@ async fn a_certificate_from_an_environment_variable_with_escaped_newlines() {
 fn check_loads_the_certificates_and_names_the_key_and_file_of_a_bad_one() {
     let dir = TempDir::new("tls-check");
     let (dcert, dkey, _) = cert(&dir, "default", &["web.localhost"]);
-    let bad = dir.0.join("bad.pem");
+    let bad = dir.join("bad.pem");
     std::fs::write(&bad, "not a certificate\n").expect("write");
     let text = format!(
         "[server.tls]\ncert = \"{dcert}\"\nkey = \"{dkey}\"\n\
@@ -388,7 +366,7 @@ fn check_loads_the_certificates_and_names_the_key_and_file_of_a_bad_one() {
          [[server.tls.certs]]\ncert = \"{}\"\nkey = \"{dkey}\"\nsni = [\"b.localhost\"]\n",
         bad.display()
     );
-    let file = dir.0.join("lb.toml");
+    let file = dir.join("lb.toml");
     std::fs::write(&file, &text).expect("write config");
     let cfg = crate::config::load(&file).expect("the file itself is valid");
     let err = crate::tls::check(&cfg, &file)
@@ -411,18 +389,9 @@ fn check_loads_the_certificates_and_names_the_key_and_file_of_a_bad_one() {
 /// with the server name the client sent and the ALPN protocol agreed.
 async fn tls_backend(dir: &TempDir, name: &str) -> (std::net::SocketAddr, String) {
     use hyper::service::service_fn;
-    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).expect("cert");
-    let ca = dir.0.join(format!("{name}-ca.pem"));
-    std::fs::write(&ca, ck.cert.pem()).expect("write ca");
-    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).expect("key");
-    let mut sc = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .expect("server config");
-    sc.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+    let ck = Cert::self_signed(&[name]);
+    let ca = dir.write(format!("{name}-ca.pem"), &ck.cert_pem);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ck.server_config(&[b"h2", b"http/1.1"])));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -469,7 +438,7 @@ async fn endpoints_over_tls_are_verified_with_the_route_host_as_server_name() {
         let p = proxy(&text).await;
         let plain = p.http_addrs[0];
         // The health probe speaks TLS too: the endpoint turns healthy.
-        super::support::wait_for("the endpoint over TLS passes its probe", std::time::Duration::from_secs(10), || {
+        eventually("the endpoint over TLS passes its probe", std::time::Duration::from_secs(10), || {
             super::support::health(&p, "api")
                 .iter()
                 .any(|(_, h)| *h == lb_core::Health::Healthy)

@@ -9,11 +9,15 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// Waits (blocking) until a condition holds, failing the test after a limit.
+pub use lb_test_support::eventually_blocking as wait_for;
+pub use lb_test_support::free_port;
 
 /// The label every container and network of a test run carries.
 pub const RUN_LABEL: &str = "lbtest.run";
@@ -214,14 +218,6 @@ fn unique() -> u64 {
     (t % 100_000) * 100 + N.fetch_add(1, Ordering::Relaxed)
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// The proxy as a child process, its log collected.
 pub struct Proxy {
     child: Child,
@@ -354,16 +350,4 @@ pub fn hostname(body: &str) -> Option<String> {
 /// The container's hostname (its short id), as whoami reports it.
 pub fn container_hostname(name: &str) -> String {
     docker(&["inspect", "-f", "{{.Config.Hostname}}", name])
-}
-
-/// Waits for `f` to hold, polling every 25 ms, failing the test after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }

@@ -17,6 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use lb_test_support::free_port;
+use lb_test_support::tls::{client_config, Cert};
+use rustls::pki_types::CertificateDer;
+
 const PEBBLE: &str = "pebble";
 const CHALLTESTSRV: &str = "pebble-challtestsrv";
 /// How long a process may take to answer after it is started.
@@ -27,7 +31,7 @@ pub(crate) struct Pebble {
     dir: PathBuf,
     config: PathBuf,
     ca_pem: PathBuf,
-    ca_der: Vec<u8>,
+    ca_der: CertificateDer<'static>,
     acme_port: u16,
     management_port: u16,
     dns_port: u16,
@@ -77,16 +81,11 @@ impl Pebble {
         }
         let dir = temp_dir("pebble");
         // Pebble's own HTTPS certificate (directory and management interface).
-        let key = rcgen::KeyPair::generate().expect("key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("certificate parameters");
-        let cert = params.self_signed(&key).expect("self-signed certificate");
-        let ca_pem = dir.join("pebble-https.pem");
-        std::fs::write(&ca_pem, cert.pem()).expect("write the certificate");
-        std::fs::write(dir.join("pebble-https.key"), key.serialize_pem()).expect("write the key");
+        let cert = Cert::self_signed(&["127.0.0.1", "localhost"]);
+        let (ca_pem, key_pem) = cert.write_pem(&dir, "pebble-https");
 
-        let acme_port = free_tcp_port();
-        let management_port = free_tcp_port();
+        let acme_port = free_port();
+        let management_port = free_port();
         let dns_port = free_dns_port();
         let config = dir.join("pebble-config.json");
         let json = serde_json::json!({
@@ -94,7 +93,7 @@ impl Pebble {
                 "listenAddress": format!("127.0.0.1:{acme_port}"),
                 "managementListenAddress": format!("127.0.0.1:{management_port}"),
                 "certificate": ca_pem,
-                "privateKey": dir.join("pebble-https.key"),
+                "privateKey": key_pem,
                 "httpPort": http_port,
                 "tlsPort": tls_port,
                 "ocspResponderURL": "",
@@ -107,7 +106,7 @@ impl Pebble {
             dir,
             config,
             ca_pem,
-            ca_der: cert.der().to_vec(),
+            ca_der: cert.der,
             acme_port,
             management_port,
             dns_port,
@@ -182,7 +181,7 @@ impl Pebble {
 
     fn start_challtestsrv(&mut self) {
         let log = self.log_file("challtestsrv.log");
-        let management_port = free_tcp_port();
+        let management_port = free_port();
         let mut cmd = Command::new(CHALLTESTSRV);
         cmd.arg("-dns01")
             .arg(format!("127.0.0.1:{}", self.dns_port))
@@ -256,15 +255,7 @@ impl Pebble {
     /// A GET over HTTPS to 127.0.0.1:`port`, trusting Pebble's own certificate: the
     /// status and the body.
     fn https_get(&self, port: u16, path: &str) -> io::Result<(u16, Vec<u8>)> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(self.ca_der.clone()))
-            .map_err(io::Error::other)?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = client_config(self.ca_der.clone(), &[]);
         let server_name = rustls::pki_types::ServerName::from(IpAddr::from(Ipv4Addr::LOCALHOST));
         let conn = rustls::ClientConnection::new(Arc::new(config), server_name).map_err(io::Error::other)?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -346,14 +337,6 @@ pub(crate) fn temp_dir(tag: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
-}
-
-/// A loopback TCP port free now (bound and released).
-pub(crate) fn free_tcp_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
 }
 
 /// A loopback port free now for both UDP and TCP (DNS serves both).
