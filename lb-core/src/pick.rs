@@ -23,15 +23,18 @@ use crate::state::{now_ns, ns_at};
 use crate::table::{Command, Config, Events, Published, Readers, Snapshot};
 
 /// What every balancer handle shares.
+// `repr(C)`, what every pick reads first (the snapshot pointer, the settings, whether
+// to time), in the cache line of the `Arc`'s counts.
+#[repr(C)]
 pub(crate) struct Shared<P: Balance, S> {
-    /// What the writer publishes.
-    pub(crate) published: Published<P, S>,
-    pub(crate) policy: Arc<P>,
     pub(crate) config: Arc<Config>,
-    pub(crate) events: Arc<Events>,
-    pub(crate) commands: mpsc::UnboundedSender<Command>,
     /// Whether requests are timed (peak EWMA, or `track_latency`).
     pub(crate) timed: bool,
+    /// What the writer publishes (the snapshot first).
+    pub(crate) published: Published<P, S>,
+    pub(crate) policy: Arc<P>,
+    pub(crate) events: Arc<Events>,
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
 impl<P: Balance, S: Send + Sync + 'static> Readers<P, S> for Shared<P, S> {

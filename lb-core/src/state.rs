@@ -501,4 +501,3 @@ pub(crate) enum Flag {
     Unhealthy = UNHEALTHY,
     Checked = CHECKED,
 }
-

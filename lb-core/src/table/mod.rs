@@ -163,6 +163,8 @@ impl<P: Balance, S: Send + Sync + 'static> Release for Snapshot<P, S> {
 /// What the writer publishes and the balancer handles read: the current snapshot (for
 /// pickers), every endpoint the table holds (for status), and a notification after
 /// each new snapshot (for callers waiting for an endpoint).
+// `repr(C)`: the snapshot first, the one field pickers read.
+#[repr(C)]
 pub(crate) struct Published<P: Balance, S> {
     pub(crate) snapshot: ArcSwap<Snapshot<P, S>>,
     /// Every endpoint the table holds, draining ones included.
