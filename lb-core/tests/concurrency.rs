@@ -97,15 +97,9 @@ impl Service<u64> for Probe {
     }
 }
 
-/// Waits (real time, bounded) until `cond` holds.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..5_000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("timed out waiting for {what}");
+/// Waits (at most 5 s) until `cond` holds.
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    lb_test_support::eventually(what, Duration::from_secs(5), cond).await;
 }
 
 async fn churn_while_calling<P: Balance>(policy: P) {

@@ -533,13 +533,9 @@ async fn counting_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, open)
 }
 
-/// Polls `cond` until it holds, for at most 5 s.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits (at most 5 s) until `cond` holds.
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    lb_test_support::eventually(what, Duration::from_secs(5), cond).await;
 }
 
 #[tokio::test]

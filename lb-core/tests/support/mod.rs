@@ -8,10 +8,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,9 +17,6 @@ use std::time::Duration;
 use lb_core::balance::WEIGHT_SCALE;
 use lb_core::{connect_fn, Balancer, BalancerStatus, Endpoint, EndpointId, EndpointState, EndpointStatus, Health};
 use tower::Service;
-
-/// The most endpoints a test uses.
-pub const MAX_ENDPOINTS: usize = 256;
 
 /// The address of endpoint `i`.
 pub fn addr(i: usize) -> SocketAddr {
@@ -63,67 +58,10 @@ pub fn states(weights: &[u32]) -> (Vec<Arc<EndpointState>>, Vec<u32>) {
     (states, eff)
 }
 
-/// Per-endpoint switches shared by the test and the backends.
-#[derive(Debug)]
-pub struct Switches(Vec<AtomicBool>);
-
-impl Switches {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self((0..MAX_ENDPOINTS).map(|_| AtomicBool::new(false)).collect()))
-    }
-
-    pub fn set(&self, i: usize, on: bool) {
-        self.0[i].store(on, SeqCst);
-    }
-
-    pub fn get(&self, i: usize) -> bool {
-        self.0[i].load(SeqCst)
-    }
-}
-
-/// The error of a failing [`Backend`]. Allocates nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Down(pub usize);
-
-impl fmt::Display for Down {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "endpoint {} is down", self.0)
-    }
-}
-
-impl std::error::Error for Down {}
-
-/// An always-ready inner service that answers with its endpoint's index, or fails
-/// with [`Down`] while its switch in `failing` is on.
-#[derive(Clone, Debug)]
-pub struct Backend {
-    pub idx: usize,
-    failing: Arc<Switches>,
-}
-
-impl Backend {
-    pub fn new(idx: usize, failing: Arc<Switches>) -> Self {
-        Self { idx, failing }
-    }
-}
-
-impl<Req> Service<Req> for Backend {
-    type Response = usize;
-    type Error = Down;
-    type Future = std::future::Ready<Result<usize, Down>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Down>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Req) -> Self::Future {
-        std::future::ready(if self.failing.get(self.idx) {
-            Err(Down(self.idx))
-        } else {
-            Ok(self.idx)
-        })
-    }
-}
+// The in-memory endpoint services are lb-test-support's, shared with other crates.
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use lb_test_support::mock::{Act, Backend, Down, Script, Scripted, Switches, MAX_ENDPOINTS};
 
 /// A connector making [`Backend`]s that fail while their switch is on.
 pub fn backends(
@@ -176,16 +114,11 @@ where
     find(&lb.status(), i).map(|e| e.health)
 }
 
-/// Waits (in steps of `step` of tokio time, at most `tries` of them) until `cond`
-/// holds; panics with `what` otherwise.
-pub async fn eventually(what: &str, step: Duration, tries: usize, mut cond: impl FnMut() -> bool) {
-    for _ in 0..tries {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(step).await;
-    }
-    assert!(cond(), "never happened: {what}");
+/// Waits (at most `tries` steps of `step`, on tokio's clock) until `cond` holds; panics
+/// with `what` otherwise. lb-test-support's `eventually`, with the deadline these tests
+/// count in steps.
+pub async fn eventually(what: &str, step: Duration, tries: usize, cond: impl FnMut() -> bool) {
+    lb_test_support::eventually(what, step * tries as u32, cond).await;
 }
 
 /// Lets the writer task run: a few short sleeps (on a paused clock these advance it
@@ -202,82 +135,6 @@ pub fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
     std::pin::Pin::new(fut).poll(&mut cx)
 }
 
-/// What a [`Scripted`] endpoint does with a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Act {
-    /// Answers with its index after the delay.
-    Answer,
-    /// Fails with [`Down`] after the delay.
-    Fail,
-    /// Never answers (a hung endpoint).
-    Hang,
-    /// Never becomes ready (`poll_ready` stays pending).
-    NotReady,
-}
-
-/// Per-endpoint behaviour of [`Scripted`] backends, changed by the test as it runs:
-/// what each endpoint does, and after how long (on tokio's clock, so a paused test
-/// controls it).
-#[derive(Debug)]
-pub struct Script(Vec<std::sync::Mutex<(Act, Duration)>>);
-
-impl Script {
-    /// Every endpoint answers at once.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self(
-            (0..MAX_ENDPOINTS)
-                .map(|_| std::sync::Mutex::new((Act::Answer, Duration::ZERO)))
-                .collect(),
-        ))
-    }
-
-    /// Endpoint `i` does `act` after `delay`.
-    pub fn set(&self, i: usize, act: Act, delay: Duration) {
-        *self.0[i].lock().unwrap() = (act, delay);
-    }
-
-    fn get(&self, i: usize) -> (Act, Duration) {
-        *self.0[i].lock().unwrap()
-    }
-}
-
-/// A backend that follows its endpoint's line of a [`Script`].
-#[derive(Clone, Debug)]
-pub struct Scripted {
-    pub idx: usize,
-    script: Arc<Script>,
-}
-
-impl<Req> Service<Req> for Scripted {
-    type Response = usize;
-    type Error = Down;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<usize, Down>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Down>> {
-        if self.script.get(self.idx).0 == Act::NotReady {
-            // Nothing will wake it: only a timeout gets the caller out.
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn call(&mut self, _: Req) -> Self::Future {
-        let (act, delay) = self.script.get(self.idx);
-        let idx = self.idx;
-        Box::pin(async move {
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
-            match act {
-                Act::Answer => Ok(idx),
-                Act::Fail => Err(Down(idx)),
-                Act::Hang | Act::NotReady => std::future::pending().await,
-            }
-        })
-    }
-}
-
 /// A connector making [`Scripted`] backends.
 pub fn scripted(
     script: Arc<Script>,
@@ -289,10 +146,7 @@ pub fn scripted(
 > + Clone
        + Send
        + 'static {
-    connect_fn(move |ep: &Endpoint| Scripted {
-        idx: index_of(ep),
-        script: script.clone(),
-    })
+    connect_fn(move |ep: &Endpoint| Scripted::new(index_of(ep), script.clone()))
 }
 
 /// Endpoint `i`'s current failure streak, read through a pick whose guard is dropped
