@@ -472,7 +472,7 @@ if ((IDLE_CONNS > 0)); then
     if [[ -s $OUT/idle.tsv ]]; then
         awk -F'\t' -v h="${PER_CONN[haproxy]:-0}" '
             function name(p) { return p == "lbproxy" ? "lb-proxy" : p == "haproxy" ? "HAProxy" : p }
-            { printf "| %s | %.1f | %.1f | %.2f | %s |\n", name($1), $2 / 1024, $3 / 1024, $4, h > 0 ? sprintf("%.2fx", $4 / h) : "n/a" }' \
+            { printf "| %s | %.1f | %.1f | %.2f | %s |\n", name($1), $2 / 1024, $3 / 1024, $4, (h > 0 ? sprintf("%.2fx", $4 / h) : "n/a") }' \
             "$OUT/idle.tsv" >>"$OUT/idle.md"
         tee -a "$OUT/summary.md" <"$OUT/idle.md"
     fi
