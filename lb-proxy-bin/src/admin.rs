@@ -425,7 +425,6 @@ fn status_json(rt: &Runtime) -> Value {
         .collect();
     let mut sources = serde_json::Map::new();
     if let Some(d) = rt.sources.docker_status() {
-        let since = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         sources.insert(
             "docker".into(),
             json!({
@@ -433,7 +432,7 @@ fn status_json(rt: &Runtime) -> Value {
                 "reachable": d.reachable,
                 "synced": d.synced,
                 "stale": d.stale_since.is_some(),
-                "stale_since_unix": d.stale_since.map(since),
+                "stale_since_unix": d.stale_since.map(unix),
                 "stale_for_s": d.stale_since.and_then(|t| t.elapsed().ok()).map(|e| e.as_secs_f64()),
                 "api_version": d.api_version,
                 "containers": d.containers,
@@ -450,8 +449,6 @@ fn status_json(rt: &Runtime) -> Value {
         .consul_statuses()
         .iter()
         .map(|c| {
-            let unix =
-                |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
             json!({
                 "agent": c.agent,
                 "watching": c.watching,
@@ -509,10 +506,33 @@ fn tls_json(rt: &Runtime) -> (Value, Value) {
         })
         .collect();
     let acme = tls.acme.as_ref().map_or(Value::Null, |a| {
-        let names: Vec<Value> = a.status().iter().map(crate::tls::acme_status_json).collect();
+        let names: Vec<Value> = a.status().iter().map(acme_status_json).collect();
         Value::Array(names)
     });
     (Value::Array(certificates), acme)
+}
+
+/// One ACME name for `/api/status`.
+fn acme_status_json(s: &lb_tls::acme::AcmeStatus) -> Value {
+    use lb_tls::acme::AcmeState;
+    let (state, retry_at, error) = match &s.state {
+        AcmeState::Pending => ("pending", None, None),
+        AcmeState::Ordering => ("ordering", None, None),
+        AcmeState::Valid { .. } => ("valid", None, None),
+        AcmeState::Locked { retry_at } => ("locked", Some(unix(*retry_at)), None),
+        AcmeState::Failed { error, retry_at } => ("failed", Some(unix(*retry_at)), Some(error.as_str())),
+        _ => ("unknown", None, None),
+    };
+    json!({
+        "name": s.name,
+        "state": state,
+        "not_after_unix": s.not_after.map(unix),
+        "retry_at_unix": retry_at,
+        "error": error,
+        "orders_ok": s.orders_ok,
+        "orders_failed": s.orders_failed,
+        "last_error": s.last_error,
+    })
 }
 
 /// `POST /api/certificates/{name}/renew`: an ACME certificate ordered again now.

@@ -127,6 +127,12 @@ pub(crate) fn build_upstream(
     if let Some(max) = cfg.max_in_flight {
         b = b.max_in_flight(max);
     }
+    // One TLS client config (roots read once) for requests and probes.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|tls| backend_tls(cfg, tls, route_host))
+        .transpose()?;
     if let Some(h) = &cfg.health {
         let cc = CheckConfig {
             interval: h.interval,
@@ -137,14 +143,14 @@ pub(crate) fn build_upstream(
         b = match &h.probe {
             Probe::Http { path } => {
                 let mut probe = HttpProbe::new(path.clone());
-                if let Some(tls) = &cfg.tls {
+                if let Some(tls) = &tls {
                     // Probes speak TLS too, on connections of their own.
                     let connect = HttpConnect::new(ClientConfig {
                         connect_timeout: h.timeout,
                         pool_max_idle_per_host: 1,
                         ..ClientConfig::default()
                     });
-                    probe = probe.with_connect(connect.with_tls(backend_tls(cfg, tls, route_host)?));
+                    probe = probe.with_connect(connect.with_tls(tls.clone()));
                 }
                 b.health_check(probe, cc)
             }
@@ -205,8 +211,8 @@ pub(crate) fn build_upstream(
         connect_timeout: cfg.connect_timeout,
         ..ClientConfig::default()
     });
-    if let Some(tls) = &cfg.tls {
-        connect = connect.with_tls(backend_tls(cfg, tls, route_host)?);
+    if let Some(tls) = tls {
+        connect = connect.with_tls(tls);
     }
     let balancer = b.spawn(counted, connect);
     Ok(Upstream {

@@ -16,36 +16,52 @@ use crate::stack::StackError;
 
 /// The certificate sources of `[server.tls]`, in precedence order.
 pub(crate) fn sources(cfg: &TlsConfig) -> Vec<CertSource> {
+    keyed_sources(cfg).into_iter().map(|(_, source)| source).collect()
+}
+
+/// The certificate sources of `[server.tls]`, in precedence order, each with the key
+/// path (under `server.tls`) that gives it.
+fn keyed_sources(cfg: &TlsConfig) -> Vec<(Vec<String>, CertSource)> {
     let mut out = Vec::new();
-    for sni in &cfg.sni_certs {
-        out.push(CertSource::Files {
-            cert: sni.cert_key.cert.clone(),
-            key: sni.cert_key.key.clone(),
-            names: sni
-                .sni
-                .iter()
-                .map(|h| match h {
-                    HostMatch::Exact(n) => n.clone(),
-                    HostMatch::Suffix(s) => format!("*{s}"),
-                })
-                .collect(),
-        });
+    for (i, sni) in cfg.sni_certs.iter().enumerate() {
+        let names = sni
+            .sni
+            .iter()
+            .map(|h| match h {
+                HostMatch::Exact(n) => n.clone(),
+                HostMatch::Suffix(s) => format!("*{s}"),
+            })
+            .collect();
+        out.push((
+            vec!["certs".into(), i.to_string()],
+            CertSource::Files {
+                cert: sni.cert_key.cert.clone(),
+                key: sni.cert_key.key.clone(),
+                names,
+            },
+        ));
     }
     if let Some(d) = &cfg.default {
-        out.push(CertSource::Files {
-            cert: d.cert.clone(),
-            key: d.key.clone(),
-            names: Vec::new(),
-        });
+        out.push((
+            vec!["cert".into()],
+            CertSource::Files {
+                cert: d.cert.clone(),
+                key: d.key.clone(),
+                names: Vec::new(),
+            },
+        ));
     }
     if let Some(var) = &cfg.env {
-        out.push(CertSource::Env {
-            var: var.clone(),
-            names: Vec::new(),
-        });
+        out.push((
+            vec!["env".into()],
+            CertSource::Env {
+                var: var.clone(),
+                names: Vec::new(),
+            },
+        ));
     }
     if let Some(dir) = &cfg.dir {
-        out.push(CertSource::Dir(dir.clone()));
+        out.push((vec!["dir".into()], CertSource::Dir(dir.clone())));
     }
     out
 }
@@ -57,54 +73,19 @@ pub(crate) fn check(cfg: &Config, path: &std::path::Path) -> Result<(), crate::c
         return Ok(());
     };
     let store = CertStore::new();
-    let mut keyed: Vec<(Vec<String>, CertSource)> = Vec::new();
-    for (i, source) in sources(&TlsConfig {
-        default: None,
-        sni_certs: tls.sni_certs.clone(),
-        dir: None,
-        env: None,
-    })
-    .into_iter()
-    .enumerate()
-    {
-        keyed.push((
-            vec!["server".into(), "tls".into(), "certs".into(), i.to_string()],
-            source,
-        ));
-    }
-    let only = |t: TlsConfig| sources(&t).into_iter().next();
-    let none = || TlsConfig {
-        default: None,
-        sni_certs: Vec::new(),
-        dir: None,
-        env: None,
-    };
-    if let Some(s) = only(TlsConfig {
-        default: tls.default.clone(),
-        ..none()
-    }) {
-        keyed.push((vec!["server".into(), "tls".into(), "cert".into()], s));
-    }
-    if let Some(s) = only(TlsConfig {
-        env: tls.env.clone(),
-        ..none()
-    }) {
-        keyed.push((vec!["server".into(), "tls".into(), "env".into()], s));
-    }
-    if let Some(s) = only(TlsConfig {
-        dir: tls.dir.clone(),
-        ..none()
-    }) {
-        keyed.push((vec!["server".into(), "tls".into(), "dir".into()], s));
-    }
+    let keyed = keyed_sources(tls);
     for (key, source) in &keyed {
         if let Err(e) = store.load(std::slice::from_ref(source)) {
-            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            let key: Vec<&str> = ["server", "tls"]
+                .into_iter()
+                .chain(key.iter().map(String::as_str))
+                .collect();
             return Err(crate::config::fault_at(path, &key, e.to_string()));
         }
     }
+    let all: Vec<CertSource> = keyed.into_iter().map(|(_, source)| source).collect();
     store
-        .load(&sources(tls))
+        .load(&all)
         .map_err(|e| crate::config::fault_at(path, &["server", "tls"], e.to_string()))
 }
 
@@ -205,28 +186,4 @@ fn manager(cfg: &AcmeConfig) -> Manager {
 /// carries nothing else and is closed).
 pub(crate) fn is_acme_validation(conn: &rustls::ServerConnection) -> bool {
     conn.alpn_protocol() == Some(lb_tls::ACME_TLS_ALPN)
-}
-
-/// One ACME name for `/api/status`.
-pub(crate) fn acme_status_json(s: &lb_tls::acme::AcmeStatus) -> serde_json::Value {
-    use lb_tls::acme::AcmeState;
-    let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    let (state, retry_at, error) = match &s.state {
-        AcmeState::Pending => ("pending", None, None),
-        AcmeState::Ordering => ("ordering", None, None),
-        AcmeState::Valid { .. } => ("valid", None, None),
-        AcmeState::Locked { retry_at } => ("locked", Some(unix(*retry_at)), None),
-        AcmeState::Failed { error, retry_at } => ("failed", Some(unix(*retry_at)), Some(error.as_str())),
-        _ => ("unknown", None, None),
-    };
-    serde_json::json!({
-        "name": s.name,
-        "state": state,
-        "not_after_unix": s.not_after.map(unix),
-        "retry_at_unix": retry_at,
-        "error": error,
-        "orders_ok": s.orders_ok,
-        "orders_failed": s.orders_failed,
-        "last_error": s.last_error,
-    })
 }
