@@ -97,9 +97,10 @@ impl Service<u64> for Probe {
     }
 }
 
-/// Waits (at most 5 s) until `cond` holds.
+/// Waits (at most 5 s) until `cond` holds, checking every millisecond: the churn loop's
+/// pace is set by these waits, and it must take enough steps while the callers run.
 async fn until(what: &str, cond: impl FnMut() -> bool) {
-    lb_test_support::eventually(what, Duration::from_secs(5), cond).await;
+    lb_test_support::eventually_every(what, Duration::from_secs(5), Duration::from_millis(1), cond).await;
 }
 
 async fn churn_while_calling<P: Balance>(policy: P) {

@@ -21,7 +21,7 @@ mod dir;
 mod wait;
 
 pub use dir::TempDir;
-pub use wait::{eventually, eventually_async, eventually_blocking, POLL};
+pub use wait::{eventually, eventually_async, eventually_blocking, eventually_every, POLL};
 
 /// A port on 127.0.0.1 that was free a moment ago (bound, read, released): connecting
 /// to it is refused, until something else binds it.

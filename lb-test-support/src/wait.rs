@@ -36,7 +36,17 @@ const BLOCKING_POLL_MAX: Duration = Duration::from_millis(50);
 /// # Panics
 ///
 /// With `timed out after {limit:?} waiting for {what}`; also if `cond` panics.
-pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub async fn eventually(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    eventually_every(what, limit, POLL, cond).await;
+}
+
+/// [`eventually`], checking every `poll` instead of every [`POLL`]: for a test whose
+/// pace is set by how fast its waits return (a churn loop racing other tasks).
+///
+/// # Panics
+///
+/// As [`eventually`].
+pub async fn eventually_every(what: &str, limit: Duration, poll: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         if cond() {
@@ -45,7 +55,7 @@ pub async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> b
         if tokio::time::Instant::now() >= deadline {
             panic!("timed out after {limit:?} waiting for {what}");
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
