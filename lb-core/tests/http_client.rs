@@ -402,8 +402,8 @@ async fn upgrade_passes_through_and_is_not_pooled() {
         .unwrap();
     let mut rsp = svc.clone().call(req).await.unwrap();
     assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let on = lb_core::http::upgrade::take(&mut rsp).expect("an upgrade in the response");
-    let mut io = TokioIo::new(on.await.unwrap());
+    // The endpoint's connection itself, ready at once.
+    let mut io = lb_core::http::upgrade::take(&mut rsp).expect("an upgrade in the response");
     io.write_all(b"ping").await.unwrap();
     let mut buf = [0u8; 8];
     io.read_exact(&mut buf).await.unwrap();

@@ -1,17 +1,22 @@
 //! The connector, the per-endpoint connection pool and the per-endpoint service.
 //!
-//! Each endpoint has its own pool ([`Pool`]): a small stack of idle HTTP/1.1 connections
-//! (hyper's `client::conn::http1`, each driven by its own spawned task), or one shared
-//! HTTP/2 connection when [`ClientConfig::http2_only`] is set or when a TLS server chose
-//! `h2` by ALPN. No pool key is hashed on the request path and no lock is held beyond a
-//! push or a pop.
+//! Each endpoint has its own pool ([`Pool`]): a small stack of idle HTTP/1.1 connections,
+//! or one shared HTTP/2 connection when [`ClientConfig::http2_only`] is set or when a TLS
+//! server chose `h2` by ALPN. No pool key is hashed on the request path and no lock is
+//! held beyond a push or a pop.
+//!
+//! HTTP/1.1 is spoken by the request's own future and its response body (the `h1`
+//! module): no task per connection, no channel per request, and an idle pooled
+//! connection holds no buffer. HTTP/2 is hyper's `client::conn::http2`, whose connection
+//! runs as a task of its own (it multiplexes).
 //!
 //! An HTTP/1.1 connection goes back to its pool when the response body ends (its last
-//! frame, or a body that is empty from the start); a body that fails or is dropped before
-//! its end takes the connection with it, as does a `101 Switching Protocols` answer or a
-//! `Connection: close`. A request that a pooled connection closed before writing (the
-//! endpoint dropped an idle connection at the same moment) is sent again, once, on a new
-//! connection.
+//! frame, or a body that is empty or already read with the head); a body that fails or
+//! is dropped before its end takes the connection with it, as does a `101 Switching
+//! Protocols` answer or a `Connection: close`. A pooled connection found closed before
+//! any of the answer came (the endpoint dropped it as the request went out) sends the
+//! request again, once, on a new connection, when that cannot act twice: an idempotent
+//! method, or a write that failed before any byte left.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,15 +29,16 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CONNECTION, HOST};
+use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use super::h1::{Exchange, Failure, Head, Io};
 use super::Body;
 use crate::endpoint::Endpoint;
 
@@ -231,8 +237,11 @@ impl Service<Request<Body>> for EndpointService {
         let pool = &self.pool;
         let state = match pool.checkout_h2() {
             Some(tx) => State::send_h2(pool, tx, req, true),
-            None if pool.config.http2_only => State::connect(pool, req),
-            None => State::checkout_h1(pool, req),
+            None if pool.config.http2_only => State::connect(pool, Pending::Request(req)),
+            None => match pool.checkout_h1() {
+                Some(io) => State::send_h1(pool, io, req, true),
+                None => State::connect(pool, Pending::Request(req)),
+            },
         };
         ResponseFuture {
             pool: self.pool.clone(),
@@ -263,13 +272,9 @@ struct Pool {
 }
 
 struct Idle {
-    tx: http1::SendRequest<Body>,
+    io: Io,
     since: Instant,
 }
-
-/// A request body up to this size (exact size hint) is written with its head, so the
-/// connection is idle (or about to be) when the response ends.
-const SMALL_BODY: u64 = 64 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -352,26 +357,24 @@ impl Pool {
     }
 
     /// Pops the most recently used idle connection that is still open and not expired.
-    fn checkout_h1(&self) -> Option<http1::SendRequest<Body>> {
+    fn checkout_h1(&self) -> Option<Io> {
         loop {
-            let idle = lock(&self.idle).pop()?;
+            let mut idle = lock(&self.idle).pop()?;
             if idle.since.elapsed() > self.config.pool_idle_timeout {
                 // Everything below is older still.
                 let stale = std::mem::take(&mut *lock(&self.idle));
                 drop((idle, stale));
                 return None;
             }
-            if !idle.tx.is_closed() {
-                return Some(idle.tx);
+            if idle.io.is_reusable() {
+                return Some(idle.io);
             }
         }
     }
 
-    /// Returns a connection whose response has ended. `small_request`: the request's
-    /// body was written with its head; otherwise the connection may still be writing it
-    /// and is kept only if it is ready now.
-    fn checkin_h1(&self, tx: http1::SendRequest<Body>, small_request: bool) {
-        if self.config.pool_max_idle_per_host == 0 || tx.is_closed() || (!small_request && !tx.is_ready()) {
+    /// Keeps a connection whose exchange is over for the next request.
+    fn checkin_h1(&self, io: Io) {
+        if self.config.pool_max_idle_per_host == 0 {
             return;
         }
         let now = Instant::now();
@@ -383,7 +386,7 @@ impl Pool {
             idle.drain(..expired);
         }
         if idle.len() < self.config.pool_max_idle_per_host {
-            idle.push(Idle { tx, since: now });
+            idle.push(Idle { io, since: now });
         }
     }
 
@@ -425,9 +428,12 @@ impl Pool {
             }
         };
         match opened {
-            Opened::Tcp(stream) => self.handshake(TokioIo::new(stream), self.config.http2_only).await,
+            Opened::Tcp(stream) if self.config.http2_only => self.handshake_h2(TokioIo::new(stream)).await,
+            Opened::Tcp(stream) => Ok(Conn::H1(Io::Tcp(stream))),
             #[cfg(feature = "tls")]
-            Opened::Tls(stream, h2) => self.handshake(TokioIo::new(stream), h2).await,
+            Opened::Tls(stream, true) => self.handshake_h2(TokioIo::new(stream)).await,
+            #[cfg(feature = "tls")]
+            Opened::Tls(stream, false) => Ok(Conn::H1(Io::Tls(stream))),
         }
     }
 
@@ -444,37 +450,23 @@ impl Pool {
         Ok(Opened::Tcp(stream))
     }
 
-    /// The HTTP handshake on a new connection, whose task it spawns.
-    async fn handshake<T>(&self, io: T, h2: bool) -> Result<Conn, ClientError>
+    /// The HTTP/2 handshake on a new connection, whose task it spawns.
+    async fn handshake_h2<T>(&self, io: T) -> Result<Conn, ClientError>
     where
         T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let addr = self.addr;
-        if h2 {
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake(io)
-                .await
-                .map_err(|e| ClientError::new(Kind::Connect, addr, e))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%addr, error = %e, "endpoint connection (h2) ended with an error");
-                }
-            });
-            self.store_h2(&tx);
-            Ok(Conn::H2(tx))
-        } else {
-            let (tx, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| ClientError::new(Kind::Connect, addr, e))?;
-            tokio::spawn(async move {
-                // `with_upgrades`: a 101 answer hands the connection to `hyper::upgrade::on`.
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(%addr, error = %e, "endpoint connection ended with an error");
-                }
-            });
-            Ok(Conn::H1(tx))
-        }
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::new(Kind::Connect, addr, e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "endpoint connection (h2) ended with an error");
+            }
+        });
+        self.store_h2(&tx);
+        Ok(Conn::H2(tx))
     }
 }
 
@@ -493,7 +485,7 @@ fn without_userinfo(authority: &str) -> &str {
 
 /// A new connection.
 enum Conn {
-    H1(http1::SendRequest<Body>),
+    H1(Io),
     H2(http2::SendRequest<Body>),
 }
 
@@ -502,75 +494,54 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Conn, ClientError>> + Se
 
 /// The future of [`EndpointService::call`].
 ///
-/// It owns the request until a connection takes it: an idle one from the pool (waiting
-/// for it to be ready, if it is finishing its last exchange) or a new one. One
-/// allocation per request (hyper's send future); a new connection costs another.
+/// Over HTTP/1.1 it writes the request and reads the response head itself, on the
+/// caller's task: one allocation per request (the exchange, which the response body
+/// takes over); a new connection costs another.
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture {
     pool: Arc<Pool>,
     state: State,
 }
 
+/// What a new connection is for.
+enum Pending {
+    Request(Request<Body>),
+    /// The bytes of a request a stale pooled connection took, and whether it is `HEAD`.
+    Replay(Bytes, bool),
+}
+
 enum State {
-    /// An idle HTTP/1.1 connection that is not ready yet (it is finishing the exchange
-    /// before; it will be ready or closed in a moment).
-    Waiting {
-        tx: http1::SendRequest<Body>,
-        req: Request<Body>,
-    },
     Connecting {
         connect: ConnectFuture,
-        req: Request<Body>,
+        pending: Pending,
     },
-    Sending {
+    /// An HTTP/1.1 exchange, until its response head.
+    H1(Box<Exchange>),
+    H2 {
         send: SendFuture,
-        /// The HTTP/1.1 connection, to return to the pool when the response ends.
-        tx: Option<http1::SendRequest<Body>>,
-        /// A pooled connection (a request it never wrote is sent again on a new one).
         reused: bool,
-        small_request: bool,
     },
     Done,
 }
 
 impl State {
-    fn checkout_h1(pool: &Arc<Pool>, req: Request<Body>) -> State {
-        match pool.checkout_h1() {
-            Some(tx) if tx.is_ready() => State::send_h1(pool, tx, req, true),
-            Some(tx) => State::Waiting { tx, req },
-            None => State::connect(pool, req),
-        }
-    }
-
-    fn connect(pool: &Arc<Pool>, req: Request<Body>) -> State {
+    fn connect(pool: &Arc<Pool>, pending: Pending) -> State {
         State::Connecting {
             connect: Box::pin(pool.clone().connect()),
-            req,
+            pending,
         }
     }
 
-    fn send_h1(pool: &Pool, mut tx: http1::SendRequest<Body>, mut req: Request<Body>, reused: bool) -> State {
+    fn send_h1(pool: &Pool, io: Io, mut req: Request<Body>, reused: bool) -> State {
         pool.prepare_h1(&mut req);
-        let small_request = {
-            use http_body::Body as _;
-            let body = req.body();
-            body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= SMALL_BODY)
-        };
-        State::Sending {
-            send: Box::pin(tx.try_send_request(req)),
-            tx: Some(tx),
-            reused,
-            small_request,
-        }
+        State::H1(Exchange::start(io, req, reused))
     }
 
     fn send_h2(pool: &Pool, mut tx: http2::SendRequest<Body>, mut req: Request<Body>, reused: bool) -> State {
         pool.prepare_h2(&mut req);
-        State::Sending {
+        State::H2 {
             send: Box::pin(tx.try_send_request(req)),
-            tx: None,
             reused,
-            small_request: true,
         }
     }
 }
@@ -578,9 +549,8 @@ impl State {
 impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
-            State::Waiting { .. } => "waiting for an idle connection",
             State::Connecting { .. } => "connecting",
-            State::Sending { .. } => "sending",
+            State::H1(_) | State::H2 { .. } => "sending",
             State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
@@ -590,79 +560,67 @@ impl fmt::Debug for ResponseFuture {
     }
 }
 
-impl Drop for ResponseFuture {
-    fn drop(&mut self) {
-        // Cancelled before the idle connection it waited for was used: keep it.
-        if let State::Waiting { .. } = self.state {
-            if let State::Waiting { tx, .. } = std::mem::replace(&mut self.state, State::Done) {
-                self.pool.checkin_h1(tx, true);
-            }
-        }
-    }
-}
-
 impl Future for ResponseFuture {
     type Output = Result<Response<ResponseBody>, ClientError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let addr = this.pool.addr;
         loop {
             match &mut this.state {
-                State::Sending { send, .. } => {
-                    let res = ready!(send.as_mut().poll(cx));
-                    let State::Sending {
-                        tx,
-                        reused,
-                        small_request,
-                        ..
-                    } = std::mem::replace(&mut this.state, State::Done)
-                    else {
+                State::H1(exchange) => {
+                    let res = ready!(exchange.poll_head(cx));
+                    let State::H1(exchange) = std::mem::replace(&mut this.state, State::Done) else {
                         unreachable!()
                     };
                     match res {
-                        Ok(rsp) => return Poll::Ready(Ok(this.pool.answer(rsp, tx, small_request))),
+                        Ok(head) => return Poll::Ready(this.pool.answer_h1(exchange, head)),
+                        // The pooled connection was closed under the request: once
+                        // more, on a new connection.
+                        Err(Failure::Stale(bytes, head)) => {
+                            tracing::debug!(%addr, "pooled connection closed, sending again");
+                            this.state = State::connect(&this.pool, Pending::Replay(bytes, head));
+                        }
+                        Err(Failure::NotSent(e)) => return Poll::Ready(Err(ClientError::new(Kind::Connect, addr, e))),
+                        Err(Failure::Broken(e)) => return Poll::Ready(Err(ClientError::new(Kind::Send, addr, e))),
+                    }
+                }
+                State::H2 { send, .. } => {
+                    let res = ready!(send.as_mut().poll(cx));
+                    let State::H2 { reused, .. } = std::mem::replace(&mut this.state, State::Done) else {
+                        unreachable!()
+                    };
+                    match res {
+                        Ok(rsp) => {
+                            return Poll::Ready(Ok(rsp.map(|b| ResponseBody {
+                                inner: Inner::H2(b, addr),
+                            })))
+                        }
                         Err(mut e) => match e.take_message() {
-                            // The pooled connection closed before it wrote the request:
+                            // The shared connection closed before it sent the request:
                             // once more, on a new connection.
                             Some(req) if reused => {
-                                tracing::debug!(addr = %this.pool.addr, error = %e.error(), "pooled connection closed, sending again");
-                                this.state = State::connect(&this.pool, req);
+                                tracing::debug!(%addr, error = %e.error(), "pooled connection closed, sending again");
+                                this.state = State::connect(&this.pool, Pending::Request(req));
                             }
-                            // A new connection that closed before writing the request.
-                            Some(_) => {
-                                return Poll::Ready(Err(ClientError::new(
-                                    Kind::Connect,
-                                    this.pool.addr,
-                                    e.into_error(),
-                                )))
-                            }
-                            None => {
-                                return Poll::Ready(Err(ClientError::new(Kind::Send, this.pool.addr, e.into_error())))
-                            }
+                            Some(_) => return Poll::Ready(Err(ClientError::new(Kind::Connect, addr, e.into_error()))),
+                            None => return Poll::Ready(Err(ClientError::new(Kind::Send, addr, e.into_error()))),
                         },
                     }
                 }
-                State::Waiting { tx, .. } => {
-                    let ready = ready!(tx.poll_ready(cx)).is_ok();
-                    let State::Waiting { tx, req } = std::mem::replace(&mut this.state, State::Done) else {
-                        unreachable!()
-                    };
-                    this.state = if ready {
-                        State::send_h1(&this.pool, tx, req, true)
-                    } else {
-                        // Closed: the next idle one, or a new one.
-                        State::checkout_h1(&this.pool, req)
-                    };
-                }
                 State::Connecting { connect, .. } => {
                     let res = ready!(connect.as_mut().poll(cx));
-                    let State::Connecting { req, .. } = std::mem::replace(&mut this.state, State::Done) else {
+                    let State::Connecting { pending, .. } = std::mem::replace(&mut this.state, State::Done) else {
                         unreachable!()
                     };
-                    this.state = match res {
-                        Ok(Conn::H1(tx)) => State::send_h1(&this.pool, tx, req, false),
-                        Ok(Conn::H2(tx)) => State::send_h2(&this.pool, tx, req, false),
-                        Err(e) => return Poll::Ready(Err(e)),
+                    this.state = match (res?, pending) {
+                        (Conn::H1(io), Pending::Request(req)) => State::send_h1(&this.pool, io, req, false),
+                        (Conn::H1(io), Pending::Replay(bytes, head)) => State::H1(Exchange::replay(io, bytes, head)),
+                        (Conn::H2(tx), Pending::Request(req)) => State::send_h2(&this.pool, tx, req, false),
+                        (Conn::H2(_), Pending::Replay(..)) => {
+                            let e = "the endpoint closed the connection before answering, and now speaks HTTP/2";
+                            return Poll::Ready(Err(ClientError::new(Kind::Send, addr, e)));
+                        }
                     };
                 }
                 State::Done => panic!("ResponseFuture polled after completion"),
@@ -672,105 +630,122 @@ impl Future for ResponseFuture {
 }
 
 impl Pool {
-    /// Wraps the response body; an HTTP/1.1 connection goes back to the pool when it ends.
-    fn answer(
+    /// The response to an HTTP/1.1 exchange. A body already read with the head (or none
+    /// at all) ends the exchange now and the connection goes back to the pool; otherwise
+    /// the body reads the rest from the connection.
+    fn answer_h1(
         self: &Arc<Self>,
-        rsp: Response<Incoming>,
-        tx: Option<http1::SendRequest<Body>>,
-        small_request: bool,
-    ) -> Response<ResponseBody> {
-        let checkin = match tx {
-            Some(tx) if rsp.status() != StatusCode::SWITCHING_PROTOCOLS && !says_close(rsp.headers()) => {
-                if http_body::Body::is_end_stream(rsp.body()) {
-                    self.checkin_h1(tx, small_request);
-                    None
-                } else {
-                    Some(Checkin {
-                        pool: self.clone(),
-                        tx,
-                        small_request,
-                    })
-                }
-            }
-            _ => None,
-        };
-        rsp.map(|inner| ResponseBody { inner, checkin })
-    }
-}
-
-/// Whether a `Connection` header lists `close`.
-fn says_close(headers: &HeaderMap) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
-}
-
-/// The body of a response from an [`EndpointService`]: hyper's [`Incoming`], returning its
-/// HTTP/1.1 connection to the pool when it ends.
-pub struct ResponseBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
-}
-
-struct Checkin {
-    pool: Arc<Pool>,
-    tx: http1::SendRequest<Body>,
-    small_request: bool,
-}
-
-impl ResponseBody {
-    fn release(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.pool.checkin_h1(c.tx, c.small_request);
+        mut exchange: Box<Exchange>,
+        head: Head,
+    ) -> Result<Response<ResponseBody>, ClientError> {
+        exchange
+            .expect_body(&head)
+            .map_err(|e| ClientError::new(Kind::Send, self.addr, e))?;
+        let mut rsp = Response::new(ResponseBody { inner: Inner::Empty });
+        *rsp.status_mut() = head.status;
+        *rsp.version_mut() = head.version;
+        *rsp.headers_mut() = head.headers;
+        if rsp.status() == StatusCode::SWITCHING_PROTOCOLS || exchange.is_tunnel(rsp.status()) {
+            rsp.extensions_mut()
+                .insert(super::h1::UpgradeSlot::new(exchange.into_upgraded()));
+            return Ok(rsp);
         }
+        let whole = exchange.take_whole_body();
+        if exchange.is_done() {
+            if let Some(io) = exchange.into_reusable() {
+                self.checkin_h1(io);
+            }
+            rsp.body_mut().inner = Inner::Full(whole);
+        } else {
+            rsp.body_mut().inner = Inner::H1(exchange, self.clone());
+        }
+        Ok(rsp)
     }
+}
+
+/// The body of a response from an [`EndpointService`]. Over HTTP/1.1 it reads the
+/// endpoint's connection itself and returns the connection to the pool when it ends.
+pub struct ResponseBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Empty,
+    /// Read with the head (taken by the first poll).
+    Full(Option<Bytes>),
+    H1(Box<Exchange>, Arc<Pool>),
+    H2(Incoming, SocketAddr),
 }
 
 impl fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseBody")
-            .field("inner", &self.inner)
-            .field("pooled", &self.checkin.is_some())
-            .finish()
+        let kind = match &self.inner {
+            Inner::Empty | Inner::Full(None) => "ended",
+            Inner::Full(Some(_)) => "read",
+            Inner::H1(..) => "http/1.1",
+            Inner::H2(..) => "h2",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
 }
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ClientError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, ClientError>>> {
         let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
-        match &res {
-            Poll::Pending => {}
-            Poll::Ready(Some(Ok(_))) => {
-                // A body of known length ends with its last frame: callers (hyper's
-                // server among them) stop polling once `is_end_stream` says so.
-                if this.checkin.is_some() && this.inner.is_end_stream() {
-                    this.release();
-                }
+        match &mut this.inner {
+            Inner::Empty => Poll::Ready(None),
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(http_body::Frame::data(b)))),
+            Inner::H2(body, addr) => {
+                let addr = *addr;
+                Pin::new(body)
+                    .poll_frame(cx)
+                    .map_err(|e| ClientError::new(Kind::Body, addr, e))
             }
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Err(_))) => this.checkin = None,
+            Inner::H1(exchange, pool) => {
+                let res = ready!(exchange.poll_body(cx));
+                let addr = pool.addr;
+                if exchange.is_done() || matches!(res, Some(Err(_))) {
+                    // Over: the connection goes back to the pool (or is dropped), now,
+                    // since a body of known length is not polled after its last frame.
+                    let Inner::H1(exchange, pool) = std::mem::replace(&mut this.inner, Inner::Empty) else {
+                        unreachable!()
+                    };
+                    if let Some(io) = exchange.into_reusable() {
+                        pool.checkin_h1(io);
+                    }
+                }
+                Poll::Ready(res.map(|r| r.map_err(|e| ClientError::new(Kind::Body, addr, e))))
+            }
         }
-        res
     }
 
     #[inline]
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Empty | Inner::Full(None) => true,
+            Inner::Full(Some(_)) => false,
+            Inner::H1(exchange, _) => exchange.is_done(),
+            Inner::H2(body, _) => body.is_end_stream(),
+        }
     }
 
     #[inline]
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Empty | Inner::Full(None) => http_body::SizeHint::with_exact(0),
+            Inner::Full(Some(b)) => http_body::SizeHint::with_exact(b.len() as u64),
+            Inner::H1(exchange, _) => exchange
+                .remaining()
+                .map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact),
+            Inner::H2(body, _) => body.size_hint(),
+        }
     }
 }
 
@@ -778,10 +753,12 @@ impl http_body::Body for ResponseBody {
 enum Kind {
     Connect,
     Send,
+    Body,
 }
 
 /// Why an [`EndpointService`] got no response: it could not connect (see
-/// [`is_connect`](Self::is_connect)), or the exchange failed.
+/// [`is_connect`](Self::is_connect)), or the exchange failed; or why a
+/// [`ResponseBody`] broke off.
 pub struct ClientError {
     kind: Kind,
     addr: SocketAddr,
@@ -819,6 +796,7 @@ impl fmt::Display for ClientError {
         match self.kind {
             Kind::Connect => write!(f, "could not connect to {}", self.addr),
             Kind::Send => write!(f, "request to {} failed", self.addr),
+            Kind::Body => write!(f, "the response from {} broke off", self.addr),
         }
     }
 }
@@ -847,54 +825,345 @@ pub fn is_connect_error(err: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::HeaderMap;
     use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
+    use crate::http::{empty, full};
 
-    /// A request queued on a pooled connection that closes before taking it (the race
-    /// with an endpoint closing an idle connection) is sent again on a new connection.
-    #[tokio::test]
-    async fn a_request_a_pooled_connection_never_wrote_is_sent_again() {
+    /// What a scripted endpoint does after reading one request.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        /// Writes these bytes, in one write.
+        Send(&'static [u8]),
+        /// Writes these bytes one at a time.
+        Trickle(&'static [u8]),
+        /// Closes the connection without answering.
+        Close,
+    }
+
+    /// A raw HTTP/1.1 endpoint on loopback. Connection `i` answers its requests with
+    /// `script[i]` in turn, then closes. Returns its address, the number of connections
+    /// accepted and the requests read (head and body, as received).
+    async fn endpoint(script: Vec<Vec<Answer>>) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<Vec<u8>>>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (accepted.clone(), requests.clone());
         tokio::spawn(async move {
-            loop {
-                let (io, _) = listener.accept().await.unwrap();
+            for answers in script {
+                let (mut io, _) = listener.accept().await.unwrap();
                 count.fetch_add(1, Ordering::SeqCst);
-                let svc = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(super::super::full("ok")))
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for answer in answers {
+                        let Some(req) = read_request(&mut io, &mut buf).await else {
+                            return;
+                        };
+                        lock(&seen).push(req);
+                        match answer {
+                            Answer::Send(bytes) => io.write_all(bytes).await.unwrap(),
+                            Answer::Trickle(bytes) => {
+                                for b in bytes {
+                                    io.write_all(std::slice::from_ref(b)).await.unwrap();
+                                    io.flush().await.unwrap();
+                                }
+                            }
+                            Answer::Close => return,
+                        }
+                    }
                 });
-                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc));
             }
         });
-        let pool = Arc::new(Pool::new(addr, ClientConfig::default()));
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (tx, conn) = http1::handshake::<_, Body>(TokioIo::new(stream)).await.unwrap();
-        let mut conn = Box::pin(conn);
-        // Polled once, the idle connection asks for a request.
-        let pending = std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx).is_pending())).await;
-        assert!(pending && tx.is_ready());
-        pool.checkin_h1(tx, true);
+        (addr, accepted, requests)
+    }
 
-        let mut svc = EndpointService { pool };
-        let rsp = svc.call(Request::get("/").body(super::super::empty()).unwrap());
-        // The request is queued on the pooled connection, which now goes away unused.
-        drop(conn);
-        let rsp = rsp.await.unwrap();
-        assert_eq!(rsp.into_body().collect().await.unwrap().to_bytes(), "ok");
+    /// One request (head, then a body by `content-length` or chunked), or `None` at the
+    /// end of the stream.
+    async fn read_request(io: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let find = |buf: &[u8], pat: &[u8]| buf.windows(pat.len()).position(|w| w == pat);
+        loop {
+            if let Some(end) = find(buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map(|n| n.trim().parse::<usize>().unwrap());
+                let chunked = head.contains("transfer-encoding: chunked");
+                let total = match (len, chunked) {
+                    (Some(n), _) => Some(end + 4 + n),
+                    // The last chunk, then its trailer fields up to an empty line.
+                    (None, true) => find(&buf[end + 2..], b"\r\n0\r\n")
+                        .and_then(|i| find(&buf[end + 2 + i + 3..], b"\r\n\r\n").map(|j| end + 2 + i + 3 + j + 4)),
+                    (None, false) => Some(end + 4),
+                };
+                if let Some(total) = total.filter(|&t| t <= buf.len()) {
+                    return Some(buf.drain(..total).collect());
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = io.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn service(addr: SocketAddr) -> EndpointService {
+        HttpConnect::new(ClientConfig::default()).for_endpoint(&Endpoint::new(addr))
+    }
+
+    async fn text(rsp: Response<ResponseBody>) -> String {
+        String::from_utf8(rsp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path).body(empty()).unwrap()
+    }
+
+    const OK: Answer = Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+
+    #[tokio::test]
+    async fn connections_are_reused_and_requests_framed() {
+        let (addr, accepted, requests) = endpoint(vec![vec![OK, OK, OK]]).await;
+        let mut svc = service(addr);
+        assert_eq!(text(svc.call(get("/a?x=1")).await.unwrap()).await, "ok");
+        let post = Request::post("http://api.internal/b").body(full("hello")).unwrap();
+        assert_eq!(text(svc.call(post).await.unwrap()).await, "ok");
+        let empty_post = Request::post("/c").body(empty()).unwrap();
+        assert_eq!(text(svc.call(empty_post).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        let requests: Vec<String> = lock(&requests)
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect();
+        assert_eq!(requests[0], format!("GET /a?x=1 HTTP/1.1\r\nhost: {addr}\r\n\r\n"));
+        assert_eq!(
+            requests[1],
+            "POST /b HTTP/1.1\r\nhost: api.internal\r\ncontent-length: 5\r\n\r\nhello"
+        );
+        assert!(requests[2].ends_with("content-length: 0\r\n\r\n"), "{}", requests[2]);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_request_body_goes_chunked_with_its_trailers() {
+        let (addr, _, requests) = endpoint(vec![vec![OK]]).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, crate::BoxError>>(4);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = Request::put("/up").body(super::super::boxed(body)).unwrap();
+        let rsp = tokio::spawn(service(addr).call(req));
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello, "))))
+            .await
+            .unwrap();
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"world"))))
+            .await
+            .unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("12"));
+        tx.send(Ok(http_body::Frame::trailers(trailers))).await.unwrap();
+        drop(tx);
+        assert_eq!(text(rsp.await.unwrap().unwrap()).await, "ok");
+        let req = String::from_utf8(lock(&requests)[0].clone()).unwrap();
+        assert!(req.contains("transfer-encoding: chunked\r\n"), "{req}");
+        assert!(
+            req.ends_with("\r\n\r\n7\r\nhello, \r\n5\r\nworld\r\n0\r\nx-sum: 12\r\n\r\n"),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_body_longer_than_its_length_fails_the_exchange() {
+        let (addr, _, _) = endpoint(vec![vec![OK]]).await;
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<_, crate::BoxError>(
+            http_body::Frame::data(Bytes::from_static(b"toolong")),
+        )]));
+        let mut req = Request::post("/").body(super::super::boxed(body)).unwrap();
+        req.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        let err = service(addr).call(req).await.unwrap_err();
+        assert!(!err.is_connect());
+        assert!(
+            format!("{:?}", err.source).contains("longer than its length"),
+            "{err:?}"
+        );
+    }
+
+    /// A chunked answer written a byte at a time, with an extension and trailers: the
+    /// body and trailers come through whole and the connection serves the next request.
+    #[tokio::test]
+    async fn a_chunked_answer_is_decoded_across_any_split() {
+        const CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n1 \r\n,\r\n6\r\n world\r\n0\r\nx-check: yes\r\n\r\n";
+        let (addr, accepted, _) = endpoint(vec![vec![Answer::Trickle(CHUNKED), OK]]).await;
+        let mut svc = service(addr);
+        let rsp = svc.call(get("/")).await.unwrap();
+        let collected = rsp.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-check"], "yes");
+        assert_eq!(collected.to_bytes(), "hello, world");
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    /// RFC 9112 6.3: what delimits a response body, and whether the connection is kept.
+    #[tokio::test]
+    async fn response_framing() {
+        let (addr, accepted, _) = endpoint(vec![
+            vec![
+                // 1xx answers are passed over.
+                Answer::Send(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+                // HEAD: no body whatever the length says.
+                Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+                Answer::Send(b"HTTP/1.1 204 No Content\r\n\r\n"),
+                Answer::Send(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n"),
+                // Neither length nor chunked: until the connection closes.
+                Answer::Send(b"HTTP/1.1 200 OK\r\n\r\nto the end"),
+            ],
+            vec![
+                // Both: chunked wins and the connection is not kept.
+                Answer::Send(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                ),
+                OK,
+            ],
+            vec![
+                Answer::Send(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"),
+                OK,
+            ],
+            vec![Answer::Send(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"), OK],
+            vec![Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok")],
+            vec![OK],
+        ])
+        .await;
+        let mut svc = service(addr);
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        let head = Request::head("/").body(empty()).unwrap();
+        assert_eq!(text(svc.call(head).await.unwrap()).await, "");
+        let rsp = svc.call(get("/")).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(text(rsp).await, "");
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "");
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "to the end");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            4,
+            "close, HTTP/1.0 and TE with CL end a connection"
+        );
+        let err = svc.call(get("/")).await.unwrap_err();
+        assert!(
+            format!("{:?}", err.source).contains("invalid Content-Length"),
+            "{err:?}"
+        );
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 6);
+    }
+
+    /// A body cut short by the endpoint is an error of the body, and the connection is
+    /// not reused.
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error() {
+        let (addr, accepted, _) = endpoint(vec![
+            vec![Answer::Send(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")],
+            vec![OK],
+        ])
+        .await;
+        let mut svc = service(addr);
+        let rsp = svc.call(get("/")).await.unwrap();
+        let err = rsp.into_body().collect().await.unwrap_err();
+        assert_eq!(err.kind, Kind::Body);
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
-    #[test]
-    fn connection_close() {
-        let mut h = HeaderMap::new();
-        assert!(!says_close(&h));
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-        assert!(!says_close(&h));
-        h.append(CONNECTION, HeaderValue::from_static("Upgrade, Close"));
-        assert!(says_close(&h));
+    /// The race with an endpoint closing an idle connection: a GET that a pooled
+    /// connection took and never answered is sent again on a new connection.
+    #[tokio::test]
+    async fn a_get_a_pooled_connection_dropped_is_sent_again() {
+        let (addr, accepted, requests) = endpoint(vec![vec![OK, Answer::Close], vec![OK]]).await;
+        let mut svc = service(addr);
+        assert_eq!(text(svc.call(get("/1")).await.unwrap()).await, "ok");
+        assert_eq!(text(svc.call(get("/2")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let requests = lock(&requests);
+        assert_eq!(requests.len(), 3);
+        assert_eq!(requests[1], requests[2], "the same bytes went again");
+    }
+
+    /// The same race with a POST: it may have been acted on, so it is not sent twice.
+    #[tokio::test]
+    async fn a_post_a_pooled_connection_dropped_is_not_sent_again() {
+        let (addr, accepted, requests) = endpoint(vec![vec![OK, Answer::Close], vec![OK]]).await;
+        let mut svc = service(addr);
+        assert_eq!(text(svc.call(get("/1")).await.unwrap()).await, "ok");
+        let err = svc
+            .call(Request::post("/2").body(full("x")).unwrap())
+            .await
+            .unwrap_err();
+        assert!(!err.is_connect());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(lock(&requests).len(), 2);
+    }
+
+    /// A connection the endpoint closed while idle is found closed at checkout once its
+    /// end has arrived, and the request goes on a new one.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_not_used() {
+        let (addr, accepted, _) = endpoint(vec![vec![OK], vec![OK]]).await;
+        let mut svc = service(addr);
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        // The endpoint's side ended after its one answer; wait for the pooled
+        // connection to see it.
+        let pool = svc.pool.clone();
+        lb_test_support::eventually_async(
+            "the pooled connection to be seen closed",
+            Duration::from_secs(5),
+            || {
+                let pool = pool.clone();
+                async move {
+                    let mut idle = lock(&pool.idle);
+                    idle.first_mut().is_some_and(|i| !i.io.is_reusable())
+                }
+            },
+        )
+        .await;
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A 101 hands the connection over with the bytes read past the head.
+    #[tokio::test]
+    async fn switching_protocols_hands_the_connection_over() {
+        let (addr, _, _) = endpoint(vec![vec![Answer::Send(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nfirst",
+        )]])
+        .await;
+        let mut req = get("/");
+        req.headers_mut()
+            .insert(http::header::UPGRADE, HeaderValue::from_static("echo"));
+        let mut rsp = service(addr).call(req).await.unwrap();
+        assert_eq!(rsp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut up = crate::http::upgrade::take(&mut rsp).expect("an upgraded connection");
+        let mut got = [0u8; 5];
+        up.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"first");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_answer_is_an_error_of_the_request() {
+        let (addr, _, _) = endpoint(vec![vec![Answer::Send(b"HTTP/1.1 2x0 OK\r\n\r\n")]]).await;
+        let err = service(addr).call(get("/")).await.unwrap_err();
+        assert_eq!(err.kind, Kind::Send);
+        assert!(
+            format!("{:?}", err.source).contains("malformed response head"),
+            "{err:?}"
+        );
     }
 }

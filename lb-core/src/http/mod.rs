@@ -56,6 +56,7 @@
 
 mod client;
 pub mod forward;
+mod h1;
 mod probe;
 mod protocol;
 #[cfg(feature = "tls")]

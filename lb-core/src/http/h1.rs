@@ -1,0 +1,869 @@
+//! The HTTP/1.1 client side of one endpoint connection, driven by the request's own task.
+//!
+//! hyper's `client::conn::http1` runs each connection as a task of its own: a request is
+//! sent to it over a channel, the response comes back over a oneshot and its body over
+//! another channel, so every request costs two task hops. Here the request's future
+//! writes the request and parses the answer itself ([`Exchange::poll_head`]), and the
+//! response body reads the socket itself ([`Exchange::poll_body`]): no task, no
+//! channel, as HAProxy and nginx serve both sides of a request in one pass.
+//!
+//! Messages follow RFC 9112: the request is framed by its body's exact length
+//! (`Content-Length`) or chunked; the response by section 6.3's rules (no body for
+//! `HEAD`, 1xx, 204 and 304; `Transfer-Encoding` before `Content-Length`, and both make
+//! the connection unfit for reuse; otherwise until the connection closes). Interim 1xx
+//! answers are skipped, a `101 Switching Protocols` hands the connection over
+//! ([`Upgraded`]).
+//!
+//! An idle connection is its transport only ([`Io`]): the buffers live in the
+//! exchange, so a pooled connection holds none.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Method, Request, StatusCode, Version};
+use http_body::{Body as _, Frame};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::Body;
+
+/// Responses with more header fields are refused.
+const MAX_HEADERS: usize = 100;
+/// A response head (or a chunk size line, or trailers) longer than this is refused.
+const MAX_HEAD: usize = 64 * 1024;
+/// The first read of an exchange asks for this much room.
+const READ_SIZE: usize = 8 * 1024;
+/// Reads of a long body grow up to this.
+const READ_SIZE_MAX: usize = 64 * 1024;
+/// A request body is gathered up to this much before it is written.
+const WRITE_HIGH: usize = 64 * 1024;
+
+/// An endpoint connection's transport.
+pub(super) enum Io {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// Whether an idle connection can take a request: nothing has arrived on it (the
+    /// endpoint closing it, or bytes no request asked for). Costs no system call unless
+    /// the socket reported it readable.
+    pub(super) fn is_reusable(&mut self) -> bool {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        matches!(Pin::new(self).poll_read(&mut cx, &mut buf), Poll::Pending)
+    }
+}
+
+impl AsyncRead for Io {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "tls")]
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the connection closes (responses only).
+    Eof,
+}
+
+/// Where a chunked body's decoder (or encoder) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    /// Before a chunk size line.
+    Size,
+    /// Inside a chunk's data: this many bytes are left.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The pooled connection was found closed before any of the answer came, and the
+    /// request may be sent again, as it is, on a new connection: these bytes.
+    Stale(Bytes, bool),
+    /// The request never left (it failed to write at all on a new connection).
+    NotSent(io::Error),
+    /// The exchange broke.
+    Broken(crate::BoxError),
+}
+
+/// A response head, read.
+pub(super) struct Head {
+    pub(super) status: StatusCode,
+    pub(super) version: Version,
+    pub(super) headers: HeaderMap,
+}
+
+/// One request and its response on one connection, from the first byte written to the
+/// last byte read.
+pub(super) struct Exchange {
+    io: Io,
+    /// The request's bytes not yet written (from `written`).
+    wbuf: BytesMut,
+    written: usize,
+    /// `wbuf` holds the whole request from its first byte (nothing of it was dropped
+    /// after writing), so it can be sent again.
+    whole: bool,
+    /// The request body still to be written; `None` once it ended.
+    body: Option<Body>,
+    send: Option<Framing>,
+    /// Everything is written and flushed.
+    sent: bool,
+    /// The request body failed or broke its framing.
+    body_failed: bool,
+    rbuf: BytesMut,
+    read_size: usize,
+    /// Some of the answer has arrived.
+    answered: bool,
+    head_request: bool,
+    connect_request: bool,
+    idempotent: bool,
+    /// The connection came from the pool.
+    reused: bool,
+    /// Neither side asked to close after this exchange.
+    keep_alive: bool,
+    /// The response body's framing, once the head is read.
+    recv: Framing,
+    /// The response body ended.
+    done: bool,
+}
+
+impl Exchange {
+    /// Starts an exchange: the request's head (and as much of its body as is ready) will
+    /// go out in one write. `req` must be in origin form with a `Host` header.
+    pub(super) fn start(io: Io, req: Request<Body>, reused: bool) -> Box<Self> {
+        let (parts, body) = req.into_parts();
+        let hint = body.size_hint();
+        let declared = content_length(&parts.headers).ok().flatten();
+        let (framing, body) = if body.is_end_stream() {
+            (None, None)
+        } else {
+            let framing = match hint.exact().or(declared) {
+                Some(n) => Framing::Length(n),
+                None => Framing::Chunked(Chunk::Data(0)),
+            };
+            (Some(framing), Some(body))
+        };
+        let mut wbuf = BytesMut::with_capacity(256 + 32 * parts.headers.len());
+        put_head(&mut wbuf, &parts, framing, declared.is_some());
+        let keep_alive = !lists_close(&parts.headers);
+        Box::new(Exchange {
+            io,
+            wbuf,
+            written: 0,
+            whole: true,
+            body,
+            send: framing,
+            sent: false,
+            body_failed: false,
+            rbuf: BytesMut::new(),
+            read_size: READ_SIZE,
+            answered: false,
+            head_request: parts.method == Method::HEAD,
+            connect_request: parts.method == Method::CONNECT,
+            idempotent: parts.method.is_idempotent(),
+            reused,
+            keep_alive,
+            recv: Framing::Length(0),
+            done: false,
+        })
+    }
+
+    /// Sends again, on a new connection, a request a stale pooled connection took.
+    pub(super) fn replay(io: Io, bytes: Bytes, head_request: bool) -> Box<Self> {
+        Box::new(Exchange {
+            io,
+            wbuf: BytesMut::from(&bytes[..]),
+            written: 0,
+            whole: true,
+            body: None,
+            send: None,
+            sent: false,
+            body_failed: false,
+            rbuf: BytesMut::new(),
+            read_size: READ_SIZE,
+            answered: false,
+            head_request,
+            connect_request: false,
+            idempotent: true,
+            reused: false,
+            keep_alive: true,
+            recv: Framing::Length(0),
+            done: false,
+        })
+    }
+
+    /// Writes what can be written: the pending bytes, then as much of the body as is
+    /// ready. Ready once everything is written and flushed.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            // Gather what the body has ready, so the head and a small body go out in
+            // one write.
+            let mut body_pending = false;
+            while let Some(body) = self.body.as_mut() {
+                if self.wbuf.len() - self.written >= WRITE_HIGH {
+                    break;
+                }
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_pending = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => {
+                        if let Err(e) = self.put_body(frame) {
+                            // The request's own fault: never a reason to send it again
+                            // or to blame the connection.
+                            self.body = None;
+                            self.body_failed = true;
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+            }
+            while self.written < self.wbuf.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.written..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.written += n;
+            }
+            if self.body.is_none() {
+                ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+            // Written out with more to come: the room is reused, and the request can no
+            // longer be sent again from it.
+            self.wbuf.clear();
+            self.written = 0;
+            self.whole = false;
+            if body_pending {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Adds one frame of the request body (or its end) to the pending bytes.
+    fn put_body(&mut self, frame: Option<Result<Frame<Bytes>, crate::BoxError>>) -> io::Result<()> {
+        let chunked = matches!(self.send, Some(Framing::Chunked(_)));
+        match frame {
+            None => {
+                self.body = None;
+                match self.send {
+                    Some(Framing::Length(0)) | None => {}
+                    Some(Framing::Length(n)) => {
+                        return Err(invalid(format!("the request body ended {n} bytes short of its length")))
+                    }
+                    Some(_) => self.wbuf.extend_from_slice(b"0\r\n\r\n"),
+                }
+            }
+            Some(Err(e)) => return Err(io::Error::other(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if data.is_empty() => {}
+                Ok(data) => {
+                    if let Some(Framing::Length(left)) = &mut self.send {
+                        if data.len() as u64 > *left {
+                            return Err(invalid("the request body is longer than its length".into()));
+                        }
+                        *left -= data.len() as u64;
+                    }
+                    if chunked {
+                        put_hex(&mut self.wbuf, data.len());
+                        self.wbuf.extend_from_slice(b"\r\n");
+                        self.wbuf.extend_from_slice(&data);
+                        self.wbuf.extend_from_slice(b"\r\n");
+                    } else {
+                        self.wbuf.extend_from_slice(&data);
+                    }
+                }
+                Err(frame) => {
+                    // Trailers end the body; only a chunked body can carry them.
+                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                        self.wbuf.extend_from_slice(b"0\r\n");
+                        put_fields(&mut self.wbuf, &trailers);
+                        self.wbuf.extend_from_slice(b"\r\n");
+                        self.body = None;
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Reads more of the answer into the read buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+            self.rbuf.reserve(self.read_size);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rbuf
+        ))?;
+        if n > 0 {
+            self.answered = true;
+            if n >= self.read_size && self.read_size < READ_SIZE_MAX {
+                self.read_size *= 2;
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Drives the exchange until the final response head is read (1xx answers other than
+    /// 101 are passed over).
+    pub(super) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Failure>> {
+        loop {
+            if !self.sent {
+                match self.poll_send(cx) {
+                    Poll::Ready(Ok(())) => self.sent = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(self.failed(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if !self.rbuf.is_empty() {
+                match self.parse_head() {
+                    Ok(Some(head))
+                        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        continue
+                    }
+                    Ok(Some(head)) => return Poll::Ready(Ok(head)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(Failure::Broken(e.into()))),
+                }
+            }
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the endpoint closed the connection before answering",
+                    );
+                    return Poll::Ready(Err(self.failed(e)));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(self.failed(e))),
+            }
+        }
+    }
+
+    /// What a failure before the head means: a stale pooled connection whose request can
+    /// go again, a request that never left, or a broken exchange.
+    fn failed(&mut self, e: io::Error) -> Failure {
+        if self.body_failed {
+            return Failure::Broken(e.into());
+        }
+        let nothing_back = !self.answered && self.body.is_none() && self.whole;
+        if self.reused && nothing_back {
+            // The endpoint closed the idle connection as the request went out. Sent
+            // again only if it cannot have been acted on twice: an idempotent method,
+            // or a write that failed before any of it left.
+            if self.idempotent || (!self.sent && self.written == 0) {
+                let bytes = std::mem::take(&mut self.wbuf).freeze();
+                return Failure::Stale(bytes, self.head_request);
+            }
+        }
+        if !self.reused && !self.answered && !self.sent && self.written == 0 {
+            return Failure::NotSent(e);
+        }
+        Failure::Broken(e.into())
+    }
+
+    /// Parses a response head at the start of the read buffer, taking it out.
+    fn parse_head(&mut self) -> Result<Option<Head>, io::Error> {
+        // Offsets of each field's name and value, so the head can be split off after
+        // parsing and the values share its bytes.
+        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut rsp = httparse::Response::new(&mut fields);
+        let base = self.rbuf.as_ptr() as usize;
+        let len = match rsp.parse(&self.rbuf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if self.rbuf.len() > MAX_HEAD => {
+                return Err(invalid(format!("response head longer than {MAX_HEAD} bytes")))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(invalid(format!("malformed response head: {e}"))),
+        };
+        let code = rsp.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code).map_err(|_| invalid(format!("invalid status {code}")))?;
+        let version = if rsp.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let n = rsp.headers.len();
+        for (span, field) in spans.iter_mut().zip(rsp.headers.iter()) {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            *span = (
+                name as u32,
+                field.name.len() as u32,
+                value as u32,
+                field.value.len() as u32,
+            );
+        }
+        let head = self.rbuf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(n);
+        for &(name, name_len, value, value_len) in &spans[..n] {
+            let name = HeaderName::from_bytes(&head[name as usize..(name + name_len) as usize])
+                .map_err(|_| invalid("invalid header name in the response".into()))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value as usize..(value + value_len) as usize))
+                .map_err(|_| invalid(format!("invalid value of the response header {name}")))?;
+            headers.append(name, value);
+        }
+        Ok(Some(Head {
+            status,
+            version,
+            headers,
+        }))
+    }
+
+    /// Decides how the response body is delimited, and whether the connection can serve
+    /// another request after it.
+    pub(super) fn expect_body(&mut self, head: &Head) -> Result<(), io::Error> {
+        let status = head.status;
+        self.keep_alive &= match head.version {
+            Version::HTTP_10 => lists_token(&head.headers, b"keep-alive"),
+            _ => !lists_close(&head.headers),
+        };
+        self.recv = if self.head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || (self.connect_request && status.is_success())
+        {
+            Framing::Length(0)
+        } else if head.headers.contains_key(TRANSFER_ENCODING) {
+            // RFC 9112 6.1: chunked must be last; with Content-Length too, the
+            // connection is not reused.
+            if head.headers.contains_key(CONTENT_LENGTH) {
+                self.keep_alive = false;
+            }
+            let last = head.headers.get_all(TRANSFER_ENCODING).iter().last();
+            let chunked = last
+                .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            if chunked {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Eof
+            }
+        } else {
+            match content_length(&head.headers) {
+                Ok(Some(n)) => Framing::Length(n),
+                Ok(None) => Framing::Eof,
+                Err(()) => return Err(invalid("invalid Content-Length in the response".into())),
+            }
+        };
+        if self.recv == Framing::Eof {
+            self.keep_alive = false;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS || (self.connect_request && status.is_success()) {
+            self.keep_alive = false;
+        }
+        self.done = self.recv == Framing::Length(0);
+        Ok(())
+    }
+
+    /// The whole body, when it is already in the read buffer and nothing more is to be
+    /// written: the exchange is over as soon as the head is read.
+    pub(super) fn take_whole_body(&mut self) -> Option<Bytes> {
+        match self.recv {
+            Framing::Length(n) if n > 0 && self.sent && self.rbuf.len() as u64 >= n => {
+                self.recv = Framing::Length(0);
+                self.done = true;
+                Some(self.rbuf.split_to(n as usize).freeze())
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a response hands the connection over: a `CONNECT` answered 2xx.
+    pub(super) fn is_tunnel(&self, status: StatusCode) -> bool {
+        self.connect_request && status.is_success()
+    }
+
+    /// Whether the response body has ended.
+    pub(super) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What is left of the response body, when it is known.
+    pub(super) fn remaining(&self) -> Option<u64> {
+        match self.recv {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// The connection, if it can take another request: the response ended, the request
+    /// was all written, neither side asked to close and nothing unasked-for arrived.
+    pub(super) fn into_reusable(self: Box<Self>) -> Option<Io> {
+        (self.done && self.sent && self.keep_alive && self.rbuf.is_empty()).then_some(self.io)
+    }
+
+    /// The connection with the bytes read past the head, after a 101.
+    pub(super) fn into_upgraded(self: Box<Self>) -> Upgraded {
+        Upgraded {
+            io: self.io,
+            read: self.rbuf.freeze(),
+        }
+    }
+
+    /// The next frame of the response body.
+    pub(super) fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if !self.sent {
+                match self.poll_send(cx) {
+                    Poll::Ready(Ok(())) => self.sent = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(frame) = self.decode()? {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                if self.recv == Framing::Eof {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the endpoint closed the connection before the end of the body",
+                ))));
+            }
+        }
+    }
+
+    /// Takes the next frame out of the read buffer, if one is there.
+    fn decode(&mut self) -> io::Result<Option<Frame<Bytes>>> {
+        loop {
+            match &mut self.recv {
+                Framing::Length(0) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+                Framing::Length(left) => {
+                    if self.rbuf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (*left).min(self.rbuf.len() as u64);
+                    *left -= n;
+                    self.done = *left == 0;
+                    return Ok(Some(Frame::data(self.rbuf.split_to(n as usize).freeze())));
+                }
+                Framing::Eof => {
+                    if self.rbuf.is_empty() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Frame::data(self.rbuf.split().freeze())));
+                }
+                Framing::Chunked(Chunk::Size) => {
+                    let Some(end) = find_crlf(&self.rbuf) else {
+                        return too_long(self.rbuf.len(), "chunk size line");
+                    };
+                    let size = chunk_size(&self.rbuf[..end])?;
+                    self.rbuf.advance(end + 2);
+                    self.recv = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                }
+                Framing::Chunked(Chunk::Data(left)) => {
+                    if self.rbuf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = (*left).min(self.rbuf.len() as u64);
+                    *left -= n;
+                    if *left == 0 {
+                        self.recv = Framing::Chunked(Chunk::DataEnd);
+                    }
+                    return Ok(Some(Frame::data(self.rbuf.split_to(n as usize).freeze())));
+                }
+                Framing::Chunked(Chunk::DataEnd) => {
+                    if self.rbuf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &self.rbuf[..2] != b"\r\n" {
+                        return Err(invalid("a chunk's data is not followed by CRLF".into()));
+                    }
+                    self.rbuf.advance(2);
+                    self.recv = Framing::Chunked(Chunk::Size);
+                }
+                Framing::Chunked(Chunk::Trailers) => {
+                    if self.rbuf.starts_with(b"\r\n") {
+                        self.rbuf.advance(2);
+                        self.recv = Framing::Length(0);
+                        continue;
+                    }
+                    let Some(end) = self.rbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return too_long(self.rbuf.len(), "response trailers");
+                    };
+                    let block = self.rbuf.split_to(end + 4).freeze();
+                    self.recv = Framing::Length(0);
+                    self.done = true;
+                    let trailers = parse_trailers(&block)?;
+                    return Ok(Some(Frame::trailers(trailers)));
+                }
+            }
+        }
+    }
+}
+
+/// `Ok(None)`: more bytes are needed, unless there are too many already.
+fn too_long<T>(have: usize, what: &str) -> io::Result<Option<T>> {
+    if have > MAX_HEAD {
+        return Err(invalid(format!("{what} longer than {MAX_HEAD} bytes")));
+    }
+    Ok(None)
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A chunk size line's size: hex digits, then optional whitespace and extensions.
+fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let rest_ok = rest.iter().position(|&b| b == b';').map_or(rest, |i| &rest[..i]);
+    if digits == 0 || digits > 15 || !rest_ok.iter().all(|&b| b == b' ' || b == b'\t') {
+        return Err(invalid("malformed chunk size".into()));
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| invalid("malformed chunk size".into()))?;
+    u64::from_str_radix(text, 16).map_err(|_| invalid("malformed chunk size".into()))
+}
+
+fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = match httparse::parse_headers(block, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err(invalid("malformed response trailers".into())),
+    };
+    let mut map = HeaderMap::with_capacity(parsed.len());
+    for f in parsed {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("invalid trailer name".into()))?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| invalid("invalid trailer value".into()))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// The value of `Content-Length`: `Ok(None)` without one, `Err` if it is not one
+/// number (repeated values must agree, RFC 9110 8.6).
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut found = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+            if found.is_some_and(|f| f != n) {
+                return Err(());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether a `Connection` header lists `close`.
+pub(super) fn lists_close(headers: &HeaderMap) -> bool {
+    lists_token(headers, b"close")
+}
+
+fn lists_token(headers: &HeaderMap, token: &[u8]) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
+/// The request line and fields. The body's framing replaces any `Content-Length` and
+/// `Transfer-Encoding` the request carried.
+fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Framing>, had_length: bool) {
+    dst.extend_from_slice(parts.method.as_str().as_bytes());
+    dst.put_u8(b' ');
+    match parts.uri.path_and_query() {
+        _ if parts.method == Method::CONNECT => {
+            dst.extend_from_slice(parts.uri.authority().map_or("", |a| a.as_str()).as_bytes())
+        }
+        Some(pq) => dst.extend_from_slice(pq.as_str().as_bytes()),
+        None => dst.put_u8(b'/'),
+    }
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        put_field(dst, name, value);
+    }
+    match framing {
+        Some(Framing::Length(n)) => put_length(dst, n),
+        Some(_) => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // No body: a length of 0 where the method expects a body, or the request said so.
+        None if had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => put_length(dst, 0),
+        None => {}
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+fn put_field(dst: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    dst.extend_from_slice(name.as_str().as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value.as_bytes());
+    dst.extend_from_slice(b"\r\n");
+}
+
+fn put_fields(dst: &mut BytesMut, fields: &HeaderMap) {
+    for (name, value) in fields {
+        put_field(dst, name, value);
+    }
+}
+
+fn put_length(dst: &mut BytesMut, n: u64) {
+    dst.extend_from_slice(b"content-length: ");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&digits[i..]);
+    dst.extend_from_slice(b"\r\n");
+}
+
+fn put_hex(dst: &mut BytesMut, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&digits[i..]);
+}
+
+/// An endpoint connection handed over by `101 Switching Protocols` (or a `CONNECT`
+/// answered 2xx): the bytes the endpoint sent past its answer, then the connection
+/// itself. Take it from the response with [`upgrade::take`](super::upgrade::take).
+pub struct Upgraded {
+    io: Io,
+    read: Bytes,
+}
+
+/// The response extension that carries an [`Upgraded`] connection: extensions must be
+/// `Clone`, a connection cannot be, so the first to take it has it.
+#[derive(Clone)]
+pub(super) struct UpgradeSlot(std::sync::Arc<std::sync::Mutex<Option<Upgraded>>>);
+
+impl UpgradeSlot {
+    pub(super) fn new(upgraded: Upgraded) -> Self {
+        UpgradeSlot(std::sync::Arc::new(std::sync::Mutex::new(Some(upgraded))))
+    }
+
+    pub(super) fn take(self) -> Option<Upgraded> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgraded")
+            .field("buffered", &self.read.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(buf.remaining());
+            buf.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
