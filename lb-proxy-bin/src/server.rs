@@ -310,18 +310,25 @@ pub(crate) async fn serve_http(
         let state = state.clone();
         let tls = ctx.tls.clone();
         let http01 = ctx.http01.clone();
-        tokio::spawn(async move {
-            let _slot = permit;
-            let handler = move |req: Request<Incoming>| {
-                if let Some(answer) = http01.as_ref().and_then(|h| acme_challenge(h, &req)) {
-                    return Either::Left(std::future::ready(answer));
-                }
-                let rt = state.load_full();
-                Either::Right(proxy::handle(rt, req, peer, proto))
-            };
-            match tls {
-                None => serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await,
-                Some(acc) => {
+        let handler = move |req: Request<Incoming>| {
+            if let Some(answer) = http01.as_ref().and_then(|h| acme_challenge(h, &req)) {
+                return Either::Left(std::future::ready(answer));
+            }
+            let rt = state.load_full();
+            Either::Right(proxy::handle(rt, req, peer, proto))
+        };
+        // One future for each transport: a plain connection's task is not sized for the
+        // TLS handshake and stream it never has (about half its memory).
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = permit;
+                    serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await;
+                });
+            }
+            Some(acc) => {
+                tokio::spawn(async move {
+                    let _slot = permit;
                     // The handshake is part of the wait for the first request.
                     let deadline = accepted + limits.header_read_timeout;
                     let mut close = conns.close.subscribe();
@@ -336,9 +343,9 @@ pub(crate) async fn serve_http(
                         },
                         _ = async { close.wait_for(|c| *c).await.is_ok() } => {}
                     }
-                }
+                });
             }
-        });
+        }
     }
     tracing::info!(listen = ?local, "listener closed");
 }
