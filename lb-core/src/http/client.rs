@@ -10,6 +10,14 @@
 //! connection holds no buffer. HTTP/2 is hyper's `client::conn::http2`, whose connection
 //! runs as a task of its own (it multiplexes).
 //!
+//! The request body is written while the response head is awaited and, after it, while
+//! the response body is read: an endpoint that answers before it has the whole request
+//! body gets the rest only as fast as its answer is read (hyper's connection task wrote
+//! on regardless).
+//!
+//! An idle connection the endpoint closes is closed within a second (a sweep per pool),
+//! and one found closed when taken out is passed over.
+//!
 //! An HTTP/1.1 connection goes back to its pool when the response body ends (its last
 //! frame, or a body that is empty or already read with the head); a body that fails or
 //! is dropped before its end takes the connection with it, as does a `101 Switching
@@ -38,7 +46,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::h1::{Exchange, Failure, Head, Io};
+use super::h1::{Exchange, Failure, Head, Io, Replay};
 use super::Body;
 use crate::endpoint::Endpoint;
 
@@ -169,6 +177,11 @@ impl HttpConnect {
         #[cfg(feature = "tls")]
         let pool = pool.with_tls(tls);
         let pool = Arc::new(pool);
+        // Outside a runtime (a service made before one starts) idle connections are
+        // checked when taken out instead.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep_idle(Arc::downgrade(&pool)));
+        }
         if pools.by_addr.len() >= pools.sweep_at {
             pools.by_addr.retain(|_, p| p.strong_count() > 0);
             pools.sweep_at = (2 * pools.by_addr.len()).max(16);
@@ -390,6 +403,14 @@ impl Pool {
         }
     }
 
+    /// Closes the idle connections that expired or that the endpoint closed (nothing else
+    /// reads an idle connection, so its end would otherwise wait for the next checkout).
+    fn sweep_h1(&self) {
+        let now = Instant::now();
+        let timeout = self.config.pool_idle_timeout;
+        lock(&self.idle).retain_mut(|i| now.saturating_duration_since(i.since) <= timeout && i.io.is_reusable());
+    }
+
     fn checkout_h2(&self) -> Option<http2::SendRequest<Body>> {
         if !self.speaks_h2.load(Ordering::Relaxed) {
             return None;
@@ -470,6 +491,23 @@ impl Pool {
     }
 }
 
+/// How often a pool's idle connections are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Sweeps a pool's idle connections while the pool lives.
+async fn sweep_idle(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep_h1(),
+            None => return,
+        }
+    }
+}
+
 /// A new transport, before the HTTP handshake.
 enum Opened {
     Tcp(TcpStream),
@@ -506,8 +544,8 @@ pub struct ResponseFuture {
 /// What a new connection is for.
 enum Pending {
     Request(Request<Body>),
-    /// The bytes of a request a stale pooled connection took, and whether it is `HEAD`.
-    Replay(Bytes, bool),
+    /// A request a stale pooled connection took.
+    Replay(Replay),
 }
 
 enum State {
@@ -577,9 +615,9 @@ impl Future for ResponseFuture {
                         Ok(head) => return Poll::Ready(this.pool.answer_h1(exchange, head)),
                         // The pooled connection was closed under the request: once
                         // more, on a new connection.
-                        Err(Failure::Stale(bytes, head)) => {
+                        Err(Failure::Stale(replay)) => {
                             tracing::debug!(%addr, "pooled connection closed, sending again");
-                            this.state = State::connect(&this.pool, Pending::Replay(bytes, head));
+                            this.state = State::connect(&this.pool, Pending::Replay(replay));
                         }
                         Err(Failure::NotSent(e)) => return Poll::Ready(Err(ClientError::new(Kind::Connect, addr, e))),
                         Err(Failure::Broken(e)) => return Poll::Ready(Err(ClientError::new(Kind::Send, addr, e))),
@@ -615,9 +653,9 @@ impl Future for ResponseFuture {
                     };
                     this.state = match (res?, pending) {
                         (Conn::H1(io), Pending::Request(req)) => State::send_h1(&this.pool, io, req, false),
-                        (Conn::H1(io), Pending::Replay(bytes, head)) => State::H1(Exchange::replay(io, bytes, head)),
+                        (Conn::H1(io), Pending::Replay(replay)) => State::H1(Exchange::replay(io, replay)),
                         (Conn::H2(tx), Pending::Request(req)) => State::send_h2(&this.pool, tx, req, false),
-                        (Conn::H2(_), Pending::Replay(..)) => {
+                        (Conn::H2(_), Pending::Replay(_)) => {
                             let e = "the endpoint closed the connection before answering, and now speaks HTTP/2";
                             return Poll::Ready(Err(ClientError::new(Kind::Send, addr, e)));
                         }
@@ -636,16 +674,21 @@ impl Pool {
     fn answer_h1(
         self: &Arc<Self>,
         mut exchange: Box<Exchange>,
-        head: Head,
+        mut head: Head,
     ) -> Result<Response<ResponseBody>, ClientError> {
         exchange
-            .expect_body(&head)
+            .expect_body(&mut head)
             .map_err(|e| ClientError::new(Kind::Send, self.addr, e))?;
+        exchange.drop_replay();
         let mut rsp = Response::new(ResponseBody { inner: Inner::Empty });
         *rsp.status_mut() = head.status;
         *rsp.version_mut() = head.version;
         *rsp.headers_mut() = head.headers;
         if rsp.status() == StatusCode::SWITCHING_PROTOCOLS || exchange.is_tunnel(rsp.status()) {
+            if !exchange.is_sent() {
+                let e = "the endpoint switched protocols before the request was written";
+                return Err(ClientError::new(Kind::Send, self.addr, e));
+            }
             rsp.extensions_mut()
                 .insert(super::h1::UpgradeSlot::new(exchange.into_upgraded()));
             return Ok(rsp);
@@ -842,6 +885,9 @@ mod tests {
         Trickle(&'static [u8]),
         /// Closes the connection without answering.
         Close,
+        /// Answers once the request head is read, then reads and discards the rest until
+        /// the client closes (a lingering close).
+        Early(&'static [u8]),
     }
 
     /// A raw HTTP/1.1 endpoint on loopback. Connection `i` answers its requests with
@@ -861,6 +907,21 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     for answer in answers {
+                        if let Answer::Early(bytes) = answer {
+                            let find = |b: &[u8]| b.windows(4).position(|w| w == b"\r\n\r\n");
+                            while find(&buf).is_none() {
+                                let mut chunk = [0u8; 4096];
+                                match io.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                            lock(&seen).push(buf.clone());
+                            io.write_all(bytes).await.unwrap();
+                            let mut sink = [0u8; 4096];
+                            while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+                            return;
+                        }
                         let Some(req) = read_request(&mut io, &mut buf).await else {
                             return;
                         };
@@ -874,6 +935,7 @@ mod tests {
                                 }
                             }
                             Answer::Close => return,
+                            Answer::Early(_) => unreachable!(),
                         }
                     }
                 });
@@ -1165,5 +1227,42 @@ mod tests {
             format!("{:?}", err.source).contains("malformed response head"),
             "{err:?}"
         );
+    }
+
+    /// An endpoint that answers before it has the request body (a 413 to an upload it
+    /// refuses): the answer comes through, and the connection is not kept.
+    #[tokio::test]
+    async fn an_early_answer_to_an_unfinished_upload_comes_through() {
+        const REFUSED: &[u8] = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\nconnection: close\r\n\r\nno\n";
+        let (addr, accepted, _) = endpoint(vec![vec![Answer::Early(REFUSED)], vec![OK]]).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, crate::BoxError>>(1);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"the first part"))))
+            .await
+            .unwrap();
+        let mut svc = service(addr);
+        let rsp = svc
+            .call(Request::put("/big").body(super::super::boxed(body)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(text(rsp).await, "no\n");
+        drop(tx);
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// An idle connection the endpoint closed leaves the pool without a request taking it.
+    #[tokio::test]
+    async fn idle_connections_the_endpoint_closed_are_swept() {
+        let (addr, _, _) = endpoint(vec![vec![OK]]).await;
+        let mut svc = service(addr);
+        assert_eq!(text(svc.call(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(lock(&svc.pool.idle).len(), 1);
+        let pool = svc.pool.clone();
+        lb_test_support::eventually("the closed idle connection to be swept", Duration::from_secs(5), || {
+            lock(&pool.idle).is_empty()
+        })
+        .await;
     }
 }

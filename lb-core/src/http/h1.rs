@@ -32,8 +32,12 @@ use super::Body;
 
 /// Responses with more header fields are refused.
 const MAX_HEADERS: usize = 100;
-/// A response head (or a chunk size line, or trailers) longer than this is refused.
-const MAX_HEAD: usize = 64 * 1024;
+/// A response head longer than this is refused (hyper's default buffer limit).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// A chunk size line longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Response trailers longer than this are refused.
+const MAX_TRAILERS: usize = 16 * 1024;
 /// The first read of an exchange asks for this much room.
 const READ_SIZE: usize = 8 * 1024;
 /// Reads of a long body grow up to this.
@@ -126,12 +130,21 @@ enum Chunk {
 #[derive(Debug)]
 pub(super) enum Failure {
     /// The pooled connection was found closed before any of the answer came, and the
-    /// request may be sent again, as it is, on a new connection: these bytes.
-    Stale(Bytes, bool),
+    /// request may be sent again, as it is, on a new connection.
+    Stale(Replay),
     /// The request never left (it failed to write at all on a new connection).
     NotSent(io::Error),
     /// The exchange broke.
     Broken(crate::BoxError),
+}
+
+/// A request to send again on a new connection: its bytes, whether it is `HEAD`, and
+/// whether it lets the connection be kept.
+#[derive(Debug)]
+pub(super) struct Replay {
+    bytes: Bytes,
+    head_request: bool,
+    keep_alive: bool,
 }
 
 /// A response head, read.
@@ -154,8 +167,14 @@ pub(super) struct Exchange {
     /// The request body still to be written; `None` once it ended.
     body: Option<Body>,
     send: Option<Framing>,
-    /// Everything is written and flushed.
+    /// Everything is written and flushed (or writing failed and stopped).
     sent: bool,
+    /// The whole request is in `wbuf` (its body ended).
+    complete: bool,
+    /// Some of the request left: a write succeeded.
+    any_written: bool,
+    /// Writing failed; kept while an answer the endpoint sent early may still be read.
+    write_error: Option<io::Error>,
     /// The request body failed or broke its framing.
     body_failed: bool,
     rbuf: BytesMut,
@@ -194,6 +213,7 @@ impl Exchange {
         let mut wbuf = BytesMut::with_capacity(256 + 32 * parts.headers.len());
         put_head(&mut wbuf, &parts, framing, declared.is_some());
         let keep_alive = !lists_close(&parts.headers);
+        let complete = body.is_none();
         Box::new(Exchange {
             io,
             wbuf,
@@ -202,6 +222,9 @@ impl Exchange {
             body,
             send: framing,
             sent: false,
+            complete,
+            any_written: false,
+            write_error: None,
             body_failed: false,
             rbuf: BytesMut::new(),
             read_size: READ_SIZE,
@@ -217,7 +240,13 @@ impl Exchange {
     }
 
     /// Sends again, on a new connection, a request a stale pooled connection took.
-    pub(super) fn replay(io: Io, bytes: Bytes, head_request: bool) -> Box<Self> {
+    pub(super) fn replay(io: Io, replay: Replay) -> Box<Self> {
+        let Replay {
+            bytes,
+            head_request,
+            keep_alive,
+        } = replay;
+        let complete = true;
         Box::new(Exchange {
             io,
             wbuf: BytesMut::from(&bytes[..]),
@@ -226,6 +255,9 @@ impl Exchange {
             body: None,
             send: None,
             sent: false,
+            complete,
+            any_written: false,
+            write_error: None,
             body_failed: false,
             rbuf: BytesMut::new(),
             read_size: READ_SIZE,
@@ -234,7 +266,7 @@ impl Exchange {
             connect_request: false,
             idempotent: true,
             reused: false,
-            keep_alive: true,
+            keep_alive,
             recv: Framing::Length(0),
             done: false,
         })
@@ -273,6 +305,7 @@ impl Exchange {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 self.written += n;
+                self.any_written = true;
             }
             if self.body.is_none() {
                 ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -284,6 +317,10 @@ impl Exchange {
             self.written = 0;
             self.whole = false;
             if body_pending {
+                // What a TLS stream still holds goes out now, not with the next frame.
+                if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+                    return Poll::Ready(Err(e));
+                }
                 return Poll::Pending;
             }
         }
@@ -295,6 +332,7 @@ impl Exchange {
         match frame {
             None => {
                 self.body = None;
+                self.complete = true;
                 match self.send {
                     Some(Framing::Length(0)) | None => {}
                     Some(Framing::Length(n)) => {
@@ -329,6 +367,7 @@ impl Exchange {
                         put_fields(&mut self.wbuf, &trailers);
                         self.wbuf.extend_from_slice(b"\r\n");
                         self.body = None;
+                        self.complete = true;
                     }
                 }
             },
@@ -355,16 +394,39 @@ impl Exchange {
         Poll::Ready(Ok(n))
     }
 
+    /// Writes what can be written. A failed write stops the sending and is kept: the
+    /// endpoint may have answered early (a 413 to an upload it refused), and that answer
+    /// is read first. A failure of the request's own body ends the exchange at once.
+    fn drive_send(&mut self, cx: &mut Context<'_>) -> Result<(), io::Error> {
+        if self.sent {
+            return Ok(());
+        }
+        match self.poll_send(cx) {
+            Poll::Ready(Ok(())) => self.sent = true,
+            Poll::Ready(Err(e)) if self.body_failed => return Err(e),
+            Poll::Ready(Err(e)) => {
+                self.sent = true;
+                self.keep_alive = false;
+                self.body = None;
+                self.write_error = Some(e);
+            }
+            Poll::Pending => {}
+        }
+        Ok(())
+    }
+
+    /// The error to report when the answer cannot be read: the failed write's, if one
+    /// failed first.
+    fn read_failure(&mut self, e: io::Error) -> io::Error {
+        self.write_error.take().unwrap_or(e)
+    }
+
     /// Drives the exchange until the final response head is read (1xx answers other than
     /// 101 are passed over).
     pub(super) fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<Head, Failure>> {
         loop {
-            if !self.sent {
-                match self.poll_send(cx) {
-                    Poll::Ready(Ok(())) => self.sent = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(self.failed(e))),
-                    Poll::Pending => {}
-                }
+            if let Err(e) = self.drive_send(cx) {
+                return Poll::Ready(Err(self.failed(e)));
             }
             if !self.rbuf.is_empty() {
                 match self.parse_head() {
@@ -384,10 +446,14 @@ impl Exchange {
                         io::ErrorKind::UnexpectedEof,
                         "the endpoint closed the connection before answering",
                     );
+                    let e = self.read_failure(e);
                     return Poll::Ready(Err(self.failed(e)));
                 }
                 Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(self.failed(e))),
+                Err(e) => {
+                    let e = self.read_failure(e);
+                    return Poll::Ready(Err(self.failed(e)));
+                }
             }
         }
     }
@@ -398,17 +464,19 @@ impl Exchange {
         if self.body_failed {
             return Failure::Broken(e.into());
         }
-        let nothing_back = !self.answered && self.body.is_none() && self.whole;
-        if self.reused && nothing_back {
+        if self.reused && !self.answered && self.whole && self.complete && !self.connect_request {
             // The endpoint closed the idle connection as the request went out. Sent
             // again only if it cannot have been acted on twice: an idempotent method,
-            // or a write that failed before any of it left.
-            if self.idempotent || (!self.sent && self.written == 0) {
-                let bytes = std::mem::take(&mut self.wbuf).freeze();
-                return Failure::Stale(bytes, self.head_request);
+            // or nothing of it left.
+            if self.idempotent || !self.any_written {
+                return Failure::Stale(Replay {
+                    bytes: std::mem::take(&mut self.wbuf).freeze(),
+                    head_request: self.head_request,
+                    keep_alive: self.keep_alive,
+                });
             }
         }
-        if !self.reused && !self.answered && !self.sent && self.written == 0 {
+        if !self.reused && !self.answered && !self.any_written {
             return Failure::NotSent(e);
         }
         Failure::Broken(e.into())
@@ -423,6 +491,9 @@ impl Exchange {
         let mut rsp = httparse::Response::new(&mut fields);
         let base = self.rbuf.as_ptr() as usize;
         let len = match rsp.parse(&self.rbuf) {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(invalid(format!("response head longer than {MAX_HEAD} bytes")))
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if self.rbuf.len() > MAX_HEAD => {
                 return Err(invalid(format!("response head longer than {MAX_HEAD} bytes")))
@@ -466,7 +537,7 @@ impl Exchange {
 
     /// Decides how the response body is delimited, and whether the connection can serve
     /// another request after it.
-    pub(super) fn expect_body(&mut self, head: &Head) -> Result<(), io::Error> {
+    pub(super) fn expect_body(&mut self, head: &mut Head) -> Result<(), io::Error> {
         let status = head.status;
         self.keep_alive &= match head.version {
             Version::HTTP_10 => lists_token(&head.headers, b"keep-alive"),
@@ -480,9 +551,13 @@ impl Exchange {
         {
             Framing::Length(0)
         } else if head.headers.contains_key(TRANSFER_ENCODING) {
-            // RFC 9112 6.1: chunked must be last; with Content-Length too, the
-            // connection is not reused.
-            if head.headers.contains_key(CONTENT_LENGTH) {
+            // RFC 9112 6.1: chunked must be last; an HTTP/1.0 message with it is faulty;
+            // with Content-Length too, the length is dropped and the connection is not
+            // reused.
+            if head.version == Version::HTTP_10 {
+                return Err(invalid("Transfer-Encoding in an HTTP/1.0 response".into()));
+            }
+            if head.headers.remove(CONTENT_LENGTH).is_some() {
                 self.keep_alive = false;
             }
             let last = head.headers.get_all(TRANSFER_ENCODING).iter().last();
@@ -524,6 +599,18 @@ impl Exchange {
         }
     }
 
+    /// Whether everything of the request was written (an upgrade needs it so).
+    pub(super) fn is_sent(&self) -> bool {
+        self.sent && self.write_error.is_none()
+    }
+
+    /// Past the head, the request can no longer be sent again: its bytes are let go.
+    pub(super) fn drop_replay(&mut self) {
+        if self.sent {
+            self.wbuf = BytesMut::new();
+        }
+    }
+
     /// Whether a response hands the connection over: a `CONNECT` answered 2xx.
     pub(super) fn is_tunnel(&self, status: StatusCode) -> bool {
         self.connect_request && status.is_success()
@@ -545,7 +632,8 @@ impl Exchange {
     /// The connection, if it can take another request: the response ended, the request
     /// was all written, neither side asked to close and nothing unasked-for arrived.
     pub(super) fn into_reusable(self: Box<Self>) -> Option<Io> {
-        (self.done && self.sent && self.keep_alive && self.rbuf.is_empty()).then_some(self.io)
+        let clean = self.sent && self.write_error.is_none();
+        (self.done && clean && self.keep_alive && self.rbuf.is_empty()).then_some(self.io)
     }
 
     /// The connection with the bytes read past the head, after a 101.
@@ -562,28 +650,27 @@ impl Exchange {
             if self.done {
                 return Poll::Ready(None);
             }
-            if !self.sent {
-                match self.poll_send(cx) {
-                    Poll::Ready(Ok(())) => self.sent = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Pending => {}
-                }
-            }
+            self.drive_send(cx)?;
             if let Some(frame) = self.decode()? {
                 return Poll::Ready(Some(Ok(frame)));
             }
             if self.done {
                 return Poll::Ready(None);
             }
-            if ready!(self.poll_fill(cx))? == 0 {
-                if self.recv == Framing::Eof {
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) if self.recv == Framing::Eof => {
                     self.done = true;
                     return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the endpoint closed the connection before the end of the body",
-                ))));
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the endpoint closed the connection before the end of the body",
+                    );
+                    return Poll::Ready(Some(Err(self.read_failure(e))));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(self.read_failure(e)))),
             }
         }
     }
@@ -613,7 +700,7 @@ impl Exchange {
                 }
                 Framing::Chunked(Chunk::Size) => {
                     let Some(end) = find_crlf(&self.rbuf) else {
-                        return too_long(self.rbuf.len(), "chunk size line");
+                        return too_long(self.rbuf.len(), MAX_CHUNK_LINE, "chunk size line");
                     };
                     let size = chunk_size(&self.rbuf[..end])?;
                     self.rbuf.advance(end + 2);
@@ -647,12 +734,12 @@ impl Exchange {
                         continue;
                     }
                     let Some(end) = self.rbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        return too_long(self.rbuf.len(), "response trailers");
+                        return too_long(self.rbuf.len(), MAX_TRAILERS, "response trailers");
                     };
                     let block = self.rbuf.split_to(end + 4).freeze();
                     self.recv = Framing::Length(0);
-                    self.done = true;
                     let trailers = parse_trailers(&block)?;
+                    self.done = true;
                     return Ok(Some(Frame::trailers(trailers)));
                 }
             }
@@ -661,9 +748,9 @@ impl Exchange {
 }
 
 /// `Ok(None)`: more bytes are needed, unless there are too many already.
-fn too_long<T>(have: usize, what: &str) -> io::Result<Option<T>> {
-    if have > MAX_HEAD {
-        return Err(invalid(format!("{what} longer than {MAX_HEAD} bytes")));
+fn too_long<T>(have: usize, max: usize, what: &str) -> io::Result<Option<T>> {
+    if have > max {
+        return Err(invalid(format!("{what} longer than {max} bytes")));
     }
     Ok(None)
 }
@@ -676,16 +763,24 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// A chunk size line's size: hex digits, then optional whitespace and extensions.
+/// A chunk size line's size: hex digits (leading zeros allowed), then optional
+/// whitespace and extensions, which may hold no control character but a tab.
 fn chunk_size(line: &[u8]) -> io::Result<u64> {
+    let bad = || invalid("malformed chunk size".into());
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = &line[digits..];
-    let rest_ok = rest.iter().position(|&b| b == b';').map_or(rest, |i| &rest[..i]);
-    if digits == 0 || digits > 15 || !rest_ok.iter().all(|&b| b == b' ' || b == b'\t') {
-        return Err(invalid("malformed chunk size".into()));
+    let (hex, rest) = line.split_at(digits);
+    let (space, ext) = rest.split_at(rest.iter().position(|&b| b == b';').unwrap_or(rest.len()));
+    let significant = &hex[hex.iter().take_while(|&&b| b == b'0').count()..];
+    if digits == 0
+        || significant.len() > 15
+        || !space.iter().all(|&b| b == b' ' || b == b'\t')
+        || ext.iter().any(|&b| (b.is_ascii_control() && b != b'\t') || b == 0x7f)
+    {
+        return Err(bad());
     }
-    let text = std::str::from_utf8(&line[..digits]).map_err(|_| invalid("malformed chunk size".into()))?;
-    u64::from_str_radix(text, 16).map_err(|_| invalid("malformed chunk size".into()))
+    Ok(significant.iter().fold(0u64, |n, &d| {
+        n * 16 + u64::from(char::from(d).to_digit(16).expect("a hex digit"))
+    }))
 }
 
 fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
@@ -865,5 +960,60 @@ impl AsyncWrite for Upgraded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"0005").unwrap(), 5);
+        assert_eq!(chunk_size(b"000000000000000000000010").unwrap(), 16);
+        assert_eq!(chunk_size(b"5 ;name=value").unwrap(), 5);
+        assert_eq!(chunk_size(b"fffffffffffffff").unwrap(), 0xfff_ffff_ffff_ffff);
+        for bad in [
+            &b""[..],
+            b"g",
+            b";x",
+            b"5 x",
+            b"1000000000000000",
+            b"5;a\nb",
+            b"5;\x7f",
+            b"5\r",
+        ] {
+            assert!(chunk_size(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn content_lengths() {
+        let map = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            h
+        };
+        assert_eq!(content_length(&map(&[])), Ok(None));
+        assert_eq!(content_length(&map(&["42"])), Ok(Some(42)));
+        assert_eq!(content_length(&map(&["7, 7", "7"])), Ok(Some(7)));
+        assert_eq!(content_length(&map(&["7", "8"])), Err(()));
+        assert_eq!(content_length(&map(&["-1"])), Err(()));
+        assert_eq!(content_length(&map(&["+1"])), Err(()));
+        assert_eq!(content_length(&map(&[""])), Err(()));
+        assert_eq!(content_length(&map(&["99999999999999999999"])), Err(()));
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let mut h = HeaderMap::new();
+        assert!(!lists_close(&h));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!lists_close(&h));
+        h.append(CONNECTION, HeaderValue::from_static("Upgrade, Close"));
+        assert!(lists_close(&h));
     }
 }

@@ -1,13 +1,17 @@
-//! HTTP: a pooled hyper client per endpoint, forwarding headers, upgrades and an HTTP
-//! health probe. Everything a proxy built from these crates needs besides its listener.
+//! HTTP: a pooled client per endpoint, forwarding headers, upgrades and an HTTP health
+//! probe. Everything a proxy built from these crates needs besides its listener.
 //!
 //! - [`HttpConnect`] is the connector a [`Balancer`](crate::Balancer) takes: it turns
 //!   each [`Endpoint`](crate::Endpoint) into an [`EndpointService`] that sends requests
 //!   to that endpoint's address over keep-alive connections from that endpoint's own pool.
+//!   HTTP/1.1 is spoken by the request's own future and response body (no task per
+//!   connection, no channel per request; an idle connection holds no buffer), HTTP/2 by
+//!   hyper.
 //! - [`forward`] prepares a request for the hop to an endpoint (hop-by-hop headers
 //!   removed, `X-Forwarded-For`/`-Proto`/`-Host` set, `Host` passed through) and the
 //!   response for the hop back.
-//! - [`upgrade`] splices an HTTP Upgrade (WebSocket) once the endpoint answers 101.
+//! - [`upgrade`] splices an HTTP Upgrade (WebSocket) once the endpoint answers 101: the
+//!   endpoint's side is its connection itself ([`upgrade::Upgraded`]).
 //! - [`HttpProbe`] is an active health check: `GET path`, 2xx or 3xx passes.
 //! - [`Http`] is the balancer's protocol for HTTP, what
 //!   [`Builder::http`](crate::Builder::http) sets: a request is in flight until its
