@@ -551,7 +551,8 @@ enum Pending {
 enum State {
     Connecting {
         connect: ConnectFuture,
-        pending: Pending,
+        /// Boxed: the request is large, and connecting is the slow path.
+        pending: Box<Pending>,
     },
     /// An HTTP/1.1 exchange, until its response head.
     H1(Box<Exchange>),
@@ -566,7 +567,7 @@ impl State {
     fn connect(pool: &Arc<Pool>, pending: Pending) -> State {
         State::Connecting {
             connect: Box::pin(pool.clone().connect()),
-            pending,
+            pending: Box::new(pending),
         }
     }
 
@@ -651,7 +652,7 @@ impl Future for ResponseFuture {
                     let State::Connecting { pending, .. } = std::mem::replace(&mut this.state, State::Done) else {
                         unreachable!()
                     };
-                    this.state = match (res?, pending) {
+                    this.state = match (res?, *pending) {
                         (Conn::H1(io), Pending::Request(req)) => State::send_h1(&this.pool, io, req, false),
                         (Conn::H1(io), Pending::Replay(replay)) => State::H1(Exchange::replay(io, replay)),
                         (Conn::H2(tx), Pending::Request(req)) => State::send_h2(&this.pool, tx, req, false),
@@ -690,12 +691,12 @@ impl Pool {
                 return Err(ClientError::new(Kind::Send, self.addr, e));
             }
             rsp.extensions_mut()
-                .insert(super::h1::UpgradeSlot::new(exchange.into_upgraded()));
+                .insert(super::h1::UpgradeSlot::new((*exchange).into_upgraded()));
             return Ok(rsp);
         }
         let whole = exchange.take_whole_body();
         if exchange.is_done() {
-            if let Some(io) = exchange.into_reusable() {
+            if let Some(io) = (*exchange).into_reusable() {
                 self.checkin_h1(io);
             }
             rsp.body_mut().inner = Inner::Full(whole);
@@ -760,7 +761,7 @@ impl http_body::Body for ResponseBody {
                     let Inner::H1(exchange, pool) = std::mem::replace(&mut this.inner, Inner::Empty) else {
                         unreachable!()
                     };
-                    if let Some(io) = exchange.into_reusable() {
+                    if let Some(io) = (*exchange).into_reusable() {
                         pool.checkin_h1(io);
                     }
                 }

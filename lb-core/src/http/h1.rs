@@ -560,7 +560,7 @@ impl Exchange {
             if head.headers.remove(CONTENT_LENGTH).is_some() {
                 self.keep_alive = false;
             }
-            let last = head.headers.get_all(TRANSFER_ENCODING).iter().last();
+            let last = head.headers.get_all(TRANSFER_ENCODING).iter().next_back();
             let chunked = last
                 .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
                 .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -631,13 +631,13 @@ impl Exchange {
 
     /// The connection, if it can take another request: the response ended, the request
     /// was all written, neither side asked to close and nothing unasked-for arrived.
-    pub(super) fn into_reusable(self: Box<Self>) -> Option<Io> {
+    pub(super) fn into_reusable(self) -> Option<Io> {
         let clean = self.sent && self.write_error.is_none();
         (self.done && clean && self.keep_alive && self.rbuf.is_empty()).then_some(self.io)
     }
 
     /// The connection with the bytes read past the head, after a 101.
-    pub(super) fn into_upgraded(self: Box<Self>) -> Upgraded {
+    pub(super) fn into_upgraded(self) -> Upgraded {
         Upgraded {
             io: self.io,
             read: self.rbuf.freeze(),
