@@ -533,8 +533,8 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Conn, ClientError>> + Se
 /// The future of [`EndpointService::call`].
 ///
 /// Over HTTP/1.1 it writes the request and reads the response head itself, on the
-/// caller's task: one allocation per request (the exchange, which the response body
-/// takes over); a new connection costs another.
+/// caller's task: the exchange and its two buffers are allocated per request (the
+/// response body takes the exchange over); a new connection costs one more.
 #[must_use = "futures do nothing unless polled"]
 pub struct ResponseFuture {
     pool: Arc<Pool>,

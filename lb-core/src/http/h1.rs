@@ -103,17 +103,25 @@ impl AsyncWrite for Io {
     }
 }
 
-/// How a message body is delimited.
+/// How a response body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Framing {
     /// This many bytes are left.
     Length(u64),
     Chunked(Chunk),
-    /// Until the connection closes (responses only).
+    /// Until the connection closes.
     Eof,
 }
 
-/// Where a chunked body's decoder (or encoder) is.
+/// How a request body is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sending {
+    /// This many bytes are left to send.
+    Length(u64),
+    Chunked,
+}
+
+/// Where a chunked response body's decoder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     /// Before a chunk size line.
@@ -166,7 +174,7 @@ pub(super) struct Exchange {
     whole: bool,
     /// The request body still to be written; `None` once it ended.
     body: Option<Body>,
-    send: Option<Framing>,
+    send: Option<Sending>,
     /// Everything is written and flushed (or writing failed and stopped).
     sent: bool,
     /// The whole request is in `wbuf` (its body ended).
@@ -205,8 +213,8 @@ impl Exchange {
             (None, None)
         } else {
             let framing = match hint.exact().or(declared) {
-                Some(n) => Framing::Length(n),
-                None => Framing::Chunked(Chunk::Data(0)),
+                Some(n) => Sending::Length(n),
+                None => Sending::Chunked,
             };
             (Some(framing), Some(body))
         };
@@ -328,24 +336,24 @@ impl Exchange {
 
     /// Adds one frame of the request body (or its end) to the pending bytes.
     fn put_body(&mut self, frame: Option<Result<Frame<Bytes>, crate::BoxError>>) -> io::Result<()> {
-        let chunked = matches!(self.send, Some(Framing::Chunked(_)));
+        let chunked = self.send == Some(Sending::Chunked);
         match frame {
             None => {
                 self.body = None;
                 self.complete = true;
                 match self.send {
-                    Some(Framing::Length(0)) | None => {}
-                    Some(Framing::Length(n)) => {
+                    Some(Sending::Length(0)) | None => {}
+                    Some(Sending::Length(n)) => {
                         return Err(invalid(format!("the request body ended {n} bytes short of its length")))
                     }
-                    Some(_) => self.wbuf.extend_from_slice(b"0\r\n\r\n"),
+                    Some(Sending::Chunked) => self.wbuf.extend_from_slice(b"0\r\n\r\n"),
                 }
             }
             Some(Err(e)) => return Err(io::Error::other(e)),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) if data.is_empty() => {}
                 Ok(data) => {
-                    if let Some(Framing::Length(left)) = &mut self.send {
+                    if let Some(Sending::Length(left)) = &mut self.send {
                         if data.len() as u64 > *left {
                             return Err(invalid("the request body is longer than its length".into()));
                         }
@@ -833,7 +841,7 @@ fn lists_token(headers: &HeaderMap, token: &[u8]) -> bool {
 
 /// The request line and fields. The body's framing replaces any `Content-Length` and
 /// `Transfer-Encoding` the request carried.
-fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Framing>, had_length: bool) {
+fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Sending>, had_length: bool) {
     dst.extend_from_slice(parts.method.as_str().as_bytes());
     dst.put_u8(b' ');
     match parts.uri.path_and_query() {
@@ -851,8 +859,8 @@ fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Fr
         put_field(dst, name, value);
     }
     match framing {
-        Some(Framing::Length(n)) => put_length(dst, n),
-        Some(_) => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(Sending::Length(n)) => put_length(dst, n),
+        Some(Sending::Chunked) => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // No body: a length of 0 where the method expects a body, or the request said so.
         None if had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => put_length(dst, 0),
         None => {}
