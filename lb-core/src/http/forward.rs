@@ -36,16 +36,16 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Whether the request asks to switch protocols (`Connection: upgrade` plus an
 /// `Upgrade` header), as a WebSocket handshake does.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.headers().contains_key(UPGRADE) && connection_has(req.headers(), "upgrade")
+    req.headers().contains_key(UPGRADE) && connection_lists(req.headers(), "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+/// Whether a `Connection` header lists `token` (case-insensitive).
+pub(crate) fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header the
@@ -218,5 +218,15 @@ mod tests {
         prepare_request(&mut req, "127.0.0.1".parse().unwrap(), "http");
         assert_eq!(req.headers()[HOST], "api.localhost");
         assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let mut h = HeaderMap::new();
+        assert!(!connection_lists(&h, "close"));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(!connection_lists(&h, "close"));
+        h.append(CONNECTION, HeaderValue::from_static("Upgrade, Close"));
+        assert!(connection_lists(&h, "close"));
     }
 }

@@ -22,12 +22,13 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Request, StatusCode, Version};
 use http_body::{Body as _, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::forward::connection_lists;
 use super::Body;
 
 /// Responses with more header fields are refused.
@@ -220,61 +221,45 @@ impl Exchange {
         };
         let mut wbuf = BytesMut::with_capacity(256 + 32 * parts.headers.len());
         put_head(&mut wbuf, &parts, framing, declared.is_some());
-        let keep_alive = !lists_close(&parts.headers);
-        let complete = body.is_none();
+        let mut exchange = Exchange::new(io, wbuf, body, framing, reused);
+        exchange.keep_alive = !connection_lists(&parts.headers, "close");
+        exchange.head_request = parts.method == Method::HEAD;
+        exchange.connect_request = parts.method == Method::CONNECT;
+        exchange.idempotent = parts.method.is_idempotent();
+        exchange
+    }
+
+    /// Sends again, on a new connection, a request a stale pooled connection took.
+    pub(super) fn replay(io: Io, replay: Replay) -> Box<Self> {
+        let mut exchange = Exchange::new(io, BytesMut::from(&replay.bytes[..]), None, None, false);
+        exchange.head_request = replay.head_request;
+        exchange.keep_alive = replay.keep_alive;
+        exchange
+    }
+
+    /// An exchange about to write `wbuf` and then `body`, for an idempotent request
+    /// other than `HEAD` or `CONNECT` that lets the connection be kept.
+    fn new(io: Io, wbuf: BytesMut, body: Option<Body>, send: Option<Sending>, reused: bool) -> Box<Self> {
         Box::new(Exchange {
             io,
             wbuf,
             written: 0,
             whole: true,
+            complete: body.is_none(),
             body,
-            send: framing,
+            send,
             sent: false,
-            complete,
             any_written: false,
             write_error: None,
             body_failed: false,
             rbuf: BytesMut::new(),
             read_size: READ_SIZE,
             answered: false,
-            head_request: parts.method == Method::HEAD,
-            connect_request: parts.method == Method::CONNECT,
-            idempotent: parts.method.is_idempotent(),
-            reused,
-            keep_alive,
-            recv: Framing::Length(0),
-            done: false,
-        })
-    }
-
-    /// Sends again, on a new connection, a request a stale pooled connection took.
-    pub(super) fn replay(io: Io, replay: Replay) -> Box<Self> {
-        let Replay {
-            bytes,
-            head_request,
-            keep_alive,
-        } = replay;
-        let complete = true;
-        Box::new(Exchange {
-            io,
-            wbuf: BytesMut::from(&bytes[..]),
-            written: 0,
-            whole: true,
-            body: None,
-            send: None,
-            sent: false,
-            complete,
-            any_written: false,
-            write_error: None,
-            body_failed: false,
-            rbuf: BytesMut::new(),
-            read_size: READ_SIZE,
-            answered: false,
-            head_request,
+            head_request: false,
             connect_request: false,
             idempotent: true,
-            reused: false,
-            keep_alive,
+            reused,
+            keep_alive: true,
             recv: Framing::Length(0),
             done: false,
         })
@@ -548,8 +533,8 @@ impl Exchange {
     pub(super) fn expect_body(&mut self, head: &mut Head) -> Result<(), io::Error> {
         let status = head.status;
         self.keep_alive &= match head.version {
-            Version::HTTP_10 => lists_token(&head.headers, b"keep-alive"),
-            _ => !lists_close(&head.headers),
+            Version::HTTP_10 => connection_lists(&head.headers, "keep-alive"),
+            _ => !connection_lists(&head.headers, "close"),
         };
         self.recv = if self.head_request
             || status.is_informational()
@@ -826,19 +811,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     Ok(found)
 }
 
-/// Whether a `Connection` header lists `close`.
-pub(super) fn lists_close(headers: &HeaderMap) -> bool {
-    lists_token(headers, b"close")
-}
-
-fn lists_token(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
-}
-
 /// The request line and fields. The body's framing replaces any `Content-Length` and
 /// `Transfer-Encoding` the request carried.
 fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Sending>, had_length: bool) {
@@ -1013,15 +985,5 @@ mod tests {
         assert_eq!(content_length(&map(&["+1"])), Err(()));
         assert_eq!(content_length(&map(&[""])), Err(()));
         assert_eq!(content_length(&map(&["99999999999999999999"])), Err(()));
-    }
-
-    #[test]
-    fn connection_tokens() {
-        let mut h = HeaderMap::new();
-        assert!(!lists_close(&h));
-        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
-        assert!(!lists_close(&h));
-        h.append(CONNECTION, HeaderValue::from_static("Upgrade, Close"));
-        assert!(lists_close(&h));
     }
 }

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
-use tower_service::Service;
 
-use super::Writer;
+use super::{Connector, Writer};
 use crate::balance::Balance;
-use crate::endpoint::{Endpoint, EndpointId};
+use crate::endpoint::EndpointId;
 use crate::error::{BoxError, Elapsed};
 
 /// Where making an endpoint's service stands.
@@ -42,9 +41,7 @@ impl<P, S, M> Writer<P, S, M>
 where
     P: Balance,
     S: Clone + Send + Sync + 'static,
-    M: Service<Endpoint, Response = S> + Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Future: Send,
+    M: Connector<S>,
 {
     /// Starts the connector on queued endpoints while it is ready.
     pub(super) fn start_connects(&mut self, cx: &mut Context<'_>) {

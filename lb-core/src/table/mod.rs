@@ -231,6 +231,21 @@ impl<S> Drop for Entry<S> {
     }
 }
 
+/// What the writer asks of its connector (what `Builder::spawn` asks of it), in one
+/// name for the writer's impl blocks.
+pub(crate) trait Connector<S>:
+    Service<Endpoint, Response = S, Error: Into<BoxError>, Future: Send> + Send + 'static
+{
+}
+
+impl<S, M> Connector<S> for M
+where
+    M: Service<Endpoint, Response = S> + Send + 'static,
+    M::Error: Into<BoxError>,
+    M::Future: Send,
+{
+}
+
 /// A reply to an operator, sent once the snapshot that reflects the command is out.
 type Reply = (
     oneshot::Sender<Result<(), UnknownEndpoint>>,
@@ -268,9 +283,7 @@ impl<P, S, M> Writer<P, S, M>
 where
     P: Balance,
     S: Clone + Send + Sync + 'static,
-    M: Service<Endpoint, Response = S> + Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Future: Send,
+    M: Connector<S>,
 {
     pub(crate) fn new(
         readers: Weak<dyn Readers<P, S>>,

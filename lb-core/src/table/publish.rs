@@ -18,12 +18,9 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use tower_service::Service;
 
-use super::{Connect, Listed, Published, Snapshot, Writer};
+use super::{Connect, Connector, Listed, Published, Snapshot, Writer};
 use crate::balance::{Balance, Candidates, WEIGHT_SCALE};
-use crate::endpoint::Endpoint;
-use crate::error::BoxError;
 use crate::state::{EndpointState, Flag};
 use crate::status::Connection;
 
@@ -48,9 +45,7 @@ impl<P, S, M> Writer<P, S, M>
 where
     P: Balance,
     S: Clone + Send + Sync + 'static,
-    M: Service<Endpoint, Response = S> + Send + 'static,
-    M::Error: Into<BoxError>,
-    M::Future: Send,
+    M: Connector<S>,
 {
     /// Publishes the table as it is now (see the module docs for the steps).
     pub(super) fn publish(&mut self) {
