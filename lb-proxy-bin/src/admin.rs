@@ -36,7 +36,6 @@ use http::header::{
     REFERRER_POLICY, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use lb_core::http::{full, Body};
 use lb_core::{BalancerStatus, EndpointId};
 use serde_json::{json, Value};
@@ -284,12 +283,12 @@ pub(crate) async fn serve_admin(
         let limits = state.load().limits;
         tokio::spawn(async move {
             let _slot = slot;
-            let handler = move |req: Request<hyper::body::Incoming>| {
+            let handler = move |req: Request<lb_core::http::server::RequestBody>| {
                 let rt = state.load_full();
                 let auth = auth.load_full();
                 async move { handle(req, rt, &auth).await }
             };
-            crate::server::serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await;
+            crate::server::serve_conn(tcp, false, handler, limits, accepted, &conns, peer).await;
         });
     }
     drop(listener);

@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
+use lb_core::http::server::RequestBody;
 use lb_core::http::ResponseBody;
 use lb_core::{EndpointId, InFlight};
 use tokio::time::{Instant, Sleep};
@@ -108,7 +108,7 @@ pub(crate) struct ClientBodyError(pub(crate) ClientFault);
 /// A client's request body with its limits; see the module docs.
 #[derive(Debug)]
 pub(crate) struct ClientBody {
-    inner: Incoming,
+    inner: RequestBody,
     /// `max_body_bytes`, if any, and the bytes read so far.
     limit: Option<u64>,
     read: u64,
@@ -121,7 +121,7 @@ pub(crate) struct ClientBody {
 
 impl ClientBody {
     /// Wraps `inner`; `fault` is where the client's failure is noted.
-    pub(crate) fn new(inner: Incoming, limit: Option<u64>, idle: Duration, fault: Arc<Fault>) -> Self {
+    pub(crate) fn new(inner: RequestBody, limit: Option<u64>, idle: Duration, fault: Arc<Fault>) -> Self {
         Self {
             inner,
             limit,

@@ -10,8 +10,8 @@ use http::header::{
 };
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use lb_core::http::forward::{self, X_FORWARDED_FOR};
+use lb_core::http::server::RequestBody;
 use lb_core::http::{boxed, full, upgrade, Body};
 
 use crate::body::{ClientBody, Fault};
@@ -42,7 +42,7 @@ fn refuse(status: StatusCode, text: String) -> Response<Body> {
 /// `[server] hsts` asks for it.
 pub(crate) async fn handle(
     rt: Arc<Runtime>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     proto: &'static str,
 ) -> Response<Body> {
@@ -59,7 +59,7 @@ pub(crate) async fn handle(
 
 /// A `308 Permanent Redirect` to the same host, path and query over HTTPS (308 keeps
 /// the method and body, where 301 lets clients turn a POST into a GET).
-fn redirect_https(host: &str, req: &Request<Incoming>, port: Option<u16>) -> Response<Body> {
+fn redirect_https(host: &str, req: &Request<RequestBody>, port: Option<u16>) -> Response<Body> {
     let name = crate::host::route_name(host);
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = match port {
@@ -84,7 +84,12 @@ fn redirect_https(host: &str, req: &Request<Incoming>, port: Option<u16>) -> Res
     rsp
 }
 
-async fn serve(rt: Arc<Runtime>, mut req: Request<Incoming>, peer: SocketAddr, proto: &'static str) -> Response<Body> {
+async fn serve(
+    rt: Arc<Runtime>,
+    mut req: Request<RequestBody>,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> Response<Body> {
     let start = Instant::now();
     let authority = match crate::host::authority(&req) {
         Ok(a) => a,

@@ -41,8 +41,9 @@ use futures_util::future::Either;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use lb_core::http::server::{self as h1, RequestBody, Transport};
 use lb_core::http::Body;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -95,15 +96,19 @@ impl Default for Limits {
     }
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+/// HTTP/1.1 (lb-core's server: no buffer held between requests), watching for HTTP/2's
+/// preface.
+fn h1_builder(limits: &Limits) -> h1::Builder {
+    h1::Builder::new()
+        .max_head_bytes(limits.max_header_bytes)
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+        .http2_preface(true)
+}
+
+/// HTTP/2, by hyper.
+fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
@@ -310,7 +315,7 @@ pub(crate) async fn serve_http(
         let state = state.clone();
         let tls = ctx.tls.clone();
         let http01 = ctx.http01.clone();
-        let handler = move |req: Request<Incoming>| {
+        let handler = move |req: Request<RequestBody>| {
             if let Some(answer) = http01.as_ref().and_then(|h| acme_challenge(h, &req)) {
                 return Either::Left(std::future::ready(answer));
             }
@@ -323,7 +328,7 @@ pub(crate) async fn serve_http(
             None => {
                 tokio::spawn(async move {
                     let _slot = permit;
-                    serve_conn(TokioIo::new(tcp), handler, limits, accepted, &conns, peer).await;
+                    serve_conn(tcp, false, handler, limits, accepted, &conns, peer).await;
                 });
             }
             Some(acc) => {
@@ -337,7 +342,10 @@ pub(crate) async fn serve_http(
                             Ok(Ok(s)) if crate::tls::is_acme_validation(s.get_ref().1) => {
                                 tracing::debug!(%peer, "tls-alpn-01 validation handshake");
                             }
-                            Ok(Ok(s)) => serve_conn(TokioIo::new(s), handler, limits, accepted, &conns, peer).await,
+                            Ok(Ok(s)) => {
+                                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                                serve_conn(s, h2, handler, limits, accepted, &conns, peer).await
+                            }
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         },
@@ -372,7 +380,7 @@ impl std::fmt::Debug for Listener {
 pub(crate) const ACME_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
 /// The answer to an http-01 validation request, or `None` for any other request.
-fn acme_challenge(http01: &lb_tls::acme::Http01Responder, req: &Request<Incoming>) -> Option<Response<Body>> {
+fn acme_challenge(http01: &lb_tls::acme::Http01Responder, req: &Request<RequestBody>) -> Option<Response<Body>> {
     let token = req.uri().path().strip_prefix(ACME_CHALLENGE_PATH)?;
     let (status, text) = match http01.respond(token) {
         Some(key_authorization) => (http::StatusCode::OK, key_authorization),
@@ -512,34 +520,63 @@ impl http_body::Body for ConnBody {
     }
 }
 
+/// A connection being served: HTTP/1.1 by lb-core's server, HTTP/2 by hyper's.
+enum Conn<A, B> {
+    H1(A),
+    H2(Pin<Box<B>>),
+}
+
 /// Serves one connection with `handler` until it ends, a deadline passes or shutdown
-/// closes it; see the module docs.
+/// closes it; see the module docs. `h2`: ALPN chose HTTP/2; otherwise HTTP/1.1, or
+/// HTTP/2 if the client opens with its preface.
 pub(crate) async fn serve_conn<I, F, Fut>(
     io: I,
+    h2: bool,
     handler: F,
     limits: Limits,
     accepted: Instant,
     conns: &Arc<Conns>,
     peer: SocketAddr,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    I: Transport,
+    F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let _open = conns.opened();
     let tracker = Tracker::new(accepted);
     let handler = Arc::new(handler);
-    let svc = {
-        let tracker = tracker.clone();
-        hyper::service::service_fn(move |req| {
+    let h1_svc = {
+        let (tracker, handler) = (tracker.clone(), handler.clone());
+        hyper::service::service_fn(move |req: Request<RequestBody>| {
             let request = tracker.start();
             let rsp = handler(req);
             async move { Ok::<_, Infallible>(rsp.await.map(|b| ConnBody::new(b, request))) }
         })
     };
-    let builder = builder(&limits);
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
+    let h2_svc = {
+        let tracker = tracker.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let request = tracker.start();
+            let rsp = handler(req.map(RequestBody::from));
+            async move { Ok::<_, Infallible>(rsp.await.map(|b| ConnBody::new(b, request))) }
+        })
+    };
+    let mut conn = if h2 {
+        let io: Box<dyn Transport> = Box::new(io);
+        Conn::H2(Box::pin(
+            h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone()),
+        ))
+    } else {
+        Conn::H1(h1_builder(&limits).serve_connection(io, h1_svc))
+    };
+    macro_rules! graceful {
+        () => {
+            match &mut conn {
+                Conn::H1(c) => Pin::new(c).graceful_shutdown(),
+                Conn::H2(c) => c.as_mut().graceful_shutdown(),
+            }
+        };
+    }
     let mut drain = conns.drain.subscribe();
     let mut close = conns.close.subscribe();
     let mut draining = false;
@@ -557,9 +594,19 @@ pub(crate) async fn serve_conn<I, F, Fut>(
     tokio::pin!(sleep);
     let why = loop {
         tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            r = std::future::poll_fn(|cx| match &mut conn {
+                Conn::H1(c) => Pin::new(c).poll(cx),
+                Conn::H2(c) => c.as_mut().poll(cx).map(|r| r.map(|()| h1::Ended::Closed).map_err(Into::into)),
+            }) => {
+                match r {
+                    Ok(h1::Ended::Http2(io)) => {
+                        // HTTP/2 with prior knowledge: hyper takes the connection over.
+                        let io: Box<dyn Transport> = Box::new(io);
+                        conn = Conn::H2(Box::pin(h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone())));
+                        continue;
+                    }
+                    Ok(h1::Ended::Closed) => {}
+                    Err(e) => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
                 }
                 return;
             }
@@ -577,7 +624,7 @@ pub(crate) async fn serve_conn<I, F, Fut>(
                     };
                     if due <= now && cut_at.is_none() {
                         tracing::debug!(%peer, ?timeout, "{what}; closing");
-                        conn.as_mut().graceful_shutdown();
+                        graceful!();
                         cut_at = Some(now + CLOSE_GRACE);
                     }
                     // Not due yet (a request came and went since this was armed): the
@@ -602,7 +649,7 @@ pub(crate) async fn serve_conn<I, F, Fut>(
             () = conns.pressure.notified() => {
                 if tracker.in_flight.load(Ordering::Acquire) == 0 && cut_at.is_none() {
                     tracing::debug!(%peer, "at max_connections: closing an idle connection");
-                    conn.as_mut().graceful_shutdown();
+                    graceful!();
                     let at = Instant::now() + CLOSE_GRACE;
                     cut_at = Some(at);
                     sleep.as_mut().reset(at);
@@ -611,7 +658,7 @@ pub(crate) async fn serve_conn<I, F, Fut>(
             ok = async { drain.wait_for(|d| *d).await.is_ok() }, if !draining => {
                 draining = true;
                 if ok {
-                    conn.as_mut().graceful_shutdown();
+                    graceful!();
                 }
             }
             _ = async { close.wait_for(|c| *c).await.is_ok() } => break "shutdown",

@@ -32,7 +32,7 @@ use super::forward::connection_lists;
 use super::Body;
 
 /// Responses with more header fields are refused.
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 /// A response head longer than this is refused (hyper's default buffer limit).
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// A chunk size line longer than this is refused.
@@ -40,11 +40,11 @@ const MAX_CHUNK_LINE: usize = 4096;
 /// Response trailers longer than this are refused.
 const MAX_TRAILERS: usize = 16 * 1024;
 /// The first read of an exchange asks for this much room.
-const READ_SIZE: usize = 8 * 1024;
+pub(super) const READ_SIZE: usize = 8 * 1024;
 /// Reads of a long body grow up to this.
-const READ_SIZE_MAX: usize = 64 * 1024;
+pub(super) const READ_SIZE_MAX: usize = 64 * 1024;
 /// A request body is gathered up to this much before it is written.
-const WRITE_HIGH: usize = 64 * 1024;
+pub(super) const WRITE_HIGH: usize = 64 * 1024;
 
 /// An endpoint connection's transport.
 pub(super) enum Io {
@@ -104,9 +104,9 @@ impl AsyncWrite for Io {
     }
 }
 
-/// How a response body is delimited.
+/// How a received body (a response's here, a request's in the server) is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// This many bytes are left.
     Length(u64),
     Chunked(Chunk),
@@ -114,17 +114,19 @@ enum Framing {
     Eof,
 }
 
-/// How a request body is sent.
+/// How a body is sent (a request's here, a response's in the server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Sending {
+pub(super) enum Sending {
     /// This many bytes are left to send.
     Length(u64),
     Chunked,
+    /// As it comes, ended by closing the connection (a response to HTTP/1.0).
+    Raw,
 }
 
-/// Where a chunked response body's decoder is.
+/// Where a chunked body's decoder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Chunk {
+pub(super) enum Chunk {
     /// Before a chunk size line.
     Size,
     /// Inside a chunk's data: this many bytes are left.
@@ -321,49 +323,9 @@ impl Exchange {
 
     /// Adds one frame of the request body (or its end) to the pending bytes.
     fn put_body(&mut self, frame: Option<Result<Frame<Bytes>, crate::BoxError>>) -> io::Result<()> {
-        let chunked = self.send == Some(Sending::Chunked);
-        match frame {
-            None => {
-                self.body = None;
-                self.complete = true;
-                match self.send {
-                    Some(Sending::Length(0)) | None => {}
-                    Some(Sending::Length(n)) => {
-                        return Err(invalid(format!("the request body ended {n} bytes short of its length")))
-                    }
-                    Some(Sending::Chunked) => self.wbuf.extend_from_slice(b"0\r\n\r\n"),
-                }
-            }
-            Some(Err(e)) => return Err(io::Error::other(e)),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if data.is_empty() => {}
-                Ok(data) => {
-                    if let Some(Sending::Length(left)) = &mut self.send {
-                        if data.len() as u64 > *left {
-                            return Err(invalid("the request body is longer than its length".into()));
-                        }
-                        *left -= data.len() as u64;
-                    }
-                    if chunked {
-                        put_hex(&mut self.wbuf, data.len());
-                        self.wbuf.extend_from_slice(b"\r\n");
-                        self.wbuf.extend_from_slice(&data);
-                        self.wbuf.extend_from_slice(b"\r\n");
-                    } else {
-                        self.wbuf.extend_from_slice(&data);
-                    }
-                }
-                Err(frame) => {
-                    // Trailers end the body; only a chunked body can carry them.
-                    if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                        self.wbuf.extend_from_slice(b"0\r\n");
-                        put_fields(&mut self.wbuf, &trailers);
-                        self.wbuf.extend_from_slice(b"\r\n");
-                        self.body = None;
-                        self.complete = true;
-                    }
-                }
-            },
+        if put_frame(&mut self.wbuf, &mut self.send, frame)? {
+            self.body = None;
+            self.complete = true;
         }
         Ok(())
     }
@@ -479,7 +441,7 @@ impl Exchange {
     fn parse_head(&mut self) -> Result<Option<Head>, io::Error> {
         // Offsets of each field's name and value, so the head can be split off after
         // parsing and the values share its bytes.
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+        let mut spans = [Span::default(); MAX_HEADERS];
         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut rsp = httparse::Response::new(&mut fields);
         let base = self.rbuf.as_ptr() as usize;
@@ -501,26 +463,9 @@ impl Exchange {
         } else {
             Version::HTTP_11
         };
-        let n = rsp.headers.len();
-        for (span, field) in spans.iter_mut().zip(rsp.headers.iter()) {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            *span = (
-                name as u32,
-                field.name.len() as u32,
-                value as u32,
-                field.value.len() as u32,
-            );
-        }
+        let n = field_spans(base, rsp.headers, &mut spans);
         let head = self.rbuf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(n);
-        for &(name, name_len, value, value_len) in &spans[..n] {
-            let name = HeaderName::from_bytes(&head[name as usize..(name + name_len) as usize])
-                .map_err(|_| invalid("invalid header name in the response".into()))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value as usize..(value + value_len) as usize))
-                .map_err(|_| invalid(format!("invalid value of the response header {name}")))?;
-            headers.append(name, value);
-        }
+        let headers = header_map(&head, &spans[..n])?;
         Ok(Some(Head {
             status,
             version,
@@ -670,95 +615,133 @@ impl Exchange {
 
     /// Takes the next frame out of the read buffer, if one is there.
     fn decode(&mut self) -> io::Result<Option<Frame<Bytes>>> {
-        loop {
-            match &mut self.recv {
-                Framing::Length(0) => {
-                    self.done = true;
+        let frame = decode(&mut self.recv, &mut self.rbuf);
+        self.done = self.recv == Framing::Length(0);
+        frame
+    }
+}
+
+/// Takes the next frame of a body framed by `recv` out of `rbuf`, if one is there. The
+/// body has ended when `recv` is `Length(0)`.
+pub(super) fn decode(recv: &mut Framing, rbuf: &mut BytesMut) -> io::Result<Option<Frame<Bytes>>> {
+    loop {
+        match recv {
+            Framing::Length(0) => {
+                return Ok(None);
+            }
+            Framing::Length(left) => {
+                if rbuf.is_empty() {
                     return Ok(None);
                 }
-                Framing::Length(left) => {
-                    if self.rbuf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = (*left).min(self.rbuf.len() as u64);
-                    *left -= n;
-                    self.done = *left == 0;
-                    return Ok(Some(Frame::data(self.rbuf.split_to(n as usize).freeze())));
+                let n = (*left).min(rbuf.len() as u64);
+                *left -= n;
+                return Ok(Some(Frame::data(rbuf.split_to(n as usize).freeze())));
+            }
+            Framing::Eof => {
+                if rbuf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Eof => {
-                    if self.rbuf.is_empty() {
-                        return Ok(None);
-                    }
-                    return Ok(Some(Frame::data(self.rbuf.split().freeze())));
+                return Ok(Some(Frame::data(rbuf.split().freeze())));
+            }
+            Framing::Chunked(Chunk::Size) => {
+                let Some(end) = find_crlf(rbuf) else {
+                    return too_long(rbuf.len(), MAX_CHUNK_LINE, "chunk size line");
+                };
+                let size = chunk_size(&rbuf[..end])?;
+                rbuf.advance(end + 2);
+                *recv = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+            }
+            Framing::Chunked(Chunk::Data(left)) => {
+                if rbuf.is_empty() {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(end) = find_crlf(&self.rbuf) else {
-                        return too_long(self.rbuf.len(), MAX_CHUNK_LINE, "chunk size line");
-                    };
-                    let size = chunk_size(&self.rbuf[..end])?;
-                    self.rbuf.advance(end + 2);
-                    self.recv = Framing::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                let n = (*left).min(rbuf.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *recv = Framing::Chunked(Chunk::DataEnd);
                 }
-                Framing::Chunked(Chunk::Data(left)) => {
-                    if self.rbuf.is_empty() {
-                        return Ok(None);
-                    }
-                    let n = (*left).min(self.rbuf.len() as u64);
-                    *left -= n;
-                    if *left == 0 {
-                        self.recv = Framing::Chunked(Chunk::DataEnd);
-                    }
-                    return Ok(Some(Frame::data(self.rbuf.split_to(n as usize).freeze())));
+                return Ok(Some(Frame::data(rbuf.split_to(n as usize).freeze())));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if rbuf.len() < 2 {
+                    return Ok(None);
                 }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    if self.rbuf.len() < 2 {
-                        return Ok(None);
-                    }
-                    if &self.rbuf[..2] != b"\r\n" {
-                        return Err(invalid("a chunk's data is not followed by CRLF".into()));
-                    }
-                    self.rbuf.advance(2);
-                    self.recv = Framing::Chunked(Chunk::Size);
+                if &rbuf[..2] != b"\r\n" {
+                    return Err(invalid("a chunk's data is not followed by CRLF".into()));
                 }
-                Framing::Chunked(Chunk::Trailers) => {
-                    if self.rbuf.starts_with(b"\r\n") {
-                        self.rbuf.advance(2);
-                        self.recv = Framing::Length(0);
-                        continue;
-                    }
-                    let Some(end) = self.rbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        return too_long(self.rbuf.len(), MAX_TRAILERS, "response trailers");
-                    };
-                    let block = self.rbuf.split_to(end + 4).freeze();
-                    self.recv = Framing::Length(0);
-                    let trailers = parse_trailers(&block)?;
-                    self.done = true;
-                    return Ok(Some(Frame::trailers(trailers)));
+                rbuf.advance(2);
+                *recv = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                if rbuf.starts_with(b"\r\n") {
+                    rbuf.advance(2);
+                    *recv = Framing::Length(0);
+                    continue;
                 }
+                let Some(end) = rbuf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    return too_long(rbuf.len(), MAX_TRAILERS, "trailers");
+                };
+                let block = rbuf.split_to(end + 4).freeze();
+                *recv = Framing::Length(0);
+                let trailers = parse_trailers(&block)?;
+                return Ok(Some(Frame::trailers(trailers)));
             }
         }
     }
 }
 
+/// Where one header field's name and value lie in a head: offsets and lengths.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Span(u32, u32, u32, u32);
+
+/// Notes where httparse found each field in the buffer that starts at `base`, so the
+/// head can be split off after parsing and the values share its bytes. Returns how many.
+pub(super) fn field_spans(base: usize, fields: &[httparse::Header<'_>], spans: &mut [Span]) -> usize {
+    for (span, field) in spans.iter_mut().zip(fields) {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        *span = Span(
+            name as u32,
+            field.name.len() as u32,
+            value as u32,
+            field.value.len() as u32,
+        );
+    }
+    fields.len()
+}
+
+/// The fields of `head` at `spans`, as a map whose values share the head's bytes.
+pub(super) fn header_map(head: &Bytes, spans: &[Span]) -> io::Result<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &Span(name, name_len, value, value_len) in spans {
+        let name = HeaderName::from_bytes(&head[name as usize..(name + name_len) as usize])
+            .map_err(|_| invalid("invalid header name".into()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value as usize..(value + value_len) as usize))
+            .map_err(|_| invalid(format!("invalid value of the header {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 /// `Ok(None)`: more bytes are needed, unless there are too many already.
-fn too_long<T>(have: usize, max: usize, what: &str) -> io::Result<Option<T>> {
+pub(super) fn too_long<T>(have: usize, max: usize, what: &str) -> io::Result<Option<T>> {
     if have > max {
         return Err(invalid(format!("{what} longer than {max} bytes")));
     }
     Ok(None)
 }
 
-fn invalid(msg: String) -> io::Error {
+pub(super) fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-fn find_crlf(buf: &[u8]) -> Option<usize> {
+pub(super) fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
 /// A chunk size line's size: hex digits (leading zeros allowed), then optional
 /// whitespace and extensions, which may hold no control character but a tab.
-fn chunk_size(line: &[u8]) -> io::Result<u64> {
+pub(super) fn chunk_size(line: &[u8]) -> io::Result<u64> {
     let bad = || invalid("malformed chunk size".into());
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     let (hex, rest) = line.split_at(digits);
@@ -776,7 +759,7 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
     }))
 }
 
-fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
+pub(super) fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let parsed = match httparse::parse_headers(block, &mut fields) {
         Ok(httparse::Status::Complete((_, fields))) => fields,
@@ -793,7 +776,7 @@ fn parse_trailers(block: &[u8]) -> io::Result<HeaderMap> {
 
 /// The value of `Content-Length`: `Ok(None)` without one, `Err` if it is not one
 /// number (repeated values must agree, RFC 9110 8.6).
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+pub(super) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     let mut found = None;
     for v in headers.get_all(CONTENT_LENGTH) {
         for part in v.as_bytes().split(|&b| b == b',') {
@@ -833,6 +816,7 @@ fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Se
     match framing {
         Some(Sending::Length(n)) => put_length(dst, n),
         Some(Sending::Chunked) => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Some(Sending::Raw) => {}
         // No body: a length of 0 where the method expects a body, or the request said so.
         None if had_length || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) => put_length(dst, 0),
         None => {}
@@ -840,20 +824,71 @@ fn put_head(dst: &mut BytesMut, parts: &http::request::Parts, framing: Option<Se
     dst.extend_from_slice(b"\r\n");
 }
 
-fn put_field(dst: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+pub(super) fn put_field(dst: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
     dst.extend_from_slice(name.as_str().as_bytes());
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value.as_bytes());
     dst.extend_from_slice(b"\r\n");
 }
 
-fn put_fields(dst: &mut BytesMut, fields: &HeaderMap) {
+pub(super) fn put_fields(dst: &mut BytesMut, fields: &HeaderMap) {
     for (name, value) in fields {
         put_field(dst, name, value);
     }
 }
 
-fn put_length(dst: &mut BytesMut, n: u64) {
+/// Adds one frame of a body being sent (or its end, `None`) to `dst`, framed by `send`
+/// (`None`: no body is expected). `Ok(true)` when the body has ended.
+pub(super) fn put_frame(
+    dst: &mut BytesMut,
+    send: &mut Option<Sending>,
+    frame: Option<Result<Frame<Bytes>, crate::BoxError>>,
+) -> io::Result<bool> {
+    let chunked = *send == Some(Sending::Chunked);
+    match frame {
+        None => match *send {
+            Some(Sending::Length(0) | Sending::Raw) | None => Ok(true),
+            Some(Sending::Length(n)) => Err(invalid(format!("the body ended {n} bytes short of its length"))),
+            Some(Sending::Chunked) => {
+                dst.extend_from_slice(b"0\r\n\r\n");
+                Ok(true)
+            }
+        },
+        Some(Err(e)) => Err(io::Error::other(e)),
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) if data.is_empty() => Ok(false),
+            Ok(data) => {
+                if let Some(Sending::Length(left)) = send {
+                    if data.len() as u64 > *left {
+                        return Err(invalid("the body is longer than its length".into()));
+                    }
+                    *left -= data.len() as u64;
+                }
+                if chunked {
+                    put_hex(dst, data.len());
+                    dst.extend_from_slice(b"\r\n");
+                    dst.extend_from_slice(&data);
+                    dst.extend_from_slice(b"\r\n");
+                } else {
+                    dst.extend_from_slice(&data);
+                }
+                Ok(false)
+            }
+            // Trailers end the body; only a chunked body can carry them.
+            Err(frame) => match (chunked, frame.into_trailers()) {
+                (true, Ok(trailers)) => {
+                    dst.extend_from_slice(b"0\r\n");
+                    put_fields(dst, &trailers);
+                    dst.extend_from_slice(b"\r\n");
+                    Ok(true)
+                }
+                _ => Ok(false),
+            },
+        },
+    }
+}
+
+pub(super) fn put_length(dst: &mut BytesMut, n: u64) {
     dst.extend_from_slice(b"content-length: ");
     let mut digits = [0u8; 20];
     let mut i = digits.len();
@@ -870,7 +905,7 @@ fn put_length(dst: &mut BytesMut, n: u64) {
     dst.extend_from_slice(b"\r\n");
 }
 
-fn put_hex(dst: &mut BytesMut, n: usize) {
+pub(super) fn put_hex(dst: &mut BytesMut, n: usize) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut digits = [0u8; 16];
     let mut i = digits.len();

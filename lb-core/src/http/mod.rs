@@ -12,6 +12,9 @@
 //!   response for the hop back.
 //! - [`upgrade`] splices an HTTP Upgrade (WebSocket) once the endpoint answers 101: the
 //!   endpoint's side is its connection itself ([`upgrade::Upgraded`]).
+//! - [`server`] serves HTTP/1.1 to clients with no buffer held between requests (a
+//!   proxy's listener side); its [`RequestBody`](server::RequestBody) also carries
+//!   hyper's HTTP/2 bodies.
 //! - [`HttpProbe`] is an active health check: `GET path`, 2xx or 3xx passes.
 //! - [`Http`] is the balancer's protocol for HTTP, what
 //!   [`Builder::http`](crate::Builder::http) sets: a request is in flight until its
@@ -63,6 +66,7 @@ pub mod forward;
 mod h1;
 mod probe;
 mod protocol;
+pub mod server;
 #[cfg(feature = "tls")]
 mod tls;
 pub mod upgrade;
