@@ -6,8 +6,8 @@
 //! - with none in flight, the connection must bring its first request within
 //!   `header_read_timeout` of the accept (TLS handshake, protocol detection and the
 //!   HTTP/2 preface included), and a later one within `idle_timeout` of the last
-//!   response; HTTP/1.1's next request head is also bound by `header_read_timeout`
-//!   (hyper's timer, started when the previous response is done);
+//!   response; an HTTP/1.1 head must also be whole within `header_read_timeout` of
+//!   its first byte, or it gets 408 (lb-core's server connection times it);
 //! - with requests in flight, a response that waits for the client to take its next part
 //!   for `send_timeout` (the client stopped reading) closes the connection; a request
 //!   body that stops for `body_read_timeout` gets 408 ([`crate::body::ClientBody`]);
@@ -603,6 +603,9 @@ pub(crate) async fn serve_conn<I, F, Fut>(
                         // HTTP/2 with prior knowledge: hyper takes the connection over.
                         let io: Box<dyn Transport> = Box::new(io);
                         conn = Conn::H2(Box::pin(h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone())));
+                        if draining || cut_at.is_some() {
+                            graceful!();
+                        }
                         continue;
                     }
                     Ok(h1::Ended::Closed) => {}

@@ -41,6 +41,10 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 /// The first read of an exchange asks for this much room.
 pub(super) const READ_SIZE: usize = 8 * 1024;
+/// The first read of an answer (or, in the server, of a request head) goes to a buffer
+/// of this size on the stack and is copied out at its exact length: most heads (and
+/// small bodies) fit, and no 8 KiB buffer is held for a few hundred bytes.
+pub(super) const FIRST_READ: usize = 4096;
 /// Reads of a long body grow up to this.
 pub(super) const READ_SIZE_MAX: usize = 64 * 1024;
 /// A request body is gathered up to this much before it is written.
@@ -332,6 +336,13 @@ impl Exchange {
 
     /// Reads more of the answer into the read buffer; `Ok(0)` at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if !self.answered && self.rbuf.is_empty() {
+            let first = ready!(poll_read_small(&mut self.io, cx))?;
+            self.answered = !first.is_empty();
+            let n = first.len();
+            self.rbuf = first;
+            return Poll::Ready(Ok(n));
+        }
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
             self.rbuf.reserve(self.read_size);
         }
@@ -721,6 +732,18 @@ pub(super) fn header_map(head: &Bytes, spans: &[Span]) -> io::Result<HeaderMap> 
         headers.append(name, value);
     }
     Ok(headers)
+}
+
+/// Reads once into a buffer on the stack ([`FIRST_READ`]) and returns what came, in a
+/// buffer of exactly its size (empty at the end of the stream).
+pub(super) fn poll_read_small<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<BytesMut>> {
+    let mut first = [0u8; FIRST_READ];
+    let mut buf = ReadBuf::new(&mut first);
+    ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+    Poll::Ready(Ok(BytesMut::from(buf.filled())))
 }
 
 /// `Ok(None)`: more bytes are needed, unless there are too many already.

@@ -62,10 +62,6 @@ pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Transport for T {}
 
-/// The bytes read from the client before anything is buffered: a head that fits is
-/// copied out once, exactly as long as it is.
-const FIRST_READ: usize = 4096;
-
 /// A connection's settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Builder {
@@ -136,6 +132,7 @@ impl Builder {
             shutdown: false,
             head_timer: None,
             first: true,
+            scanned: 0,
         }
     }
 }
@@ -177,19 +174,13 @@ fn lock(shared: &SharedIo) -> MutexGuard<'_, Shared<dyn Transport>> {
 }
 
 impl Shared<dyn Transport> {
-    /// Reads more into `rbuf`; `Ok(0)` at the end of the stream. With nothing buffered
-    /// the read goes to the stack first, so a connection waiting for its next request
-    /// holds no buffer.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.is_empty() {
-            let mut first = [0u8; FIRST_READ];
-            let mut buf = ReadBuf::new(&mut first);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-            let n = buf.filled().len();
-            if n > 0 {
-                self.rbuf = BytesMut::from(buf.filled());
-            }
-            return Poll::Ready(Ok(n));
+    /// Reads more into `rbuf`; `Ok(0)` at the end of the stream. `between`: waiting for
+    /// a head, when with nothing buffered the read goes to the stack first, so a
+    /// connection waiting for its next request holds no buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, between: bool) -> Poll<io::Result<usize>> {
+        if between && self.rbuf.is_empty() {
+            self.rbuf = ready!(h1::poll_read_small(&mut self.io, cx))?;
+            return Poll::Ready(Ok(self.rbuf.len()));
         }
         if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
             self.rbuf.reserve(self.read_size);
@@ -205,8 +196,11 @@ impl Shared<dyn Transport> {
         Poll::Ready(Ok(n))
     }
 
-    /// Writes what is left of `100 Continue`.
+    /// Writes what is left of `100 Continue`, if anything, and flushes it.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.continue_left == 0 {
+            return Poll::Ready(Ok(()));
+        }
         while self.continue_left > 0 {
             let from = CONTINUE.len() - usize::from(self.continue_left);
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &CONTINUE[from..]))?;
@@ -299,7 +293,7 @@ impl http_body::Body for RequestBody {
                 Ok(None) => {}
                 Err(e) => break Err(e),
             }
-            match ready!(sh.poll_fill(cx)) {
+            match ready!(sh.poll_fill(cx, false)) {
                 Ok(0) => {
                     break Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -420,6 +414,8 @@ where
     head_timer: Option<Pin<Box<Sleep>>>,
     /// No request has come yet.
     first: bool,
+    /// How much of a partial head was searched for its end already.
+    scanned: usize,
 }
 
 impl<S, B> std::fmt::Debug for Connection<S, B>
@@ -527,12 +523,14 @@ where
                     Err(HeadError::Refuse(status)) => this.state = State::Writing(refusal(status)),
                 },
                 State::Serving { future, .. } => {
-                    if client_gone(&this.shared, this.builder.max_head, cx) {
-                        // Dropping the future cancels the request.
-                        this.state = State::Done;
-                        return Poll::Ready(Ok(Ended::Closed));
-                    }
-                    let rsp = ready!(future.as_mut().poll(cx));
+                    let Poll::Ready(rsp) = future.as_mut().poll(cx) else {
+                        if client_gone(&this.shared, this.builder.max_head, cx) {
+                            // Dropping the future cancels the request.
+                            this.state = State::Done;
+                            return Poll::Ready(Ok(Ended::Closed));
+                        }
+                        return Poll::Pending;
+                    };
                     let State::Serving { req, .. } = std::mem::replace(&mut this.state, State::Done) else {
                         unreachable!("serving")
                     };
@@ -545,18 +543,26 @@ where
                     };
                 }
                 State::Writing(answer) => {
-                    let mut sh = lock(&this.shared);
-                    match ready!(answer.poll_write(&mut sh, cx)) {
-                        Ok(()) => {}
-                        Err(e) => {
-                            drop(sh);
+                    match answer.poll_write(&this.shared, cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
                             this.state = State::Done;
                             return Poll::Ready(Err(e.into()));
                         }
+                        Poll::Pending => {
+                            // A response that waits for its body (a long poll, a
+                            // stream) ends when the client goes.
+                            if client_gone(&this.shared, this.builder.max_head, cx) {
+                                this.state = State::Done;
+                                return Poll::Ready(Ok(Ended::Closed));
+                            }
+                            return Poll::Pending;
+                        }
                     }
+                    let mut sh = lock(&this.shared);
                     // The request's body must have been read to its end for the next
                     // request to be found.
-                    let clean = sh.recv == Framing::Length(0) && !sh.body_open;
+                    let clean = drain_unread(&mut sh);
                     if sh.rbuf.is_empty() {
                         // Nothing more in hand: the buffer goes until something comes.
                         sh.rbuf = BytesMut::new();
@@ -608,10 +614,21 @@ where
                 return Poll::Ready(Err(HeadError::Http2));
             }
             if !sh.rbuf.is_empty() && !preface {
-                match parse_request(&mut sh.rbuf, self.builder.max_head) {
+                // Parsed only once its end is here: a head sent a byte at a time is
+                // searched once, not parsed again from the start on every read.
+                let ended = head_ended(&sh.rbuf, &mut self.scanned);
+                let parsed = if ended {
+                    parse_request(&mut sh.rbuf, self.builder.max_head)
+                } else if sh.rbuf.len() > self.builder.max_head {
+                    Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                } else {
+                    Ok(None)
+                };
+                match parsed {
                     Ok(Some(head)) => {
                         self.head_timer = None;
                         self.first = false;
+                        self.scanned = 0;
                         drop(sh);
                         return Poll::Ready(self.request(head).map(Some).map_err(HeadError::Refuse));
                     }
@@ -622,7 +639,7 @@ where
             if self.shutdown && sh.rbuf.is_empty() {
                 return Poll::Ready(Ok(None));
             }
-            match sh.poll_fill(cx) {
+            match sh.poll_fill(cx, true) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(HeadError::Gone)),
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => {}
@@ -724,13 +741,35 @@ where
         let status = parts.status;
         let upgrading = req.upgrade.is_some()
             && (status == StatusCode::SWITCHING_PROTOCOLS || (req.connect && status.is_success()));
-        let mut keep_alive = req.keep_alive && !self.shutdown && !upgrading;
         let headers = &mut parts.headers;
+        // A response may ask to close; a refused upgrade or CONNECT closes too, as the
+        // client may have sent bytes for the other protocol already.
+        let mut keep_alive =
+            req.keep_alive && !self.shutdown && req.upgrade.is_none() && !connection_lists(headers, "close");
+        let mut continue_left = 0;
+        {
+            let mut sh = lock(&self.shared);
+            // Answered before the body was asked for: no 100 Continue after this (one
+            // begun is finished first), and a body no one will read, if it is not all
+            // here, means the connection cannot be kept, which the head says.
+            if usize::from(sh.continue_left) < CONTINUE.len() {
+                continue_left = sh.continue_left;
+            }
+            sh.continue_left = 0;
+            if !drain_unread(&mut sh) && !sh.body_open {
+                keep_alive = false;
+            }
+        }
         let no_body = req.head_request
             || upgrading
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
+        if upgrading || status.is_informational() || status == StatusCode::NO_CONTENT {
+            // RFC 9110 8.6, 6.4.1: these have no body and say nothing of one.
+            headers.remove(CONTENT_LENGTH);
+            headers.remove(TRANSFER_ENCODING);
+        }
         let send = if no_body {
             None
         } else {
@@ -760,6 +799,7 @@ where
             }
         }
         let mut wbuf = BytesMut::with_capacity(128 + 32 * headers.len() + small_body(&body, send));
+        wbuf.extend_from_slice(&CONTINUE[CONTINUE.len() - usize::from(continue_left)..]);
         wbuf.extend_from_slice(if req.version == Version::HTTP_10 {
             b"HTTP/1.0 "
         } else {
@@ -785,8 +825,9 @@ where
     }
 }
 
-/// Whether the client closed (or its connection broke) while its request is served.
-/// Bytes of a next, pipelined request are kept, up to the head limit.
+/// Whether the client closed (or its connection broke) while its request is served or
+/// answered. Bytes of a next, pipelined request are kept, up to the head limit; a
+/// client that sent its requests and then closed its side is served what it sent.
 fn client_gone(shared: &SharedIo, max_head: usize, cx: &mut Context<'_>) -> bool {
     let mut sh = lock(shared);
     // The body reads the transport, or what follows is the rest of a body no one reads.
@@ -794,13 +835,29 @@ fn client_gone(shared: &SharedIo, max_head: usize, cx: &mut Context<'_>) -> bool
         return false;
     }
     while sh.rbuf.len() <= max_head {
-        match sh.poll_fill(cx) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return true,
+        match sh.poll_fill(cx, true) {
+            Poll::Ready(Ok(0)) => return sh.rbuf.is_empty(),
+            Poll::Ready(Err(_)) => return true,
             Poll::Ready(Ok(_)) => {}
             Poll::Pending => return false,
         }
     }
     false
+}
+
+/// Takes what has arrived of a request body no one reads any more, so the next request
+/// can be found; whether it all had.
+fn drain_unread(sh: &mut Shared<dyn Transport>) -> bool {
+    if sh.body_open {
+        return sh.recv == Framing::Length(0);
+    }
+    while sh.recv != Framing::Length(0) {
+        match h1::decode(&mut sh.recv, &mut sh.rbuf) {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    sh.recv == Framing::Length(0)
 }
 
 /// Room for a body that will come whole with the head.
@@ -817,7 +874,9 @@ where
     B::Error: Into<BoxError>,
 {
     /// Writes the head and the body, gathering what the body has ready into few writes.
-    fn poll_write(&mut self, sh: &mut Shared<dyn Transport>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// The transport is locked only to write: the body (a proxied response) may read
+    /// the request's body, which locks it too.
+    fn poll_write(&mut self, shared: &SharedIo, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut body_pending = false;
             while let Some(body) = self.body.as_mut() {
@@ -837,6 +896,7 @@ where
                     }
                 }
             }
+            let mut sh = lock(shared);
             while self.written < self.wbuf.len() {
                 let n = ready!(Pin::new(&mut sh.io).poll_write(cx, &self.wbuf[self.written..]))?;
                 if n == 0 {
@@ -894,6 +954,17 @@ fn put_date(dst: &mut BytesMut) {
         dst.extend_from_slice(c.1.as_bytes());
         dst.extend_from_slice(b"\r\n");
     });
+}
+
+/// Whether `buf` holds the blank line that ends a head, searching only past `scanned`
+/// (and noting how far it searched).
+fn head_ended(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(2);
+    *scanned = buf.len();
+    buf[from.min(buf.len())..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(from + i + 2) == Some(&b'\n')))
 }
 
 /// A request head, parsed.
