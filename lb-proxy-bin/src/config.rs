@@ -142,8 +142,8 @@ pub(crate) struct ServerConfig {
     /// Largest request body accepted; `None` (the default) for no limit.
     pub(crate) max_body_bytes: Option<u64>,
     /// Time a client has to send a request head: from the accept for the first request
-    /// (TLS handshake and protocol detection included), from the end of the previous
-    /// response on a kept-alive HTTP/1.1 connection. Default 10 s.
+    /// (TLS handshake and protocol detection included), from its first byte for a later
+    /// one on a kept-alive HTTP/1.1 connection. Default 10 s.
     pub(crate) header_read_timeout: Duration,
     /// Longest pause while reading a request body (408 when it runs out). Default 30 s.
     pub(crate) body_read_timeout: Duration,
