@@ -740,8 +740,10 @@ pub(super) fn poll_read_small<R: AsyncRead + Unpin + ?Sized>(
     io: &mut R,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<BytesMut>> {
-    let mut first = [0u8; FIRST_READ];
-    let mut buf = ReadBuf::new(&mut first);
+    // Not zeroed: the transport only writes into it (4 KiB of memset per read showed
+    // in the profile).
+    let mut first = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+    let mut buf = ReadBuf::uninit(&mut first);
     ready!(Pin::new(io).poll_read(cx, &mut buf))?;
     Poll::Ready(Ok(BytesMut::from(buf.filled())))
 }
