@@ -1,7 +1,7 @@
 //! Passing an HTTP Upgrade (WebSocket and the like) through.
 //!
-//! Take the client side's [`OnUpgrade`] from the request (the [`server`](super::server)
-//! connection or hyper's puts it there) *before* forwarding it, then, if the endpoint
+//! Take the client side's [`OnUpgrade`] from the request (the [`server`] connection or
+//! hyper's puts it there) *before* forwarding it, then, if the endpoint
 //! answers `101 Switching Protocols`, take the endpoint's connection ([`Upgraded`]) from
 //! the response and [`splice`] the two: bytes are copied both ways until either side
 //! closes.
