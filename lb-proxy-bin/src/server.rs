@@ -561,11 +561,11 @@ pub(crate) async fn serve_conn<I, F, Fut>(
             async move { Ok::<_, Infallible>(rsp.await.map(|b| ConnBody::new(b, request))) }
         })
     };
+    // HTTP/2 by hyper, from the start (ALPN) or taken over from HTTP/1.1 (the preface).
+    let serve_h2 =
+        |io: Box<dyn Transport>| Box::pin(h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone()));
     let mut conn = if h2 {
-        let io: Box<dyn Transport> = Box::new(io);
-        Conn::H2(Box::pin(
-            h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone()),
-        ))
+        Conn::H2(serve_h2(Box::new(io)))
     } else {
         Conn::H1(h1_builder(&limits).serve_connection(io, h1_svc))
     };
@@ -601,8 +601,7 @@ pub(crate) async fn serve_conn<I, F, Fut>(
                 match r {
                     Ok(h1::Ended::Http2(io)) => {
                         // HTTP/2 with prior knowledge: hyper takes the connection over.
-                        let io: Box<dyn Transport> = Box::new(io);
-                        conn = Conn::H2(Box::pin(h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone())));
+                        conn = Conn::H2(serve_h2(Box::new(io)));
                         if draining || cut_at.is_some() {
                             graceful!();
                         }

@@ -691,7 +691,7 @@ impl Pool {
                 return Err(ClientError::new(Kind::Send, self.addr, e));
             }
             rsp.extensions_mut()
-                .insert(super::h1::UpgradeSlot::new((*exchange).into_upgraded()));
+                .insert(super::upgrade::TakeOnce::new((*exchange).into_upgraded()));
             return Ok(rsp);
         }
         let whole = exchange.take_whole_body();

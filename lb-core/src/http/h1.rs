@@ -488,10 +488,7 @@ impl Exchange {
     /// another request after it.
     pub(super) fn expect_body(&mut self, head: &mut Head) -> Result<(), io::Error> {
         let status = head.status;
-        self.keep_alive &= match head.version {
-            Version::HTTP_10 => connection_lists(&head.headers, "keep-alive"),
-            _ => !connection_lists(&head.headers, "close"),
-        };
+        self.keep_alive &= keeps_alive(head.version, &head.headers);
         self.recv = if self.head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -509,11 +506,7 @@ impl Exchange {
             if head.headers.remove(CONTENT_LENGTH).is_some() {
                 self.keep_alive = false;
             }
-            let last = head.headers.get_all(TRANSFER_ENCODING).iter().next_back();
-            let chunked = last
-                .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if chunked {
+            if chunked_last(&head.headers) {
                 Framing::Chunked(Chunk::Size)
             } else {
                 Framing::Eof
@@ -748,6 +741,26 @@ pub(super) fn poll_read_small<R: AsyncRead + Unpin + ?Sized>(
     Poll::Ready(Ok(BytesMut::from(buf.filled())))
 }
 
+/// Whether a message lets its connection be kept after it: HTTP/1.0 asks with
+/// `Connection: keep-alive`, HTTP/1.1 declines with `Connection: close`.
+pub(super) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    match version {
+        Version::HTTP_10 => connection_lists(headers, "keep-alive"),
+        _ => !connection_lists(headers, "close"),
+    }
+}
+
+/// Whether the last transfer coding is `chunked` (RFC 9112 6.1: only then does it frame
+/// the message).
+pub(super) fn chunked_last(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .and_then(|v| v.as_bytes().rsplit(|&b| b == b',').next())
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// `Ok(None)`: more bytes are needed, unless there are too many already.
 pub(super) fn too_long<T>(have: usize, max: usize, what: &str) -> io::Result<Option<T>> {
     if have > max {
@@ -952,21 +965,6 @@ pub(super) fn put_hex(dst: &mut BytesMut, n: usize) {
 pub struct Upgraded {
     io: Io,
     read: Bytes,
-}
-
-/// The response extension that carries an [`Upgraded`] connection: extensions must be
-/// `Clone`, a connection cannot be, so the first to take it has it.
-#[derive(Clone)]
-pub(super) struct UpgradeSlot(std::sync::Arc<std::sync::Mutex<Option<Upgraded>>>);
-
-impl UpgradeSlot {
-    pub(super) fn new(upgraded: Upgraded) -> Self {
-        UpgradeSlot(std::sync::Arc::new(std::sync::Mutex::new(Some(upgraded))))
-    }
-
-    pub(super) fn take(self) -> Option<Upgraded> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-    }
 }
 
 impl std::fmt::Debug for Upgraded {

@@ -54,6 +54,7 @@ use tokio::time::Sleep;
 
 use super::forward::connection_lists;
 use super::h1::{self, Chunk, Framing, Sending, Span, MAX_HEADERS, READ_SIZE, READ_SIZE_MAX, WRITE_HIGH};
+use super::upgrade::TakeOnce;
 use crate::BoxError;
 
 /// What a connection is served over: a TCP stream, a TLS stream, anything that reads
@@ -386,14 +387,7 @@ impl AsyncWrite for Upgraded {
 
 /// The request extension through which the service receives the client's
 /// [`Upgraded`] connection, once the response that agrees to it is written.
-#[derive(Clone)]
-pub(super) struct PendingUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
-
-impl PendingUpgrade {
-    pub(super) fn take(self) -> Option<oneshot::Receiver<Upgraded>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
-    }
-}
+pub(super) type PendingUpgrade = TakeOnce<oneshot::Receiver<Upgraded>>;
 
 // --- the connection ---
 
@@ -477,11 +471,6 @@ where
     /// once. The next poll acts on it.
     pub fn graceful_shutdown(self: Pin<&mut Self>) {
         self.get_mut().shutdown = true;
-    }
-
-    /// Whether no request is in hand: waiting for the next one, with nothing of it read.
-    pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Head) && lock(&self.shared).rbuf.is_empty()
     }
 }
 
@@ -670,19 +659,11 @@ where
             version,
             mut headers,
         } = head;
-        let mut keep_alive = match version {
-            Version::HTTP_10 => connection_lists(&headers, "keep-alive"),
-            _ => !connection_lists(&headers, "close"),
-        };
-        let recv = if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let mut keep_alive = h1::keeps_alive(version, &headers);
+        let recv = if headers.contains_key(TRANSFER_ENCODING) {
             // Only chunked, last, frames a request; never in HTTP/1.0; with a length
             // too, the length is dropped and the connection is not kept.
-            let chunked = te
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            if version == Version::HTTP_10 || !chunked {
+            if version == Version::HTTP_10 || !h1::chunked_last(&headers) {
                 return Err(StatusCode::BAD_REQUEST);
             }
             if headers.remove(CONTENT_LENGTH).is_some() {
@@ -719,8 +700,7 @@ where
         *req.headers_mut() = headers;
         let upgrade = wants_upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
+            req.extensions_mut().insert(PendingUpgrade::new(rx));
             tx
         });
         Ok((
@@ -800,15 +780,7 @@ where
         }
         let mut wbuf = BytesMut::with_capacity(128 + 32 * headers.len() + small_body(&body, send));
         wbuf.extend_from_slice(&CONTINUE[CONTINUE.len() - usize::from(continue_left)..]);
-        wbuf.extend_from_slice(if req.version == Version::HTTP_10 {
-            b"HTTP/1.0 "
-        } else {
-            b"HTTP/1.1 "
-        });
-        wbuf.extend_from_slice(status.as_str().as_bytes());
-        wbuf.put_u8(b' ');
-        wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        wbuf.extend_from_slice(b"\r\n");
+        put_status_line(&mut wbuf, req.version, status);
         h1::put_fields(&mut wbuf, headers);
         if !headers.contains_key(DATE) {
             put_date(&mut wbuf);
@@ -921,11 +893,8 @@ where
 /// A bodiless answer that closes the connection.
 fn refusal<B>(status: StatusCode) -> Box<Answer<B>> {
     let mut wbuf = BytesMut::with_capacity(128);
-    wbuf.extend_from_slice(b"HTTP/1.1 ");
-    wbuf.extend_from_slice(status.as_str().as_bytes());
-    wbuf.put_u8(b' ');
-    wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    wbuf.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
+    put_status_line(&mut wbuf, Version::HTTP_11, status);
+    wbuf.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n");
     put_date(&mut wbuf);
     wbuf.extend_from_slice(b"\r\n");
     Box::new(Answer {
@@ -936,6 +905,19 @@ fn refusal<B>(status: StatusCode) -> Box<Answer<B>> {
         keep_alive: false,
         upgrade: None,
     })
+}
+
+/// `HTTP/1.x <code> <reason>` and its CRLF; HTTP/1.0 to an HTTP/1.0 client.
+fn put_status_line(dst: &mut BytesMut, version: Version, status: StatusCode) {
+    dst.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    dst.extend_from_slice(status.as_str().as_bytes());
+    dst.put_u8(b' ');
+    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    dst.extend_from_slice(b"\r\n");
 }
 
 /// `date: <IMF-fixdate>`, formatted once a second per thread.

@@ -6,6 +6,8 @@
 //! the response and [`splice`] the two: bytes are copied both ways until either side
 //! closes.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
@@ -48,10 +50,7 @@ impl<B> UpgradeSource for http::Request<B> {
 
     fn take_upgrade(&mut self) -> Option<OnUpgrade> {
         let ext = self.extensions_mut();
-        if let Some(rx) = ext
-            .remove::<server::PendingUpgrade>()
-            .and_then(server::PendingUpgrade::take)
-        {
+        if let Some(rx) = ext.remove::<server::PendingUpgrade>().and_then(TakeOnce::take) {
             return Some(OnUpgrade(Pending::Server(rx)));
         }
         ext.remove::<hyper::upgrade::OnUpgrade>()
@@ -64,8 +63,28 @@ impl<B> UpgradeSource for http::Response<B> {
 
     fn take_upgrade(&mut self) -> Option<Upgraded> {
         self.extensions_mut()
-            .remove::<super::h1::UpgradeSlot>()
-            .and_then(super::h1::UpgradeSlot::take)
+            .remove::<TakeOnce<Upgraded>>()
+            .and_then(TakeOnce::take)
+    }
+}
+
+/// An extension that carries what cannot be cloned (a connection, a receiver):
+/// extensions must be `Clone`, so the clones share it and the first to take it has it.
+pub(super) struct TakeOnce<T>(Arc<Mutex<Option<T>>>);
+
+impl<T> Clone for TakeOnce<T> {
+    fn clone(&self) -> Self {
+        TakeOnce(self.0.clone())
+    }
+}
+
+impl<T> TakeOnce<T> {
+    pub(super) fn new(value: T) -> Self {
+        TakeOnce(Arc::new(Mutex::new(Some(value))))
+    }
+
+    pub(super) fn take(self) -> Option<T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
