@@ -488,7 +488,10 @@ impl Exchange {
     /// another request after it.
     pub(super) fn expect_body(&mut self, head: &mut Head) -> Result<(), io::Error> {
         let status = head.status;
-        self.keep_alive &= keeps_alive(head.version, &head.headers);
+        self.keep_alive &= match head.version {
+            Version::HTTP_10 => connection_lists(&head.headers, "keep-alive"),
+            _ => !connection_lists(&head.headers, "close"),
+        };
         self.recv = if self.head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -739,15 +742,6 @@ pub(super) fn poll_read_small<R: AsyncRead + Unpin + ?Sized>(
     let mut buf = ReadBuf::uninit(&mut first);
     ready!(Pin::new(io).poll_read(cx, &mut buf))?;
     Poll::Ready(Ok(BytesMut::from(buf.filled())))
-}
-
-/// Whether a message lets its connection be kept after it: HTTP/1.0 asks with
-/// `Connection: keep-alive`, HTTP/1.1 declines with `Connection: close`.
-pub(super) fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    match version {
-        Version::HTTP_10 => connection_lists(headers, "keep-alive"),
-        _ => !connection_lists(headers, "close"),
-    }
 }
 
 /// Whether the last transfer coding is `chunked` (RFC 9112 6.1: only then does it frame

@@ -659,7 +659,10 @@ where
             version,
             mut headers,
         } = head;
-        let mut keep_alive = h1::keeps_alive(version, &headers);
+        let mut keep_alive = match version {
+            Version::HTTP_10 => connection_lists(&headers, "keep-alive"),
+            _ => !connection_lists(&headers, "close"),
+        };
         let recv = if headers.contains_key(TRANSFER_ENCODING) {
             // Only chunked, last, frames a request; never in HTTP/1.0; with a length
             // too, the length is dropped and the connection is not kept.
@@ -780,7 +783,15 @@ where
         }
         let mut wbuf = BytesMut::with_capacity(128 + 32 * headers.len() + small_body(&body, send));
         wbuf.extend_from_slice(&CONTINUE[CONTINUE.len() - usize::from(continue_left)..]);
-        put_status_line(&mut wbuf, req.version, status);
+        wbuf.extend_from_slice(if req.version == Version::HTTP_10 {
+            b"HTTP/1.0 "
+        } else {
+            b"HTTP/1.1 "
+        });
+        wbuf.extend_from_slice(status.as_str().as_bytes());
+        wbuf.put_u8(b' ');
+        wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        wbuf.extend_from_slice(b"\r\n");
         h1::put_fields(&mut wbuf, headers);
         if !headers.contains_key(DATE) {
             put_date(&mut wbuf);
@@ -893,8 +904,11 @@ where
 /// A bodiless answer that closes the connection.
 fn refusal<B>(status: StatusCode) -> Box<Answer<B>> {
     let mut wbuf = BytesMut::with_capacity(128);
-    put_status_line(&mut wbuf, Version::HTTP_11, status);
-    wbuf.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n");
+    wbuf.extend_from_slice(b"HTTP/1.1 ");
+    wbuf.extend_from_slice(status.as_str().as_bytes());
+    wbuf.put_u8(b' ');
+    wbuf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    wbuf.extend_from_slice(b"\r\ncontent-length: 0\r\nconnection: close\r\n");
     put_date(&mut wbuf);
     wbuf.extend_from_slice(b"\r\n");
     Box::new(Answer {
@@ -905,19 +919,6 @@ fn refusal<B>(status: StatusCode) -> Box<Answer<B>> {
         keep_alive: false,
         upgrade: None,
     })
-}
-
-/// `HTTP/1.x <code> <reason>` and its CRLF; HTTP/1.0 to an HTTP/1.0 client.
-fn put_status_line(dst: &mut BytesMut, version: Version, status: StatusCode) {
-    dst.extend_from_slice(if version == Version::HTTP_10 {
-        b"HTTP/1.0 "
-    } else {
-        b"HTTP/1.1 "
-    });
-    dst.extend_from_slice(status.as_str().as_bytes());
-    dst.put_u8(b' ');
-    dst.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    dst.extend_from_slice(b"\r\n");
 }
 
 /// `date: <IMF-fixdate>`, formatted once a second per thread.
