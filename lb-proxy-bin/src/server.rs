@@ -320,7 +320,9 @@ pub(crate) async fn serve_http(
                 return Either::Left(std::future::ready(answer));
             }
             let rt = state.load_full();
-            Either::Right(proxy::handle(rt, req, peer, proto))
+            // Boxed here, once: the future is kilobytes, and each move of it (into the
+            // connection's service future, then into that one's box) was a memcpy.
+            Either::Right(Box::pin(proxy::handle(rt, req, peer, proto)))
         };
         // One future for each transport: a plain connection's task is not sized for the
         // TLS handshake and stream it never has (about half its memory).

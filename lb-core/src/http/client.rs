@@ -393,10 +393,11 @@ impl Pool {
         let now = Instant::now();
         let timeout = self.config.pool_idle_timeout;
         let mut idle = lock(&self.idle);
-        // The oldest are at the bottom; drop those that expired.
-        let expired = idle.partition_point(|i| now.saturating_duration_since(i.since) > timeout);
-        if expired > 0 {
-            idle.drain(..expired);
+        // The oldest are at the bottom; drop those that expired (if the oldest did).
+        let expired = |i: &Idle| now.saturating_duration_since(i.since) > timeout;
+        if idle.first().is_some_and(expired) {
+            let n = idle.partition_point(expired);
+            idle.drain(..n);
         }
         if idle.len() < self.config.pool_max_idle_per_host {
             idle.push(Idle { io, since: now });

@@ -18,19 +18,24 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether `name` is hop-by-hop by itself (RFC 9110 §7.6.1, plus the legacy
+/// The headers that are hop-by-hop by themselves (RFC 9110 §7.6.1, plus the legacy
 /// `Keep-Alive` and `Proxy-Connection`).
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &CONNECTION,
+    &TE,
+    &TRAILER,
+    &TRANSFER_ENCODING,
+    &UPGRADE,
+    &PROXY_AUTHENTICATE,
+    &PROXY_AUTHORIZATION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
+
+/// `name`'s place in [`HOP_BY_HOP`], if it is there.
 #[inline]
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == PROXY_AUTHENTICATE
-        || name == PROXY_AUTHORIZATION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+fn hop_by_hop(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP.iter().position(|h| *h == name)
 }
 
 /// Whether the request asks to switch protocols (`Connection: upgrade` plus an
@@ -51,33 +56,43 @@ pub(crate) fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers: the fixed list, `Upgrade`, and every header the
 /// `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names, no lookups, no allocation.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names finds which of the fixed list are here; most messages
+    // carry none, or only `Connection` (an endpoint's `keep-alive`): only those are
+    // looked up again, to be removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for h in named {
-        headers.remove(h);
+    // What `Connection` names besides the fixed list and `close` (rare: no allocation
+    // unless there is some).
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(CONNECTION) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            if t.is_empty()
+                || t.eq_ignore_ascii_case(b"close")
+                || HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str().as_bytes()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(t) {
+                named.push(name);
+            }
+        }
     }
-    for h in [
-        &CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(h);
+    for name in named {
+        headers.remove(name);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
 }
 
 /// The host the client asked for: the `Host` header, or the URI's authority (HTTP/2).
@@ -126,13 +141,10 @@ pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static 
     let wrote = match prev {
         Some(p) if p.len() < 400 => {
             use std::io::Write;
-            w.write_all(p).and_then(|()| write!(w, ", {client}"))
+            w.write_all(p).and_then(|()| w.write_all(b", ")).and_then(|()| write_ip(&mut w, client))
         }
         Some(_) => Err(std::io::ErrorKind::WriteZero.into()),
-        None => {
-            use std::io::Write;
-            write!(w, "{client}")
-        }
+        None => write_ip(&mut w, client),
     };
     let len = 512 - w.len();
     match wrote.ok().and_then(|()| HeaderValue::from_bytes(&buf[..len]).ok()) {
@@ -156,6 +168,34 @@ pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static 
         headers.entry(HOST).or_insert(h);
     }
     *req.version_mut() = Version::HTTP_11;
+}
+
+/// Writes `ip` as text: an IPv4 address digit by digit (`Display` through the
+/// formatting machinery cost as much as the rest of the forwarding headers together).
+fn write_ip(w: &mut &mut [u8], ip: IpAddr) -> std::io::Result<()> {
+    use std::io::Write;
+    let IpAddr::V4(v4) = ip else {
+        return write!(w, "{ip}");
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    w.write_all(&text[..len])
 }
 
 /// Prepares an endpoint's response for the hop back: hop-by-hop headers go, except on
@@ -218,6 +258,35 @@ mod tests {
         prepare_request(&mut req, "127.0.0.1".parse().unwrap(), "http");
         assert_eq!(req.headers()[HOST], "api.localhost");
         assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn ip_text_as_display() {
+        for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "192.168.1.20", "::1", "2001:db8::7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            let mut w = &mut buf[..];
+            write_ip(&mut w, ip).unwrap();
+            let len = 64 - w.len();
+            assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn strips_only_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, close, X-Trace"));
+        h.insert("x-trace", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["content-type"]);
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "nothing hop-by-hop, nothing removed");
     }
 
     #[test]

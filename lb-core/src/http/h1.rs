@@ -476,7 +476,7 @@ impl Exchange {
         };
         let n = field_spans(base, rsp.headers, &mut spans);
         let head = self.rbuf.split_to(len).freeze();
-        let headers = header_map(&head, &spans[..n])?;
+        let headers = header_map(&head, &spans[..n], 0)?;
         Ok(Some(Head {
             status,
             version,
@@ -717,9 +717,10 @@ pub(super) fn field_spans(base: usize, fields: &[httparse::Header<'_>], spans: &
     fields.len()
 }
 
-/// The fields of `head` at `spans`, as a map whose values share the head's bytes.
-pub(super) fn header_map(head: &Bytes, spans: &[Span]) -> io::Result<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+/// The fields of `head` at `spans`, as a map whose values share the head's bytes, with
+/// room for `spare` more.
+pub(super) fn header_map(head: &Bytes, spans: &[Span], spare: usize) -> io::Result<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + spare);
     for &Span(name, name_len, value, value_len) in spans {
         let name = HeaderName::from_bytes(&head[name as usize..(name + name_len) as usize])
             .map_err(|_| invalid("invalid header name".into()))?;

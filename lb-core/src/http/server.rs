@@ -984,7 +984,8 @@ fn parse_request(rbuf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, S
     let n = h1::field_spans(base, req.headers, &mut spans);
     let head = rbuf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len)).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let headers = h1::header_map(&head, &spans[..n]).map_err(|_| StatusCode::BAD_REQUEST)?;
+    // Room for what a proxy adds (`X-Forwarded-*`) without growing the map.
+    let headers = h1::header_map(&head, &spans[..n], 4).map_err(|_| StatusCode::BAD_REQUEST)?;
     Ok(Some(Head {
         method,
         uri,
