@@ -31,13 +31,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::Either;
+use slab::Slab;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -46,7 +47,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lb_core::http::server::{self as h1, RequestBody, Transport};
 use lb_core::http::Body;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
@@ -168,12 +169,8 @@ pub(crate) fn default_max_connections(fd_limit: Option<u64>) -> u32 {
 pub(crate) struct Conns {
     max: u32,
     slots: Arc<Semaphore>,
-    /// Fired when a new connection waits for a slot: idle connections close.
-    pressure: Notify,
-    /// `true`: finish the requests in flight, then close (graceful shutdown).
-    drain: watch::Sender<bool>,
-    /// `true`: close now.
-    close: watch::Sender<bool>,
+    /// Drain, close, and pressure (a new connection waits for a slot: idle ones close).
+    signals: Signals,
     /// Open HTTP connections.
     open: watch::Sender<usize>,
     /// When the cap was last logged (seconds since `epoch`), so a flood logs once a second.
@@ -187,9 +184,7 @@ impl Conns {
         Arc::new(Self {
             max,
             slots: Arc::new(Semaphore::new(max as usize)),
-            pressure: Notify::new(),
-            drain: watch::channel(false).0,
-            close: watch::channel(false).0,
+            signals: Signals::default(),
             open: watch::channel(0).0,
             warned: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
@@ -213,12 +208,22 @@ impl Conns {
 
     /// Asks every HTTP connection to finish what is in flight and close.
     pub(crate) fn drain(&self) {
-        self.drain.send_replace(true);
+        self.signals.raise(DRAIN);
     }
 
     /// Closes every HTTP connection now.
     pub(crate) fn close(&self) {
-        self.close.send_replace(true);
+        self.signals.raise(CLOSE);
+    }
+
+    /// Resolves once the connections are told to close now.
+    async fn closing(&self) {
+        let mut listening = Listening::new(&self.signals);
+        std::future::poll_fn(|cx| match listening.poll(cx) & CLOSE {
+            0 => Poll::Pending,
+            _ => Poll::Ready(()),
+        })
+        .await
     }
 
     /// Waits until no HTTP connection is open, or `deadline`; `false` if some still are.
@@ -231,6 +236,87 @@ impl Conns {
     fn opened(self: &Arc<Self>) -> OpenConn {
         self.open.send_modify(|n| *n += 1);
         OpenConn(self.clone())
+    }
+}
+
+/// [`Signals`]' bits: finish what is in flight, then close...
+const DRAIN: u64 = 1;
+/// ...close now...
+const CLOSE: u64 = 2;
+/// ...and, counted above these two, each time a new connection waited for a slot.
+const PRESSURE: u64 = 4;
+
+/// What every connection of a listener set is told, as one word that a connection reads
+/// when its task wakes (an atomic load), and the wakers of those connections.
+///
+/// A connection's waker is registered once, not polled through a future for each
+/// signal on every wake: the supervisor's `select!` over three such futures cost about
+/// 2,000 instructions per request, and their room in every idle connection's task.
+#[derive(Debug, Default)]
+struct Signals {
+    word: AtomicU64,
+    wakers: Mutex<Slab<Waker>>,
+}
+
+impl Signals {
+    /// Sets `DRAIN` or `CLOSE`, or counts one `PRESSURE`, and wakes every connection.
+    fn raise(&self, signal: u64) {
+        if signal == PRESSURE {
+            self.word.fetch_add(PRESSURE, Ordering::AcqRel);
+        } else {
+            self.word.fetch_or(signal, Ordering::AcqRel);
+        }
+        for (_, w) in lock(&self.wakers).iter() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One connection's hold on [`Signals`]: woken when they change; unregistered on drop.
+struct Listening<'a> {
+    signals: &'a Signals,
+    /// The waker registered, and its key.
+    registered: Option<(Waker, usize)>,
+}
+
+impl<'a> Listening<'a> {
+    fn new(signals: &'a Signals) -> Self {
+        Self {
+            signals,
+            registered: None,
+        }
+    }
+
+    /// The signals now; the task of `cx` is woken when they next change. A task's waker
+    /// does not change between polls: after the first, this is an atomic load.
+    fn poll(&mut self, cx: &Context<'_>) -> u64 {
+        match &mut self.registered {
+            Some((w, _)) if w.will_wake(cx.waker()) => {}
+            // Registered before the read: a raise after the read wakes this task.
+            Some((w, k)) => {
+                *w = cx.waker().clone();
+                if let Some(slot) = lock(&self.signals.wakers).get_mut(*k) {
+                    *slot = w.clone();
+                }
+            }
+            None => {
+                let key = lock(&self.signals.wakers).insert(cx.waker().clone());
+                self.registered = Some((cx.waker().clone(), key));
+            }
+        }
+        self.signals.word.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        if let Some((_, k)) = self.registered {
+            lock(&self.signals.wakers).try_remove(k);
+        }
     }
 }
 
@@ -277,7 +363,7 @@ pub(crate) async fn accept(
         }
         conns.warn_at_cap(listener);
         loop {
-            conns.pressure.notify_waiters();
+            conns.signals.raise(PRESSURE);
             tokio::select! {
                 p = conns.slots.clone().acquire_owned() => match p {
                     Ok(p) => return Some((stream, peer, p)),
@@ -338,7 +424,6 @@ pub(crate) async fn serve_http(
                     let _slot = permit;
                     // The handshake is part of the wait for the first request.
                     let deadline = accepted + limits.header_read_timeout;
-                    let mut close = conns.close.subscribe();
                     tokio::select! {
                         r = tokio::time::timeout_at(deadline, acc.accept(tcp)) => match r {
                             Ok(Ok(s)) if crate::tls::is_acme_validation(s.get_ref().1) => {
@@ -351,7 +436,7 @@ pub(crate) async fn serve_http(
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         },
-                        _ = async { close.wait_for(|c| *c).await.is_ok() } => {}
+                        () = conns.closing() => {}
                     }
                 });
             }
@@ -579,9 +664,10 @@ pub(crate) async fn serve_conn<I, F, Fut>(
             }
         };
     }
-    let mut drain = conns.drain.subscribe();
-    let mut close = conns.close.subscribe();
-    let mut draining = false;
+    let mut listening = Listening::new(&conns.signals);
+    // The signals already handled: a connection opened after a pressure was raised does
+    // not answer it.
+    let mut seen = conns.signals.word.load(Ordering::Acquire);
     // Set once a deadline asked the connection to close: it is cut when this passes.
     let mut cut_at: Option<Instant> = None;
     // A response found waiting for the client at this progress, since then.
@@ -594,79 +680,108 @@ pub(crate) async fn serve_conn<I, F, Fut>(
         .max(Duration::from_millis(1));
     let sleep = tokio::time::sleep_until(accepted + check_every);
     tokio::pin!(sleep);
-    let why = loop {
-        tokio::select! {
-            r = std::future::poll_fn(|cx| match &mut conn {
-                Conn::H1(c) => Pin::new(c).poll(cx),
-                Conn::H2(c) => c.as_mut().poll(cx).map(|r| r.map(|()| h1::Ended::Closed).map_err(Into::into)),
-            }) => {
-                match r {
-                    Ok(h1::Ended::Http2(io)) => {
-                        // HTTP/2 with prior knowledge: hyper takes the connection over.
-                        conn = Conn::H2(serve_h2(Box::new(io)));
-                        if draining || cut_at.is_some() {
-                            graceful!();
-                        }
-                        continue;
-                    }
-                    Ok(h1::Ended::Closed) => {}
-                    Err(e) => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
-                }
-                return;
-            }
-            () = sleep.as_mut() => {
-                let now = Instant::now();
-                if cut_at.is_some_and(|c| c <= now) {
-                    break "did not close when asked";
-                }
-                let next = if tracker.in_flight.load(Ordering::Acquire) == 0 {
-                    stall = None;
-                    let (due, timeout, what) = if tracker.requests.load(Ordering::Relaxed) == 0 {
-                        (accepted + limits.header_read_timeout, limits.header_read_timeout, "no request in time")
-                    } else {
-                        (tracker.idle_since() + limits.idle_timeout, limits.idle_timeout, "idle")
-                    };
-                    if due <= now && cut_at.is_none() {
-                        tracing::debug!(%peer, ?timeout, "{what}; closing");
-                        graceful!();
-                        cut_at = Some(now + CLOSE_GRACE);
-                    }
-                    // Not due yet (a request came and went since this was armed): the
-                    // real deadline, or the next sample if a request comes meanwhile.
-                    if due > now { due.min(now + check_every) } else { now + check_every }
-                } else {
-                    let waiting = tracker.waiting.load(Ordering::Acquire) > 0;
-                    let progress = tracker.progress.load(Ordering::Acquire);
-                    stall = match stall {
-                        Some((p, since)) if waiting && p == progress => Some((p, since)),
-                        _ if waiting => Some((progress, now)),
-                        _ => None,
-                    };
-                    if stall.is_some_and(|(_, since)| since + limits.send_timeout <= now) {
-                        tracing::debug!(%peer, timeout = ?limits.send_timeout, "the client stopped reading its response; closing");
-                        break "send timeout";
-                    }
-                    now + check_every
-                };
-                sleep.as_mut().reset(cut_at.map_or(next, |c| c.min(next)));
-            }
-            () = conns.pressure.notified() => {
-                if tracker.in_flight.load(Ordering::Acquire) == 0 && cut_at.is_none() {
-                    tracing::debug!(%peer, "at max_connections: closing an idle connection");
-                    graceful!();
-                    let at = Instant::now() + CLOSE_GRACE;
-                    cut_at = Some(at);
-                    sleep.as_mut().reset(at);
-                }
-            }
-            ok = async { drain.wait_for(|d| *d).await.is_ok() }, if !draining => {
-                draining = true;
-                if ok {
+    // Whether the sleep was polled since it was last set: until it is due, a wake for
+    // the connection need not poll it again.
+    let mut armed = false;
+    // One hand-written poll rather than a `select!`: a wake costs the connection's poll,
+    // one atomic load for the signals, and a look at the timer's state.
+    let why = std::future::poll_fn(|cx| loop {
+        let polled = match &mut conn {
+            Conn::H1(c) => Pin::new(c).poll(cx),
+            Conn::H2(c) => c
+                .as_mut()
+                .poll(cx)
+                .map(|r| r.map(|()| h1::Ended::Closed).map_err(Into::into)),
+        };
+        match polled {
+            Poll::Ready(Ok(h1::Ended::Http2(io))) => {
+                // HTTP/2 with prior knowledge: hyper takes the connection over.
+                conn = Conn::H2(serve_h2(Box::new(io)));
+                if seen & DRAIN != 0 || cut_at.is_some() {
                     graceful!();
                 }
+                continue;
             }
-            _ = async { close.wait_for(|c| *c).await.is_ok() } => break "shutdown",
+            Poll::Ready(Ok(h1::Ended::Closed)) => return Poll::Ready(None),
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
         }
+        let word = listening.poll(cx);
+        if word != seen {
+            if word & CLOSE != 0 {
+                return Poll::Ready(Some("shutdown"));
+            }
+            if word & DRAIN != 0 && seen & DRAIN == 0 {
+                graceful!();
+            }
+            if word / PRESSURE != seen / PRESSURE
+                && tracker.in_flight.load(Ordering::Acquire) == 0
+                && cut_at.is_none()
+            {
+                tracing::debug!(%peer, "at max_connections: closing an idle connection");
+                graceful!();
+                let at = Instant::now() + CLOSE_GRACE;
+                cut_at = Some(at);
+                sleep.as_mut().reset(at);
+                armed = false;
+            }
+            seen = word;
+            // The connection may close now: poll it again.
+            continue;
+        }
+        if armed && !sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        armed = true;
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let now = Instant::now();
+        if cut_at.is_some_and(|c| c <= now) {
+            return Poll::Ready(Some("did not close when asked"));
+        }
+        let next = if tracker.in_flight.load(Ordering::Acquire) == 0 {
+            stall = None;
+            let (due, timeout, what) = if tracker.requests.load(Ordering::Relaxed) == 0 {
+                (accepted + limits.header_read_timeout, limits.header_read_timeout, "no request in time")
+            } else {
+                (tracker.idle_since() + limits.idle_timeout, limits.idle_timeout, "idle")
+            };
+            if due <= now && cut_at.is_none() {
+                tracing::debug!(%peer, ?timeout, "{what}; closing");
+                graceful!();
+                cut_at = Some(now + CLOSE_GRACE);
+            }
+            // Not due yet (a request came and went since this was armed): the real
+            // deadline, or the next sample if a request comes meanwhile.
+            if due > now {
+                due.min(now + check_every)
+            } else {
+                now + check_every
+            }
+        } else {
+            let waiting = tracker.waiting.load(Ordering::Acquire) > 0;
+            let progress = tracker.progress.load(Ordering::Acquire);
+            stall = match stall {
+                Some((p, since)) if waiting && p == progress => Some((p, since)),
+                _ if waiting => Some((progress, now)),
+                _ => None,
+            };
+            if stall.is_some_and(|(_, since)| since + limits.send_timeout <= now) {
+                tracing::debug!(%peer, timeout = ?limits.send_timeout, "the client stopped reading its response; closing");
+                return Poll::Ready(Some("send timeout"));
+            }
+            now + check_every
+        };
+        sleep.as_mut().reset(cut_at.map_or(next, |c| c.min(next)));
+        armed = false;
+    })
+    .await;
+    let Some(why) = why else {
+        return;
     };
     tracing::debug!(%peer, why, "connection closed");
 }
