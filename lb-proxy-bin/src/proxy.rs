@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use lb_core::http::forward::{self, X_FORWARDED_FOR};
 use lb_core::http::server::RequestBody;
-use lb_core::http::{boxed, full, upgrade, Body};
+use lb_core::http::{boxed, empty, full, upgrade, Body};
 
 use crate::body::{ClientBody, Fault};
 use crate::config::Forwarded;
@@ -152,7 +152,8 @@ async fn serve(
     let fault = (!req.body().is_end_stream()).then(|| Arc::new(Fault::default()));
     let mut req = match &fault {
         Some(f) => req.map(|b| boxed(ClientBody::new(b, rt.max_body, rt.limits.body_read_timeout, f.clone()))),
-        None => req.map(boxed),
+        // Nothing left to read: an empty body, which costs no allocation.
+        None => req.map(|_| empty()),
     };
     forward::prepare_request(&mut req, peer.ip(), proto);
     let key = upstream.settings.key.as_ref().and_then(|k| k.key(&req, peer));

@@ -179,6 +179,8 @@ impl Upstream {
         let mut avoid: Option<EndpointId> = None;
         for attempt in 0..attempts {
             let b = match &replay {
+                // Empty: no allocation (an empty `full` boxes its `Bytes`).
+                Some(bytes) if bytes.is_empty() => lb_core::http::empty(),
                 Some(bytes) => lb_core::http::full(bytes.clone()),
                 None => body.take().expect("one attempt without replay"),
             };
