@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -107,10 +107,10 @@ fn h1_builder(limits: &Limits) -> h1::Builder {
 }
 
 /// HTTP/2, by hyper.
-fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+fn h2_builder(max_header_bytes: usize) -> http2::Builder<TokioExecutor> {
     let mut b = http2::Builder::new(TokioExecutor::new());
     b.timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_header_list_size(max_header_bytes as u32)
         .keep_alive_interval(Some(H2_PING_INTERVAL))
         .keep_alive_timeout(H2_PING_TIMEOUT);
     b
@@ -217,8 +217,8 @@ impl Conns {
     }
 
     /// Resolves once the connections are told to close now.
-    async fn closing(&self) {
-        let mut listening = Listening::new(&self.signals);
+    async fn closing(self: Arc<Self>) {
+        let mut listening = Listening::new(self);
         std::future::poll_fn(|cx| match listening.poll(cx) & CLOSE {
             0 => Poll::Pending,
             _ => Poll::Ready(()),
@@ -276,17 +276,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One connection's hold on [`Signals`]: woken when they change; unregistered on drop.
-struct Listening<'a> {
-    signals: &'a Signals,
+/// One connection's hold on its listeners' [`Signals`]: woken when they change;
+/// unregistered on drop.
+struct Listening {
+    conns: Arc<Conns>,
     /// The waker registered, and its key.
     registered: Option<(Waker, usize)>,
 }
 
-impl<'a> Listening<'a> {
-    fn new(signals: &'a Signals) -> Self {
+impl Listening {
+    fn new(conns: Arc<Conns>) -> Self {
         Self {
-            signals,
+            conns,
             registered: None,
         }
     }
@@ -299,23 +300,23 @@ impl<'a> Listening<'a> {
             // Registered before the read: a raise after the read wakes this task.
             Some((w, k)) => {
                 *w = cx.waker().clone();
-                if let Some(slot) = lock(&self.signals.wakers).get_mut(*k) {
+                if let Some(slot) = lock(&self.conns.signals.wakers).get_mut(*k) {
                     *slot = w.clone();
                 }
             }
             None => {
-                let key = lock(&self.signals.wakers).insert(cx.waker().clone());
+                let key = lock(&self.conns.signals.wakers).insert(cx.waker().clone());
                 self.registered = Some((cx.waker().clone(), key));
             }
         }
-        self.signals.word.load(Ordering::Acquire)
+        self.conns.signals.word.load(Ordering::Acquire)
     }
 }
 
-impl Drop for Listening<'_> {
+impl Drop for Listening {
     fn drop(&mut self) {
         if let Some((_, k)) = self.registered {
-            lock(&self.signals.wakers).try_remove(k);
+            lock(&self.conns.signals.wakers).try_remove(k);
         }
     }
 }
@@ -436,7 +437,7 @@ pub(crate) async fn serve_http(
                             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         },
-                        () = conns.closing() => {}
+                        () = conns.clone().closing() => {}
                     }
                 });
             }
@@ -616,7 +617,11 @@ enum Conn<A, B> {
 /// Serves one connection with `handler` until it ends, a deadline passes or shutdown
 /// closes it; see the module docs. `h2`: ALPN chose HTTP/2; otherwise HTTP/1.1, or
 /// HTTP/2 if the client opens with its preface.
-pub(crate) async fn serve_conn<I, F, Fut>(
+///
+/// Not an `async fn`: its future is a connection's whole task while the connection is
+/// idle, and an `async fn` keeps its arguments beside what it makes of them. This one is
+/// built here and owns only what it keeps between wakes.
+pub(crate) fn serve_conn<I, F, Fut>(
     io: I,
     h2: bool,
     handler: F,
@@ -624,12 +629,13 @@ pub(crate) async fn serve_conn<I, F, Fut>(
     accepted: Instant,
     conns: &Arc<Conns>,
     peer: SocketAddr,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
     I: Transport,
     F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let _open = conns.opened();
+    let open = conns.opened();
     let tracker = Tracker::new(accepted);
     let handler = Arc::new(handler);
     let h1_svc = {
@@ -649,8 +655,10 @@ pub(crate) async fn serve_conn<I, F, Fut>(
         })
     };
     // HTTP/2 by hyper, from the start (ALPN) or taken over from HTTP/1.1 (the preface).
-    let serve_h2 =
-        |io: Box<dyn Transport>| Box::pin(h2_builder(&limits).serve_connection(TokioIo::new(io), h2_svc.clone()));
+    let max_header_bytes = limits.max_header_bytes;
+    let serve_h2 = move |io: Box<dyn Transport>| {
+        Box::pin(h2_builder(max_header_bytes).serve_connection(TokioIo::new(io), h2_svc.clone()))
+    };
     let mut conn = if h2 {
         Conn::H2(serve_h2(Box::new(io)))
     } else {
@@ -664,7 +672,7 @@ pub(crate) async fn serve_conn<I, F, Fut>(
             }
         };
     }
-    let mut listening = Listening::new(&conns.signals);
+    let mut listening = Listening::new(conns.clone());
     // The signals already handled: a connection opened after a pressure was raised does
     // not answer it.
     let mut seen = conns.signals.word.load(Ordering::Acquire);
@@ -674,18 +682,25 @@ pub(crate) async fn serve_conn<I, F, Fut>(
     let mut stall: Option<(u64, Instant)> = None;
     // The longest the supervisor sleeps: short enough that an idle deadline is seen
     // before it is due, and that a stalled client is sampled twice per send_timeout.
-    let check_every = (limits.send_timeout / 2)
-        .min(limits.idle_timeout / 2)
-        .min(limits.header_read_timeout)
+    let Limits {
+        header_read_timeout,
+        send_timeout,
+        idle_timeout,
+        ..
+    } = limits;
+    let check_every = (send_timeout / 2)
+        .min(idle_timeout / 2)
+        .min(header_read_timeout)
         .max(Duration::from_millis(1));
-    let sleep = tokio::time::sleep_until(accepted + check_every);
-    tokio::pin!(sleep);
+    let mut sleep = Box::pin(tokio::time::sleep_until(accepted + check_every));
     // Whether the sleep was polled since it was last set: until it is due, a wake for
     // the connection need not poll it again.
     let mut armed = false;
     // One hand-written poll rather than a `select!`: a wake costs the connection's poll,
-    // one atomic load for the signals, and a look at the timer's state.
-    let why = std::future::poll_fn(|cx| loop {
+    // one atomic load for the signals, and a look at the timer's state. It owns what it
+    // keeps between wakes (borrowing each would add a pointer apiece to every
+    // connection's task).
+    let mut supervise = move |cx: &mut Context<'_>| loop {
         let polled = match &mut conn {
             Conn::H1(c) => Pin::new(c).poll(cx),
             Conn::H2(c) => c
@@ -746,9 +761,9 @@ pub(crate) async fn serve_conn<I, F, Fut>(
         let next = if tracker.in_flight.load(Ordering::Acquire) == 0 {
             stall = None;
             let (due, timeout, what) = if tracker.requests.load(Ordering::Relaxed) == 0 {
-                (accepted + limits.header_read_timeout, limits.header_read_timeout, "no request in time")
+                (accepted + header_read_timeout, header_read_timeout, "no request in time")
             } else {
-                (tracker.idle_since() + limits.idle_timeout, limits.idle_timeout, "idle")
+                (tracker.idle_since() + idle_timeout, idle_timeout, "idle")
             };
             if due <= now && cut_at.is_none() {
                 tracing::debug!(%peer, ?timeout, "{what}; closing");
@@ -770,20 +785,24 @@ pub(crate) async fn serve_conn<I, F, Fut>(
                 _ if waiting => Some((progress, now)),
                 _ => None,
             };
-            if stall.is_some_and(|(_, since)| since + limits.send_timeout <= now) {
-                tracing::debug!(%peer, timeout = ?limits.send_timeout, "the client stopped reading its response; closing");
+            if stall.is_some_and(|(_, since)| since + send_timeout <= now) {
+                tracing::debug!(%peer, timeout = ?send_timeout, "the client stopped reading its response; closing");
                 return Poll::Ready(Some("send timeout"));
             }
             now + check_every
         };
         sleep.as_mut().reset(cut_at.map_or(next, |c| c.min(next)));
         armed = false;
-    })
-    .await;
-    let Some(why) = why else {
-        return;
     };
-    tracing::debug!(%peer, why, "connection closed");
+    std::future::poll_fn(move |cx| {
+        let why = ready!(supervise(cx));
+        if let Some(why) = why {
+            tracing::debug!(%peer, why, "connection closed");
+        }
+        // Only now: the connection counts as open until it is gone.
+        let _ = &open;
+        Poll::Ready(())
+    })
 }
 
 #[cfg(test)]
