@@ -10,7 +10,8 @@
 //! read from the balancers at scrape time by a [`Collector`], so it costs the request
 //! path nothing and always matches the status page.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -138,6 +139,47 @@ struct StateLabels {
     state: &'static str,
 }
 
+/// A request's series by identity: the addresses of its service name's and endpoint id's
+/// text (held alive by the entry, so never reused while it is there), and its code.
+type SeriesKey = (usize, usize, u16);
+
+/// What [`SeriesKey`] finds.
+struct Series {
+    _service: Arc<str>,
+    _endpoint: Option<EndpointId>,
+    requests: Counter,
+    latency: Histogram,
+}
+
+/// Hashes a few machine words by multiply and rotate (the keys are addresses and codes,
+/// never text from a client).
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl std::hash::Hasher for WordHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 /// All of the proxy's metrics.
 pub(crate) struct Metrics {
     /// Status codes answered so far (a bit per code), so the series of an endpoint that
@@ -152,6 +194,11 @@ pub(crate) struct Metrics {
     services: RwLock<HashSet<Arc<str>>>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<LatencyLabels, Histogram>,
+    /// The two series a request counts into, found by the identity of its service name,
+    /// endpoint id and status code: one lookup that hashes three words, where the
+    /// families hash their label text twice. Emptied whenever series are dropped, so
+    /// no entry counts into a series the exposition no longer has.
+    series: RwLock<HashMap<SeriesKey, Series, BuildHasherDefault<WordHasher>>>,
     retries: Family<ServiceLabels, Counter>,
     discovery_updates: Family<ServiceLabels, Counter>,
     reloads: Family<ResultLabels, Counter>,
@@ -161,6 +208,10 @@ pub(crate) struct Metrics {
     scrape: Arc<Mutex<Scrape>>,
     /// One scrape at a time: the collector's input is set, encoded, then cleared.
     encoding: Mutex<()>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Metrics {
@@ -225,6 +276,7 @@ impl Metrics {
             services: RwLock::default(),
             requests,
             latency,
+            series: RwLock::default(),
             retries,
             discovery_updates,
             reloads,
@@ -260,22 +312,40 @@ impl Metrics {
         if self.codes_seen[word].load(Relaxed) & (1 << bit) == 0 {
             self.codes_seen[word].fetch_or(1 << bit, Relaxed);
         }
-        // The service's own name, shared: no lookup, no copy.
-        let service = Label(service.clone());
-        let endpoint = Label(endpoint.cloned());
-        self.latency
-            .get_or_create(&LatencyLabels {
-                service: service.clone(),
-                endpoint: endpoint.clone(),
-            })
-            .observe(latency.as_secs_f64());
-        self.requests
-            .get_or_create(&RequestLabels {
-                service,
-                endpoint,
-                code,
-            })
-            .inc();
+        let key = (
+            service.as_ptr() as *const u8 as usize,
+            endpoint.map_or(0, |e| e.as_str().as_ptr() as usize),
+            code,
+        );
+        if let Some(series) = read(&self.series).get(&key) {
+            series.latency.observe(latency.as_secs_f64());
+            series.requests.inc();
+            return;
+        }
+        // The service's own name, shared: no copy.
+        let labels = RequestLabels {
+            service: Label(service.clone()),
+            endpoint: Label(endpoint.cloned()),
+            code,
+        };
+        let series = Series {
+            _service: service.clone(),
+            _endpoint: endpoint.cloned(),
+            latency: self
+                .latency
+                .get_or_create(&LatencyLabels {
+                    service: labels.service.clone(),
+                    endpoint: labels.endpoint.clone(),
+                })
+                .clone(),
+            requests: self.requests.get_or_create(&labels).clone(),
+        };
+        series.latency.observe(latency.as_secs_f64());
+        series.requests.inc();
+        self.series
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, series);
     }
 
     /// A failed attempt; `again` when another attempt follows.
@@ -351,6 +421,11 @@ impl Metrics {
 }
 
 impl Metrics {
+    /// Empties the request path's cache of series, before some are dropped.
+    fn forget_series(&self) {
+        self.series.write().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
     /// Drops the request and latency series of endpoints that were present at the last
     /// scrape and are gone now (removed by discovery, or their service by a reload), and
     /// every series of services that are gone (removed by a reload, or a provider's service
@@ -364,6 +439,7 @@ impl Metrics {
             .collect();
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         let codes = self.codes();
+        let dropped = known.difference(&now).next().is_some();
         for (svc, ep) in known.difference(&now) {
             let (service, endpoint) = (Label(svc.clone()), Label(Some(ep.clone())));
             self.latency.remove(&LatencyLabels {
@@ -379,6 +455,9 @@ impl Metrics {
             }
         }
         *known = now;
+        if dropped {
+            self.forget_series();
+        }
     }
 
     fn forget_removed_services(&self, services: &[(Label<Arc<str>>, BalancerStatus)]) {
@@ -417,6 +496,7 @@ impl Metrics {
                 }
                 interned.remove(svc);
             }
+            self.forget_series();
         }
         *known = now;
     }
@@ -810,19 +890,13 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let router = crate::router::Router::new([(None, None, 0)]);
         let rt = Runtime::new(vec![web], router, metrics.clone(), 1, None);
-        for ep in [a, b] {
-            metrics.request(
-                &Arc::from("web"),
-                Some(&EndpointId::from(ep)),
-                200,
-                Duration::from_millis(2),
-            );
-            metrics.request(
-                &Arc::from("web"),
-                Some(&EndpointId::from(ep)),
-                502,
-                Duration::from_millis(2),
-            );
+        // The same name and ids throughout, as the proxy's requests have them: the
+        // request path's cache finds its series by their identity.
+        let name: Arc<str> = Arc::from("web");
+        let ids = [EndpointId::from(a), EndpointId::from(b)];
+        for id in &ids {
+            metrics.request(&name, Some(id), 200, Duration::from_millis(2));
+            metrics.request(&name, Some(id), 502, Duration::from_millis(2));
         }
         let before = metrics.encode(&rt);
         let series = |out: &str, ep: std::net::SocketAddr| {
@@ -841,6 +915,18 @@ mod tests {
         let after = metrics.encode(&rt);
         assert_eq!(series(&after, b), 0, "the removed endpoint's series are gone:\n{after}");
         assert_eq!(series(&after, a), series(&before, a), "the others' stay");
+
+        // A late answer from the removed endpoint counts into a new series, which the
+        // exposition shows, not into the dropped one.
+        metrics.request(&name, Some(&ids[1]), 200, Duration::from_millis(2));
+        let late = metrics.encode(&rt);
+        let counted = late.lines().any(|l| {
+            l.starts_with("lb_requests_total{")
+                && l.contains(&format!("endpoint=\"{b}\""))
+                && l.contains("code=\"200\"")
+                && l.ends_with(" 1")
+        });
+        assert!(counted, "the late answer is counted once:\n{late}");
     }
 
     #[tokio::test]

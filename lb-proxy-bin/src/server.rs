@@ -674,8 +674,8 @@ where
     }
     let mut listening = Listening::new(conns.clone());
     // The signals already handled: a connection opened after a pressure was raised does
-    // not answer it.
-    let mut seen = conns.signals.word.load(Ordering::Acquire);
+    // not answer it, but a drain or close raised before its first poll is seen there.
+    let mut seen = conns.signals.word.load(Ordering::Acquire) & !(DRAIN | CLOSE);
     // Set once a deadline asked the connection to close: it is cut when this passes.
     let mut cut_at: Option<Instant> = None;
     // A response found waiting for the client at this progress, since then.
@@ -808,6 +808,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drain or close raised before a connection's task first runs (accepted just
+    /// before a shutdown) reaches it there, not after its first deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_first_served_after_drain_or_close_ends_at_once() {
+        use tokio::io::AsyncReadExt;
+        let raises: [(&str, fn(&Conns)); 2] = [("drain", Conns::drain), ("close", Conns::close)];
+        for (what, raise) in raises {
+            let conns = Conns::new(4);
+            raise(&conns);
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+                .await
+                .expect("connect");
+            let (server, peer) = listener.accept().await.expect("accept");
+            let handler = |_req: Request<RequestBody>| async { Response::new(lb_core::http::empty()) };
+            let limits = Limits {
+                header_read_timeout: Duration::from_secs(3),
+                ..Limits::default()
+            };
+            let started = Instant::now();
+            let served = tokio::spawn(serve_conn(server, false, handler, limits, started, &conns, peer));
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(60), client.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: the connection stayed open"));
+            assert!(matches!(read, Ok(0) | Err(_)), "{what}: the client was sent {read:?}");
+            assert!(
+                started.elapsed() < limits.header_read_timeout,
+                "{what}: closed only after {:?}",
+                started.elapsed()
+            );
+            served.await.expect("served");
+            assert_eq!(conns.in_use(), 0, "{what}: still counted open");
+        }
+    }
 
     #[test]
     fn default_max_connections_leaves_room() {
