@@ -11,8 +11,8 @@
 //! path nothing and always matches the status page.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasherDefault;
 use std::fmt::Write as _;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -313,7 +313,7 @@ impl Metrics {
             self.codes_seen[word].fetch_or(1 << bit, Relaxed);
         }
         let key = (
-            service.as_ptr() as *const u8 as usize,
+            service.as_ptr() as usize,
             endpoint.map_or(0, |e| e.as_str().as_ptr() as usize),
             code,
         );

@@ -38,7 +38,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use futures_util::future::Either;
-use slab::Slab;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -46,6 +45,7 @@ use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use lb_core::http::server::{self as h1, RequestBody, Transport};
 use lb_core::http::Body;
+use slab::Slab;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -732,9 +732,7 @@ where
             if word & DRAIN != 0 && seen & DRAIN == 0 {
                 graceful!();
             }
-            if word / PRESSURE != seen / PRESSURE
-                && tracker.in_flight.load(Ordering::Acquire) == 0
-                && cut_at.is_none()
+            if word / PRESSURE != seen / PRESSURE && tracker.in_flight.load(Ordering::Acquire) == 0 && cut_at.is_none()
             {
                 tracing::debug!(%peer, "at max_connections: closing an idle connection");
                 graceful!();
@@ -761,7 +759,11 @@ where
         let next = if tracker.in_flight.load(Ordering::Acquire) == 0 {
             stall = None;
             let (due, timeout, what) = if tracker.requests.load(Ordering::Relaxed) == 0 {
-                (accepted + header_read_timeout, header_read_timeout, "no request in time")
+                (
+                    accepted + header_read_timeout,
+                    header_read_timeout,
+                    "no request in time",
+                )
             } else {
                 (tracker.idle_since() + idle_timeout, idle_timeout, "idle")
             };
@@ -814,10 +816,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_first_served_after_drain_or_close_ends_at_once() {
         use tokio::io::AsyncReadExt;
-        let raises: [(&str, fn(&Conns)); 2] = [("drain", Conns::drain), ("close", Conns::close)];
-        for (what, raise) in raises {
+        for what in ["drain", "close"] {
             let conns = Conns::new(4);
-            raise(&conns);
+            match what {
+                "drain" => conns.drain(),
+                _ => conns.close(),
+            }
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
                 .await

@@ -141,7 +141,9 @@ pub fn prepare_request<B>(req: &mut Request<B>, client: IpAddr, proto: &'static 
     let wrote = match prev {
         Some(p) if p.len() < 400 => {
             use std::io::Write;
-            w.write_all(p).and_then(|()| w.write_all(b", ")).and_then(|()| write_ip(&mut w, client))
+            w.write_all(p)
+                .and_then(|()| w.write_all(b", "))
+                .and_then(|()| write_ip(&mut w, client))
         }
         Some(_) => Err(std::io::ErrorKind::WriteZero.into()),
         None => write_ip(&mut w, client),
@@ -262,7 +264,14 @@ mod tests {
 
     #[test]
     fn ip_text_as_display() {
-        for ip in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "192.168.1.20", "::1", "2001:db8::7"] {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.100.9",
+            "192.168.1.20",
+            "::1",
+            "2001:db8::7",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             let mut buf = [0u8; 64];
             let mut w = &mut buf[..];
