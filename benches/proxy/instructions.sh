@@ -178,13 +178,13 @@ for p in $PROXIES; do
     callgrind_control -d "$pid" >/dev/null || die "$p: callgrind_control -d failed"
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    # The dump made after zeroing is part 1.
-    file=$(ls -t "$OUT"/callgrind."$p".*.1 2>/dev/null | head -1)
-    [[ -n $file ]] || die "$p: no callgrind dump in $OUT"
+    # The dump made after zeroing is part 1 (one process per proxy: one file).
+    file=$OUT/callgrind.$p.$pid.1
+    [[ -f $file ]] || die "$p: no callgrind dump $file"
     total=$(awk '/^(summary|totals):/ { print $2; exit }' "$file")
     [[ $total =~ ^[0-9]+$ ]] || die "$p: no total in $file"
     PER[$p]=$((total / N))
-    log "$p: $total instructions over $N requests (${done_line#done $N }s under callgrind): ${PER[$p]} per request"
+    log "$p: $total instructions over $N requests (${done_line#done "$N" }s under callgrind): ${PER[$p]} per request"
 done
 
 for p in $PROXIES; do
