@@ -42,26 +42,8 @@ const STATES: [Health; 5] = [
 
 /// A label value, written with the escapes the text format needs (`prometheus-client`
 /// writes values as they are, and endpoint ids come from discovery).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Label<T>(T);
-
-/// A label feeds its family's hasher one word, not its text: a family hashes its label
-/// set with SipHash on every request, where each write costs a round of its own. The
-/// word is a multiply-rotate fold of the text (labels come from the configuration and
-/// discovery, never from a client).
-impl<T: LabelText> std::hash::Hash for Label<T> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let text = self.0.text().as_bytes();
-        let mut word = text.len() as u64;
-        for chunk in text.chunks(8) {
-            let mut bytes = [0u8; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            word = (word.rotate_left(5) ^ u64::from_le_bytes(bytes)).wrapping_mul(K);
-        }
-        state.write_u64(word);
-    }
-}
 
 /// What a [`Label`] can hold.
 trait LabelText {
@@ -138,6 +120,9 @@ struct StateLabels {
     endpoint: Label<EndpointId>,
     state: &'static str,
 }
+
+/// At most this many entries in the request path's cache of series.
+const SERIES_CACHED: usize = 4096;
 
 /// A request's series by identity: the addresses of its service name's and endpoint id's
 /// text (held alive by the entry, so never reused while it is there), and its code.
@@ -342,10 +327,13 @@ impl Metrics {
         };
         series.latency.observe(latency.as_secs_f64());
         series.requests.inc();
-        self.series
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, series);
+        let mut cache = self.series.write().unwrap_or_else(PoisonError::into_inner);
+        // Bounded: a service a reload replaced leaves its entries behind (its name is a
+        // new `Arc`, its series are kept), until the next drop of series or this.
+        if cache.len() >= SERIES_CACHED {
+            cache.clear();
+        }
+        cache.insert(key, series);
     }
 
     /// A failed attempt; `again` when another attempt follows.
@@ -421,7 +409,8 @@ impl Metrics {
 }
 
 impl Metrics {
-    /// Empties the request path's cache of series, before some are dropped.
+    /// Empties the request path's cache of series, after some were dropped (an entry
+    /// would go on counting into a series the exposition no longer has).
     fn forget_series(&self) {
         self.series.write().unwrap_or_else(PoisonError::into_inner).clear();
     }

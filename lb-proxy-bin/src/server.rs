@@ -700,7 +700,7 @@ where
     // one atomic load for the signals, and a look at the timer's state. It owns what it
     // keeps between wakes (borrowing each would add a pointer apiece to every
     // connection's task).
-    let mut supervise = move |cx: &mut Context<'_>| loop {
+    let supervise = move |cx: &mut Context<'_>| loop {
         let polled = match &mut conn {
             Conn::H1(c) => Pin::new(c).poll(cx),
             Conn::H2(c) => c
@@ -796,13 +796,21 @@ where
         sleep.as_mut().reset(cut_at.map_or(next, |c| c.min(next)));
         armed = false;
     };
+    // Counted open until the connection is dropped, then no longer.
+    let mut serving = Some((supervise, open));
     std::future::poll_fn(move |cx| {
+        let Some((supervise, _)) = serving.as_mut() else {
+            return Poll::Ready(());
+        };
         let why = ready!(supervise(cx));
         if let Some(why) = why {
             tracing::debug!(%peer, why, "connection closed");
         }
-        // Only now: the connection counts as open until it is gone.
-        let _ = &open;
+        // The connection first (it is in `supervise`), then its place in the count.
+        if let Some((supervise, open)) = serving.take() {
+            drop(supervise);
+            drop(open);
+        }
         Poll::Ready(())
     })
 }
