@@ -76,6 +76,13 @@ async fn read_until(c: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
 }
 
 /// Reads until the server closes the connection.
+/// A client connection that has sent `bytes`.
+async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    c
+}
+
 async fn read_to_close(c: &mut TcpStream) -> String {
     read_until(c, |_| false).await
 }
@@ -107,10 +114,11 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
 #[tokio::test]
 async fn a_chunked_request_body_with_trailers_is_decoded() {
     let (addr, _task) = serve(Builder::new(), echo).await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"PUT /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(
+        addr,
+        b"PUT /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+    )
+    .await;
     c.write_all(b"2;ext=1\r\nde\r\n0\r\nx-sum: 5\r\n\r\n").await.unwrap();
     let text = read_until(&mut c, |t| t.contains("trailers=x-sum")).await;
     assert!(text.contains("PUT /up [abcde] trailers=x-sum"), "{text}");
@@ -123,17 +131,13 @@ async fn a_body_of_unknown_length_is_chunked_to_http11_and_closes_http10() {
         Response::new(boxed(StreamBody::new(futures_util::stream::iter(parts))))
     };
     let (addr, _task) = serve(Builder::new(), streamed).await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut c = connect_and_send(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     let text = read_until(&mut c, |t| t.ends_with("0\r\n\r\n")).await;
     assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"), "{text:?}");
 
     let (addr, _task) = serve(Builder::new(), streamed).await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(addr, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
     let text = read_to_close(&mut c).await;
     assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
     assert!(!text.contains("transfer-encoding"), "{text}");
@@ -150,10 +154,11 @@ async fn head_answers_carry_the_length_and_no_body() {
         rsp
     })
     .await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let text = read_to_close(&mut c).await;
     assert_eq!(text.matches("content-length: 42\r\n").count(), 2, "{text}");
     assert!(text.ends_with("\r\n\r\n"), "no body bytes: {text:?}");
@@ -162,10 +167,11 @@ async fn head_answers_carry_the_length_and_no_body() {
 #[tokio::test]
 async fn expect_100_continue_is_answered_when_the_body_is_read() {
     let (addr, _task) = serve(Builder::new(), echo).await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"POST /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(
+        addr,
+        b"POST /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
     // The body is sent only after the interim answer, as a client that waits does.
     let interim = read_until(&mut c, |t| t.ends_with("\r\n\r\n")).await;
     assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -208,8 +214,7 @@ async fn malformed_and_oversized_heads_are_refused_and_closed() {
 #[tokio::test(start_paused = true)]
 async fn a_head_that_stalls_gets_408() {
     let (addr, task) = serve(Builder::new().header_read_timeout(Duration::from_secs(5)), echo).await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost:").await.unwrap();
+    let mut c = connect_and_send(addr, b"GET / HTTP/1.1\r\nHost:").await;
     let started = tokio::time::Instant::now();
     let text = read_to_close(&mut c).await;
     assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
@@ -240,8 +245,7 @@ async fn a_client_that_goes_away_cancels_its_request() {
         }
     })
     .await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let c = connect_and_send(addr, b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n").await;
     tokio::time::timeout(DEADLINE, started_rx).await.unwrap().unwrap();
     drop(c);
     let ended = tokio::time::timeout(DEADLINE, task).await.expect("the connection ends");
@@ -305,8 +309,7 @@ async fn graceful_shutdown_closes_an_idle_connection_and_finishes_a_busy_one() {
         }
         conn.await
     });
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut c = connect_and_send(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     // Wait until the request is in hand: the service is waiting for the release.
     tokio::time::timeout(DEADLINE, async {
         while release_tx.receiver_count() < 2 {
@@ -331,10 +334,11 @@ async fn a_response_can_stream_the_request_body_back_as_it_comes() {
         Response::new(boxed(req.into_body()))
     })
     .await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+    )
+    .await;
     // The first part comes back before the second is sent.
     let text = read_until(&mut c, |t| t.contains("first")).await;
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
@@ -352,10 +356,11 @@ async fn an_early_answer_sends_no_100_continue_and_closes_when_the_body_is_not_h
         rsp
     })
     .await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(
+        addr,
+        b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await;
     let text = read_to_close(&mut c).await;
     assert!(text.starts_with("HTTP/1.1 413 "), "no interim answer first: {text}");
     assert!(!text.contains("100 Continue"), "{text}");
@@ -368,10 +373,7 @@ async fn an_early_answer_sends_no_100_continue_and_closes_when_the_body_is_not_h
         Response::new(full(format!("{}", req.uri())))
     })
     .await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(addr, b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
     let text = read_to_close(&mut c).await;
     assert!(text.contains("\r\n\r\n/a") && text.ends_with("\r\n\r\n/b"), "{text}");
 }
@@ -385,8 +387,7 @@ async fn a_response_that_asks_to_close_closes() {
         rsp
     })
     .await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut c = connect_and_send(addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     let text = read_to_close(&mut c).await;
     assert!(text.ends_with("bye"), "{text}");
     let ended = tokio::time::timeout(DEADLINE, task)
@@ -398,10 +399,11 @@ async fn a_response_that_asks_to_close_closes() {
 #[tokio::test]
 async fn requests_sent_before_the_client_closes_its_side_are_answered() {
     let (addr, _task) = serve(Builder::new(), echo).await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    let mut c = connect_and_send(
+        addr,
+        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
     c.shutdown().await.unwrap();
     let text = read_to_close(&mut c).await;
     assert!(text.contains("GET /a []") && text.contains("GET /b []"), "{text}");

@@ -195,10 +195,6 @@ pub(crate) struct Metrics {
     encoding: Mutex<()>,
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -302,7 +298,7 @@ impl Metrics {
             endpoint.map_or(0, |e| e.as_str().as_ptr() as usize),
             code,
         );
-        if let Some(series) = read(&self.series).get(&key) {
+        if let Some(series) = self.series.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
             series.latency.observe(latency.as_secs_f64());
             series.requests.inc();
             return;
