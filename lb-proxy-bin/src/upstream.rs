@@ -186,14 +186,16 @@ impl Upstream {
             };
             let mut req = Request::new(b);
             *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
-            // The last attempt takes the headers; earlier ones copy them for a retry.
-            *req.headers_mut() = if attempt + 1 == attempts {
-                std::mem::take(&mut parts.headers)
+            // The last attempt takes the URI and the headers; earlier ones copy them for
+            // a retry.
+            if attempt + 1 == attempts {
+                *req.uri_mut() = std::mem::take(&mut parts.uri);
+                *req.headers_mut() = std::mem::take(&mut parts.headers);
             } else {
-                parts.headers.clone()
-            };
+                *req.uri_mut() = parts.uri.clone();
+                *req.headers_mut() = parts.headers.clone();
+            }
             // HAProxy's redispatch: a retry goes to another endpoint if one can take it.
             let Picked { service, mut guard } = match self.balancer.pick_with(key, avoid.as_ref()) {
                 Ok(picked) => picked,
