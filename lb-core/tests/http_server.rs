@@ -75,6 +75,7 @@ async fn read_until(c: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads until the server closes the connection.
 /// A client connection that has sent `bytes`.
 async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut c = TcpStream::connect(addr).await.unwrap();
@@ -82,23 +83,13 @@ async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     c
 }
 
-/// Reads until the server closes the connection.
 async fn read_to_close(c: &mut TcpStream) -> String {
     read_until(c, |_| false).await
 }
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
-    pipelined(Builder::new()).await;
-}
-
-#[tokio::test]
-async fn pipelined_requests_are_answered_in_order_with_batched_io() {
-    pipelined(Builder::new().batch_io(true)).await;
-}
-
-async fn pipelined(builder: Builder) {
-    let (addr, _task) = serve(builder, echo).await;
+    let (addr, _task) = serve(Builder::new(), echo).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     // Two requests in one write, the second with a body framed by its length.
     c.write_all(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nPOST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
@@ -416,101 +407,4 @@ async fn requests_sent_before_the_client_closes_its_side_are_answered() {
     c.shutdown().await.unwrap();
     let text = read_to_close(&mut c).await;
     assert!(text.contains("GET /a []") && text.contains("GET /b []"), "{text}");
-}
-
-/// A transport that notes in `log` each write it passes on.
-struct Logged {
-    io: tokio::io::DuplexStream,
-    name: &'static str,
-    log: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl tokio::io::AsyncRead for Logged {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Logged {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.log.lock().unwrap().push(format!("write {}", self.name));
-        }
-        polled
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Two connections whose requests are both in hand when the thread gets to them: the
-/// order in which the service is called and the answers are written.
-async fn order_of_two(builder: Builder) -> Vec<String> {
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut clients = Vec::new();
-    for name in ["a", "b"] {
-        let (mut client, server) = tokio::io::duplex(4096);
-        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let calls = log.clone();
-        let svc = hyper::service::service_fn(move |_req: Request<RequestBody>| {
-            calls.lock().unwrap().push(format!("call {name}"));
-            async { Ok::<_, Infallible>(Response::new(full("ok"))) }
-        });
-        let io = Logged {
-            io: server,
-            name,
-            log: log.clone(),
-        };
-        tokio::spawn(builder.serve_connection(io, svc));
-        clients.push(client);
-    }
-    for c in &mut clients {
-        let mut got = Vec::new();
-        tokio::time::timeout(DEADLINE, async {
-            let mut buf = [0u8; 1024];
-            while !got.ends_with(b"ok") {
-                let n = c.read(&mut buf).await.unwrap();
-                assert!(n > 0, "closed before the answer");
-                got.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .expect("the answer within the deadline");
-    }
-    let order = log.lock().unwrap().clone();
-    order
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn with_batched_io_a_thread_takes_every_ready_request_before_writing_an_answer() {
-    assert_eq!(
-        order_of_two(Builder::new()).await,
-        ["call a", "write a", "call b", "write b"],
-        "unbatched, each connection reads and writes in turn"
-    );
-    assert_eq!(
-        order_of_two(Builder::new().batch_io(true)).await,
-        ["call a", "call b", "write a", "write b"],
-        "batched, both requests are served before either answer is written"
-    );
 }

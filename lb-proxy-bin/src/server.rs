@@ -104,7 +104,6 @@ fn h1_builder(limits: &Limits) -> h1::Builder {
         .max_head_bytes(limits.max_header_bytes)
         .header_read_timeout(limits.header_read_timeout)
         .http2_preface(true)
-        .batch_io(true)
 }
 
 /// HTTP/2, by hyper.

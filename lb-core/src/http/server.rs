@@ -69,7 +69,6 @@ pub struct Builder {
     max_head: usize,
     header_read_timeout: Option<Duration>,
     http2_preface: bool,
-    batch: bool,
 }
 
 impl Default for Builder {
@@ -85,7 +84,6 @@ impl Builder {
             max_head: 64 * 1024,
             header_read_timeout: None,
             http2_preface: false,
-            batch: false,
         }
     }
 
@@ -109,19 +107,6 @@ impl Builder {
     /// server, instead of refusing it with `400`.
     pub fn http2_preface(mut self, detect: bool) -> Self {
         self.http2_preface = detect;
-        self
-    }
-
-    /// Reads first, writes after: a request just read is served, and a response
-    /// written, only after the tasks the runtime already has ready have run (the
-    /// connection's task wakes itself and yields, to the back of the run queue). A busy
-    /// thread then reads from every connection that is ready before it writes to any,
-    /// as HAProxy's event loop does, and its peers (clients, endpoints) find several
-    /// messages per wake-up instead of being woken for each. It costs two more polls of
-    /// the connection's task per request; a thread with nothing else to run polls it
-    /// again at once. Off by default.
-    pub fn batch_io(mut self, batch: bool) -> Self {
-        self.batch = batch;
         self
     }
 
@@ -149,7 +134,6 @@ impl Builder {
             head_timer: None,
             first: true,
             scanned: 0,
-            waited: false,
         }
     }
 }
@@ -426,8 +410,6 @@ where
     first: bool,
     /// How much of a partial head was searched for its end already.
     scanned: usize,
-    /// With [`Builder::batch_io`]: the request being read has waited its turn once.
-    waited: bool,
 }
 
 impl<S, B> std::fmt::Debug for Connection<S, B>
@@ -548,10 +530,6 @@ where
                             State::Writing(refusal(StatusCode::INTERNAL_SERVER_ERROR))
                         }
                     };
-                    if this.builder.batch {
-                        // The answer is written on the next poll.
-                        return wait_turn(cx);
-                    }
                 }
                 State::Writing(answer) => {
                     match answer.poll_write(&this.shared, cx) {
@@ -640,7 +618,6 @@ where
                         self.head_timer = None;
                         self.first = false;
                         self.scanned = 0;
-                        self.waited = false;
                         drop(sh);
                         return Poll::Ready(self.request(head).map(Some).map_err(HeadError::Refuse));
                     }
@@ -653,10 +630,6 @@ where
             }
             match sh.poll_fill(cx, true) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(HeadError::Gone)),
-                Poll::Ready(Ok(_)) if self.builder.batch && !self.waited => {
-                    self.waited = true;
-                    return wait_turn(cx);
-                }
                 Poll::Ready(Ok(_)) => continue,
                 Poll::Pending => {}
             }
@@ -833,13 +806,6 @@ where
             upgrade: if upgrading { req.upgrade } else { None },
         })
     }
-}
-
-/// `Pending`, with the task already woken: tokio runs it again after the tasks that were
-/// ready before it (a task woken while it runs goes to the back of the queue).
-fn wait_turn<T>(cx: &mut Context<'_>) -> Poll<T> {
-    cx.waker().wake_by_ref();
-    Poll::Pending
 }
 
 /// Whether the client closed (or its connection broke) while its request is served or
