@@ -57,7 +57,9 @@ for p in $PROXIES; do
     case $p in lbproxy | lbbefore | haproxy) ;; *) die "unknown proxy '$p' (lbproxy, lbbefore, haproxy)" ;; esac
 done
 
-have() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=benches/proxy/common.sh
+. "$HERE/common.sh"
+
 need=()
 have valgrind || need+=(valgrind)
 have callgrind_control || need+=(valgrind)
@@ -65,25 +67,7 @@ have haproxy || need+=(haproxy)
 have nginx || need+=(nginx)
 have taskset || need+=(util-linux)
 have python3 || need+=(python3)
-if ((${#need[@]})); then
-    ((SKIP_INSTALL == 0)) || die "missing ${need[*]} and SKIP_INSTALL=1"
-    have apt-get || die "missing ${need[*]} and no apt-get here; install them by hand"
-    sudo=()
-    ((EUID == 0)) || sudo=(sudo)
-    log "installing ${need[*]}"
-    # Keep the packages' init scripts from starting a system nginx/haproxy on :80.
-    made_policy=0
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-        "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
-        made_policy=1
-    fi
-    ok=1
-    "${sudo[@]}" timeout 600 apt-get update -q || ok=0
-    ((ok)) && { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q "${need[@]}" || ok=0; }
-    ((made_policy)) && "${sudo[@]}" rm -f /usr/sbin/policy-rc.d
-    ((ok)) || die "apt-get failed"
-fi
+install_missing "${need[@]}"
 
 if [[ " $PROXIES " == *" lbproxy "* ]] && ((SKIP_BUILD == 0)); then
     log "building lb-proxy (release)"
@@ -96,44 +80,7 @@ mkdir -p "$RUN/tmp"
 ln -sfn "$OUT" "$HERE/out/instr-latest"
 log "output in $OUT"
 
-PIDS=()
-cleanup() {
-    local rc=$? p
-    trap - EXIT INT TERM
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do [[ -d /proc/$p ]] || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    exit "$rc"
-}
-trap cleanup EXIT INT TERM
-
-B1=$BACKEND_BASE B2=$((BACKEND_BASE + 1)) B3=$((BACKEND_BASE + 2)) B4=$((BACKEND_BASE + 3))
-S=$((BACKEND_BASE + 4)) # the slow backend's ports are in the templates, never used here
-USER_LINE=""
-((EUID == 0)) && USER_LINE="user root root;"
-render() { # template listen-port output [admin-port]
-    sed -e "s|@RUN@|$RUN|g" -e "s|@USER@|$USER_LINE|g" -e "s|@PORT@|$2|g" \
-        -e "s|@ADMIN@|${4:-$((PORT_BASE + 1))}|g" -e "s|@B1@|$B1|g" -e "s|@B2@|$B2|g" \
-        -e "s|@B3@|$B3|g" -e "s|@B4@|$B4|g" -e "s|@S1@|$S|g" -e "s|@S2@|$((S + 1))|g" \
-        -e "s|@S3@|$((S + 2))|g" -e "s|@S4@|$((S + 3))|g" "$HERE/$1" >"$3"
-}
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() { # port pid name
-    local n=0
-    until port_open "$1"; do
-        [[ -d /proc/$2 ]] || die "$3 exited at start; see $OUT/$3.log"
-        ((n++ < 600)) || die "$3 did not open port $1 in 60 s; see $OUT/$3.log"
-        sleep 0.1
-    done
-}
-
-render backends-nginx.conf.in 0 "$RUN/backends-nginx.conf"
-for b in $B1 $B2 $B3 $B4; do port_open "$b" && die "port $b is in use (set BACKEND_BASE)"; done
-taskset -c "$LOADGEN_CPU" nginx -p "$RUN" -c "$RUN/backends-nginx.conf" >"$OUT/backends.log" 2>&1 &
-PIDS+=($!)
-wait_port "$B4" "$!" backends
+start_backends
 
 {
     echo "# User-space instructions per request (callgrind)"
