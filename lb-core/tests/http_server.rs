@@ -75,7 +75,6 @@ async fn read_until(c: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads until the server closes the connection.
 /// A client connection that has sent `bytes`.
 async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut c = TcpStream::connect(addr).await.unwrap();
@@ -83,6 +82,7 @@ async fn connect_and_send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     c
 }
 
+/// Reads until the server closes the connection.
 async fn read_to_close(c: &mut TcpStream) -> String {
     read_until(c, |_| false).await
 }

@@ -806,11 +806,9 @@ where
         if let Some(why) = why {
             tracing::debug!(%peer, why, "connection closed");
         }
-        // The connection first (it is in `supervise`), then its place in the count.
-        if let Some((supervise, open)) = serving.take() {
-            drop(supervise);
-            drop(open);
-        }
+        // A tuple drops in order: the connection first (it is in `supervise`), then its
+        // place in the count.
+        serving = None;
         Poll::Ready(())
     })
 }
